@@ -1,0 +1,52 @@
+"""The ``lesionseg`` command line.  Each subcommand lives in its own module with a ``register`` function."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from lesionseg import __version__
+
+# Modules that add subcommands: each defines ``register(subparsers)`` and sets ``func`` on its parser.
+COMMAND_MODULES: list[str] = [
+    "lesionseg.commands.info",
+]
+
+
+class UserError(Exception):
+    """A problem with the user's input: printed as one line, exit status 2, no traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lesionseg", description="LesionSeg engine: AI segmentation of CT, from the command line."
+    )
+    parser.add_argument("--version", action="version", version=f"lesionseg {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print debug messages")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        result = args.func(args)
+    except (UserError, ValueError, FileNotFoundError) as error:
+        if args.verbose:
+            raise
+        print(f"lesionseg {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"lesionseg {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)

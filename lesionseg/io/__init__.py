@@ -1,0 +1,74 @@
+"""Reading and writing images by file name; every write is atomic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lesionseg.image import Image
+from lesionseg.io.atomic import atomic_path
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def image_format(path: str | Path) -> str:
+    """The format picked from a file name: 'nifti', 'nrrd' or 'itk'."""
+    name = Path(path).name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        return "nifti"
+    if name.endswith((".nrrd", ".nhdr")):
+        return "nrrd"
+    if name.endswith((".mha", ".mhd")):
+        return "itk"
+    raise ValueError(
+        f"cannot tell the image format of {Path(path).name!r}; use one of {', '.join(IMAGE_SUFFIXES)}"
+        " or a DICOM series folder"
+    )
+
+
+def read_image(path: str | Path) -> Image:
+    """Read a volume from NIfTI, NRRD, MetaImage, or a folder holding one DICOM series."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such image: {path}")
+    if path.is_dir():
+        from lesionseg.dicom import read_dicom_volume
+
+        return read_dicom_volume(path)
+    fmt = image_format(path)
+    if fmt == "nifti":
+        from lesionseg.io.nifti import read_nifti
+
+        return read_nifti(path)
+    if fmt == "nrrd":
+        from lesionseg.io.nrrd import read_nrrd
+
+        return read_nrrd(path)[0]
+    import SimpleITK as sitk
+
+    from lesionseg.io.sitk import from_sitk
+
+    return from_sitk(sitk.ReadImage(str(path)))
+
+
+def write_image(image: Image, path: str | Path) -> Path:
+    """Write ``image`` atomically in the format its name asks for; returns the path."""
+    path = Path(path)
+    fmt = image_format(path)
+    if path.name.lower().endswith((".mhd", ".nhdr")):
+        raise ValueError(f"{path.name}: a detached header cannot be written atomically; write .mha or .nrrd")
+    with atomic_path(path) as tmp:
+        if fmt == "nifti":
+            from lesionseg.io.nifti import write_nifti
+
+            write_nifti(image, tmp)
+        elif fmt == "nrrd":
+            from lesionseg.io.nrrd import write_nrrd
+
+            write_nrrd(image, tmp)
+        else:
+            import SimpleITK as sitk
+
+            from lesionseg.io.sitk import to_sitk
+
+            sitk.WriteImage(to_sitk(image), str(tmp), useCompression=True)
+    return path
