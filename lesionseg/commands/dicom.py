@@ -1,0 +1,117 @@
+"""``lesionseg dicom scan DIR`` and ``lesionseg dicom convert DIR --output OUT``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from lesionseg.dicom.convert import convert_folder
+from lesionseg.dicom.series import Scan, Series, scan_folder
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("dicom", help="find DICOM series in a folder tree and convert them")
+    actions = parser.add_subparsers(dest="dicom_command", metavar="ACTION", required=True)
+
+    scan = actions.add_parser("scan", help="list every series under a folder (patient, study, series, warnings)")
+    scan.add_argument("folder", help="folder to search, recursively")
+    scan.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    scan.set_defaults(func=run_scan)
+
+    convert = actions.add_parser("convert", help="write each image series as OUT/<patient>/<study>/<series>.nii.gz")
+    convert.add_argument("folder", help="folder to search, recursively")
+    convert.add_argument("--output", "-o", required=True, help="output folder")
+    convert.add_argument("--series", help="convert only this SeriesInstanceUID (or UID#n for part of a split series)")
+    convert.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse series with irregular slice spacing or gantry tilt instead of resampling them",
+    )
+    convert.set_defaults(func=run_convert)
+
+
+def _spacing(series: Series) -> str:
+    if series.geometry is None:
+        return "-"
+    return "x".join(f"{v:.4g}" for v in series.geometry.spacing)
+
+
+def _study(series: Series) -> str:
+    first = series.first
+    label = " ".join(p for p in (first.text("StudyDate"), first.text("StudyDescription")) if p)
+    return label or series.study_uid[-12:]
+
+
+def _series(series: Series) -> str:
+    first = series.first
+    return " ".join(p for p in (first.text("SeriesNumber"), first.text("SeriesDescription")) if p) or "-"
+
+
+def scan_rows(scan: Scan) -> list[dict]:
+    return [
+        {
+            "patient": s.patient_id,
+            "study": _study(s),
+            "series": _series(s),
+            "modality": s.modality,
+            "slices": len(s.slices),
+            "spacing": _spacing(s),
+            "warnings": s.warnings,
+            "uid": s.key,
+            "study_uid": s.study_uid,
+            "loadable": s.is_volume,
+        }
+        for s in scan.series
+    ]
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def print_table(scan: Scan) -> None:
+    rows = scan_rows(scan)
+    columns = [("PATIENT", 16), ("STUDY", 24), ("SERIES", 24), ("MOD", 5), ("SLICES", 6), ("SPACING", 18)]
+    print("  ".join(f"{name:<{width}}" for name, width in columns) + "  WARNINGS / UID")
+    for row in rows:
+        cells = [row["patient"], row["study"], row["series"], row["modality"], str(row["slices"]), row["spacing"]]
+        line = "  ".join(f"{_clip(c, w):<{w}}" for c, (_, w) in zip(cells, columns, strict=True))
+        print(f"{line}  {'; '.join(row['warnings']) or 'ok'}")
+        print(f"{'':<{sum(w + 2 for _, w in columns)}}uid {row['uid']}")
+    print(f"{len(rows)} series, {len(scan.skipped)} non-DICOM file(s) skipped, {len(scan.unreadable)} unreadable")
+    for path, why in scan.unreadable:
+        print(f"unreadable: {path}: {why}")
+
+
+def run_scan(args: argparse.Namespace) -> int:
+    scan = scan_folder(args.folder)
+    if args.json:
+        payload = {
+            "folder": str(scan.folder),
+            "series": scan_rows(scan),
+            "skipped": [str(p) for p in scan.skipped],
+            "unreadable": [{"file": str(p), "reason": why} for p, why in scan.unreadable],
+        }
+        print(json.dumps(payload, indent=2))
+    else:
+        print_table(scan)
+    return 1 if scan.unreadable else 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    policy = "error" if args.strict else "correct"
+    result = convert_folder(args.folder, args.output, series_uid=args.series, irregular=policy, tilt=policy)
+    for item in result.converted:
+        if item.error is None:
+            print(f"wrote {item.image_path}")
+            for message in item.warnings:
+                print(f"  warning: {message}")
+    for item in result.failures:
+        print(f"not converted: {item.series.key}: {item.error}", file=sys.stderr)
+    for path, why in result.scan.unreadable:
+        print(f"unreadable DICOM file: {path}: {why}", file=sys.stderr)
+    if not result.converted and not result.scan.unreadable:
+        print(f"no image series found under {args.folder}", file=sys.stderr)
+        return 1
+    return 1 if result.failures or result.scan.unreadable else 0
