@@ -1,0 +1,73 @@
+"""All metrics of one prediction against its reference: per label, foreground, lesion-wise."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from lesionseg.image import Image, require_same_grid
+from lesionseg.metrics.lesions import DEFAULT_CONNECTIVITY, lesion_metrics
+from lesionseg.metrics.masks import dice_coefficient, label_metrics, mask_metrics
+
+
+def as_labelmap(image: Image, what: str) -> np.ndarray:
+    """The voxel array as non-negative integers, or a clear error when it is not a labelmap."""
+    array = image.array
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.array_equal(array, np.round(array)):
+            raise ValueError(
+                f"the {what} holds non-integer values (e.g. probabilities or CT intensities); "
+                "give a labelmap with whole label values (argmax or threshold it first)"
+            )
+        array = array.astype(np.int32)
+    low = int(array.min()) if array.size else 0
+    if low < 0:
+        raise ValueError(f"the {what} holds the negative value {low}; labels must be 0 (background) or positive")
+    return array
+
+
+def evaluate_case(
+    pred: Image,
+    ref: Image,
+    *,
+    label_names: Mapping[int, str] | None = None,
+    lesion_labels: Iterable[int] | None = None,
+    min_lesion_mm3: float = 0.0,
+    connectivity: int = DEFAULT_CONNECTIVITY,
+) -> dict[str, Any]:
+    """Metrics of ``pred`` against ``ref`` (same grid): ``labels``, ``foreground`` and ``lesions``.
+
+    Labels evaluated: every non-zero value in either image plus every value named in ``label_names``.
+    Lesions are the components of the voxels whose value is in ``lesion_labels`` (default: all foreground).
+    """
+    require_same_grid(pred, ref, what="prediction")
+    pred_arr = as_labelmap(pred, "prediction")
+    ref_arr = as_labelmap(ref, "reference")
+    names = {int(k): str(v) for k, v in (label_names or {}).items()}
+    per_label = label_metrics(pred_arr, ref_arr, ref.spacing, extra_values=names)
+    labels_out: dict[str, Any] = {}
+    for value, metrics in per_label.items():
+        labels_out[str(value)] = {"name": names.get(value, f"Label_{value}"), **metrics}
+    foreground = mask_metrics(pred_arr > 0, ref_arr > 0, ref.spacing)
+    if lesion_labels is None:
+        lesion_values = None
+        pred_lesions, ref_lesions = pred_arr > 0, ref_arr > 0
+    else:
+        lesion_values = sorted({int(v) for v in lesion_labels})
+        pred_lesions, ref_lesions = np.isin(pred_arr, lesion_values), np.isin(ref_arr, lesion_values)
+    lesions = lesion_metrics(pred_lesions, ref_lesions, ref.spacing, connectivity, min_lesion_mm3)
+    lesions = {
+        "lesion_labels": lesion_values if lesion_values is not None else "all foreground",
+        "connectivity": connectivity,
+        "min_lesion_mm3": float(min_lesion_mm3),
+        "dice": dice_coefficient(pred_lesions, ref_lesions),
+        **lesions,
+    }
+    return {
+        "grid": {"size_ijk": list(ref.size), "spacing_mm": [float(s) for s in ref.spacing]},
+        "labels": labels_out,
+        "foreground": foreground,
+        "lesions": lesions,
+    }
