@@ -1,0 +1,159 @@
+"""The three Slicer modules, read statically: they compile, follow the scripted-module template, and use
+only engine names that exist. (Importing them needs Slicer's app; see Testing/run_slicer_selftests.sh.)"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import py_compile
+
+import pytest
+from support.slicer_modules import (
+    ENGINE,
+    MODULES,
+    NOT_YET_AVAILABLE,
+    REPO,
+    base_names,
+    classes,
+    method,
+    module_source,
+    parse_module,
+)
+
+
+@pytest.mark.parametrize("path", [module_source(m) for m in MODULES] + [REPO / "scripts" / "make_icons.py"])
+def test_module_file_compiles(path, tmp_path):
+    py_compile.compile(str(path), cfile=str(tmp_path / "out.pyc"), doraise=True)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_file_holds_module_widget_logic_and_test_classes(module):
+    found = classes(parse_module(module))
+    expected_bases = {
+        module: ["ScriptedLoadableModule"],
+        f"{module}Widget": ["ScriptedLoadableModuleWidget", "VTKObservationMixin"],
+        f"{module}Logic": ["ScriptedLoadableModuleLogic"],
+        f"{module}Test": ["ScriptedLoadableModuleTest"],
+    }
+    for name, bases in expected_bases.items():
+        assert name in found, f"{module}.py has no class {name}"
+        assert base_names(found[name]) == bases, f"{name} derives from {base_names(found[name])}, expected {bases}"
+    widget = found[f"{module}Widget"]
+    for name in ("setup", "cleanup", "enter", "exit", "initializeParameterNode", "setParameterNode", "_checkCanApply"):
+        assert method(widget, name), f"{module}Widget lacks {name}()"
+    assert method(found[f"{module}Logic"], "getParameterNode"), f"{module}Logic lacks getParameterNode()"
+
+
+def _assignments_to_parent(cls: ast.ClassDef) -> dict[str, ast.expr]:
+    init = method(cls, "__init__")
+    out = {}
+    for node in ast.walk(init):
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                text = ast.unparse(target)
+                if text.startswith("self.parent."):
+                    out[text.removeprefix("self.parent.")] = node.value
+    return out
+
+
+def _is_call(node: ast.expr, name: str) -> bool:
+    return isinstance(node, ast.Call) and ast.unparse(node.func) == name
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_describes_itself_with_translatable_text(module):
+    values = _assignments_to_parent(classes(parse_module(module))[module])
+    for key in ("title", "helpText", "acknowledgementText"):
+        assert key in values and _is_call(values[key], "_"), f"{module}: parent.{key} must be set through _()"
+        assert values[key].args and isinstance(values[key].args[0], ast.Constant), f"{module}: {key} is not literal"
+    assert ast.unparse(values["categories"]) == "[translate('qSlicerAbstractCoreModule', 'Segmentation')]"
+    assert ast.unparse(values["dependencies"]) == "[]"
+    contributors = values["contributors"]
+    assert isinstance(contributors, ast.List) and contributors.elts, f"{module}: name the contributors"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_self_test_runs_every_scenario_after_setup(module):
+    test_class = classes(parse_module(module))[f"{module}Test"]
+    scenarios = [n.name for n in test_class.body if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")]
+    assert scenarios, f"{module}Test has no test_* scenario"
+    calls = [
+        ast.unparse(node.value.func)
+        for node in method(test_class, "runTest").body
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)
+    ]
+    expected = []
+    for name in scenarios:
+        expected += ["self.setUp", f"self.{name}"]
+    assert calls == expected, f"{module}Test.runTest must call setUp() before each scenario, got {calls}"
+    assert "slicer.mrmlScene.Clear" in ast.unparse(method(test_class, "setUp"))
+
+
+def _engine_references(module: str) -> list[tuple[str, int]]:
+    """(dotted engine name, line) for every name a module imports from, or reads out of, lesionseg."""
+    out = []
+    for node in ast.walk(parse_module(module)):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "lesionseg":
+            out += [(f"{node.module}.{alias.name}", node.lineno) for alias in node.names]
+        elif isinstance(node, ast.Import):
+            out += [(a.name, node.lineno) for a in node.names if a.name.split(".")[0] == "lesionseg"]
+        elif isinstance(node, ast.Attribute) and ast.unparse(node).startswith("lesionseg."):
+            dotted = ast.unparse(node)
+            if "(" not in dotted and "[" not in dotted:
+                out.append((dotted, node.lineno))
+    return out
+
+
+def _resolve(dotted: str) -> object:
+    """Import the longest importable prefix of ``dotted``, then read the rest as attributes."""
+    parts = dotted.split(".")
+    for split in range(len(parts), 0, -1):
+        try:
+            target = importlib.import_module(".".join(parts[:split]))
+        except ModuleNotFoundError:
+            continue
+        for attr in parts[split:]:
+            target = getattr(target, attr)
+        return target
+    raise ModuleNotFoundError(dotted)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_every_engine_name_a_module_uses_exists(module):
+    references = _engine_references(module)
+    assert references, f"{module}.py does not use the engine; its logic must call lesionseg for what it computes"
+    for dotted, line in references:
+        try:
+            _resolve(dotted)
+        except (AttributeError, ModuleNotFoundError):
+            pytest.fail(f"{module}.py:{line} uses {dotted}, which the engine does not define")
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_engine_import_falls_back_to_the_source_tree_for_developers(module):
+    source = module_source(module).read_text(encoding="utf-8")
+    tree = parse_module(module)
+    handlers = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Try)
+        and any(isinstance(n, ast.Import) and n.names[0].name.startswith("lesionseg") for n in node.body)
+    ]
+    assert len(handlers) == 1, f"{module}.py must import lesionseg inside one try/except ModuleNotFoundError"
+    handler_text = ast.unparse(handlers[0].handlers[0])
+    assert "ModuleNotFoundError" in handler_text and "error.name != 'lesionseg'" in handler_text
+    assert "sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))" in handler_text
+    assert (module_source(module).parent.parent / "lesionseg" / "__init__.py").is_file()
+    assert source.index("import lesionseg") < source.index(f"class {module}(")
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_actions_of_later_versions_have_no_handler_yet(module):
+    source = ast.unparse(parse_module(module))
+    for button in NOT_YET_AVAILABLE[module]:
+        for forbidden in (f"ui.{button}.connect(", f"ui.{button}.clicked.connect("):
+            assert forbidden not in source, f"{module}: {button} is connected but its action does not exist yet"
+
+
+def test_engine_lives_where_the_modules_and_cmake_expect_it():
+    assert ENGINE.name == "lesionseg" and (ENGINE / "__init__.py").is_file()

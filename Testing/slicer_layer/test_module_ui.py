@@ -1,0 +1,157 @@
+"""The modules' Qt Designer files against the code that loads them and the parameter nodes they bind to.
+
+The pairs of widget class and field type below are the ones Slicer's parameterNodeWrapper can connect
+(Base/Python/slicer/parameterNodeWrapper/guiConnectors.py); any other pair makes ``connectGui`` raise
+when the module opens.
+"""
+
+from __future__ import annotations
+
+import ast
+
+import pytest
+from support.slicer_modules import (
+    MODULES,
+    NOT_YET_AVAILABLE,
+    Field,
+    parameter_node_fields,
+    parse_module,
+    ui_attribute_names,
+    ui_object_names,
+    ui_root,
+    ui_scene_connections,
+    ui_sections,
+    ui_widgets,
+)
+
+_PATH_TYPES = {"pathlib.Path", "Path", "pathlib.PurePath", "pathlib.PosixPath", "pathlib.WindowsPath"}
+
+
+def _connectable(widget_class: str, field: Field) -> str | None:
+    """Why Slicer cannot bind ``widget_class`` to ``field``, or None when it can."""
+    base = field.base
+    if widget_class == "qMRMLNodeComboBox":
+        return None if base.startswith("vtkMRML") else "a node selector needs a vtkMRML...Node field"
+    if widget_class in ("QComboBox", "ctkComboBox"):
+        if base in ("str", "int", "float", "bool") and "Choice" not in field.validators:
+            return "a combo box bound to a str/int/float/bool field needs Annotated[..., Choice([...])]"
+        return None
+    if widget_class in ("QSpinBox", "QSlider"):
+        if base != "int":
+            return "QSpinBox/QSlider bind int fields only"
+        if widget_class == "QSlider" and "WithinRange" not in field.validators:
+            return "a QSlider needs a WithinRange bound"
+        return None
+    if widget_class in ("QDoubleSpinBox", "ctkSliderWidget", "ctkDoubleSpinBox", "qMRMLSliderWidget", "qMRMLSpinBox"):
+        return None if base in ("float", "int") else "a numeric widget needs an int or float field"
+    if widget_class in ("QCheckBox", "ctkCheckBox", "QPushButton", "ctkCheckablePushButton"):
+        return None if base == "bool" else "a check box or checkable button needs a bool field"
+    if widget_class == "QLineEdit":
+        return None if base == "str" else "a QLineEdit needs a str field"
+    if widget_class in ("ctkPathLineEdit", "ctkDirectoryButton"):
+        return None if base in _PATH_TYPES else "a path widget needs a pathlib.Path field"
+    return f"parameterNodeWrapper has no connector for {widget_class}"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_every_widget_the_code_uses_is_in_the_ui_file(module):
+    missing = ui_attribute_names(module) - ui_object_names(module)
+    assert not missing, f"{module}.py uses self.ui.{sorted(missing)} but {module}.ui has no such objectName"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_ui_root_is_a_mrml_widget_named_after_the_module(module):
+    root = ui_root(module)
+    assert root.cls == "qMRMLWidget"
+    assert root.name == module
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_ui_is_made_of_collapsible_sections_starting_with_inputs(module):
+    sections = ui_sections(module)
+    assert sections, f"{module}.ui has no sections"
+    assert all(s.cls == "ctkCollapsibleButton" for s in sections), [(s.cls, s.name) for s in sections]
+    assert sections[0].string("text") == "Inputs"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_every_node_selector_is_bound_to_a_parameter_and_gets_the_scene(module):
+    fields = parameter_node_fields(module)
+    selectors = [w for w in ui_widgets(module) if w.cls == "qMRMLNodeComboBox"]
+    assert selectors
+    receivers = ui_scene_connections(module)
+    for selector in selectors:
+        parameter = selector.string("SlicerParameterName")
+        assert parameter in fields, f"{selector.name}: SlicerParameterName {parameter!r} is not a parameter node field"
+        assert selector.string_list("nodeTypes") == [fields[parameter].base], selector.name
+        for flag in ("noneEnabled", "addEnabled", "removeEnabled"):
+            assert selector.boolean(flag) is not None, f"{selector.name}: set {flag} explicitly"
+        assert selector.name in receivers, f"{selector.name} is not connected to the root's mrmlSceneChanged"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_every_bound_widget_can_be_connected_by_parameter_node_wrapper(module):
+    fields = parameter_node_fields(module)
+    for widget in ui_widgets(module):
+        parameter = widget.string("SlicerParameterName")
+        if parameter is None:
+            continue
+        assert parameter in fields, f"{widget.name}: SlicerParameterName {parameter!r} is not a parameter node field"
+        problem = _connectable(widget.cls, fields[parameter])
+        assert problem is None, f"{module}.ui {widget.name} ({widget.cls}) ↔ {parameter}: {problem}"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_parameter_node_node_types_are_real_mrml_classes(module):
+    slicer = pytest.importorskip("slicer")
+    for field in parameter_node_fields(module).values():
+        if field.base.startswith("vtkMRML"):
+            cls = getattr(slicer, field.base, None)
+            assert cls is not None, f"{module}: slicer has no class {field.base}"
+            assert issubclass(cls, slicer.vtkMRMLNode), f"{field.base} is not an MRML node class"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_actions_of_later_versions_are_disabled_and_say_so(module):
+    widgets = {w.name: w for w in ui_widgets(module)}
+    for button in NOT_YET_AVAILABLE[module]:
+        assert button in widgets, f"{module}.ui lacks {button}"
+        assert widgets[button].boolean("enabled") is False, f"{button} must start disabled"
+        assert "later version" in (widgets[button].string("toolTip") or ""), f"{button}'s tooltip must say when"
+
+
+@pytest.mark.parametrize("module", ["SpleenSeg", "ProstateMetSeg"])
+def test_segmentation_modules_offer_device_choice_progress_and_a_read_only_log(module):
+    widgets = {w.name: w for w in ui_widgets(module)}
+    fields = parameter_node_fields(module)
+    device = widgets["deviceComboBox"]
+    assert device.string("SlicerParameterName") == "device"
+    assert fields["device"].validators == ("Choice",)
+    assert widgets["modelComboBox"].cls == "QComboBox" and widgets["modelComboBox"].boolean("enabled") is False
+    assert widgets["progressBar"].cls == "QProgressBar"
+    assert widgets["logTextEdit"].cls == "QPlainTextEdit" and widgets["logTextEdit"].boolean("readOnly") is True
+
+
+def test_prostate_minimum_lesion_volume_defaults_to_100_mm3():
+    spin = {w.name: w for w in ui_widgets("ProstateMetSeg")}["minLesionVolumeSpinBox"]
+    assert spin.cls == "QSpinBox"
+    assert spin.prop("value").findtext("number") == "100"
+    assert spin.string("suffix").strip() == "mm³"
+    assert parameter_node_fields("ProstateMetSeg")["minLesionVolumeMm3"].validators == ("WithinRange",)
+
+
+def test_training_dataset_folder_is_a_directory_path_edit():
+    widgets = {w.name: w for w in ui_widgets("LesionSegTraining")}
+    folder = widgets["datasetFolderPathLineEdit"]
+    assert folder.cls == "ctkPathLineEdit"
+    filters = folder.prop("filters").findtext("set").split("|")
+    assert "ctkPathLineEdit::Dirs" in filters and "ctkPathLineEdit::Files" not in filters
+    assert widgets["configPresetComboBox"].boolean("enabled") is False
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_widget_loads_its_own_ui_file(module):
+    source = ast.unparse(parse_module(module))
+    assert f"slicer.util.loadUI(self.resourcePath('UI/{module}.ui'))" in source
+    assert "uiWidget.setMRMLScene(slicer.mrmlScene)" in source
+    assert "self._parameterNode.connectGui(self.ui)" in source
