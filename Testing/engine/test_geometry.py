@@ -154,3 +154,15 @@ def test_failed_write_leaves_the_old_file_untouched(tmp_path):
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["keep.nrrd"]
     assert_same_physical_image(make_image("identity"), read_image(path))
+
+
+def test_saved_files_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        path = write_image(make_image("identity"), tmp_path / "shared.nii.gz")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
