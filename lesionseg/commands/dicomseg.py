@@ -1,0 +1,42 @@
+"""``lesionseg dicomseg``: a label map as a DICOM Segmentation (BINARY) on its reference series."""
+
+from __future__ import annotations
+
+import argparse
+
+from lesionseg.rtstruct.segments import parse_names
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "dicomseg",
+        help="export a label map as a DICOM SEG on a DICOM series",
+        description="Write one BINARY segment per label, one frame per reference slice that holds it, "
+        "with SNOMED CT property codes (from the label's terminology, its name, or generic Tissue).",
+    )
+    parser.add_argument("--reference", required=True, help="folder holding the DICOM image series")
+    parser.add_argument("--seg", required=True, help="label map (NIfTI, NRRD, .seg.nrrd, MetaImage)")
+    parser.add_argument("--output", required=True, help="DICOM SEG file to write")
+    parser.add_argument(
+        "--names",
+        help="VALUE=NAME pairs, e.g. 1=Spleen,2=Liver: exports only these labels. Without it every label is "
+        "exported, named from a .seg.nrrd header or labels.json beside the map, else Label_<n>",
+    )
+    parser.add_argument(
+        "--algorithm",
+        default="AUTOMATIC",
+        type=str.upper,
+        choices=("AUTOMATIC", "SEMIAUTOMATIC", "MANUAL"),
+        help="SegmentAlgorithmType: AUTOMATIC for model output (default), MANUAL for hand-drawn labels",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from lesionseg.dicomseg import export_dicomseg
+
+    output = export_dicomseg(
+        args.reference, args.seg, args.output, names=parse_names(args.names), algorithm=args.algorithm
+    )
+    print(f"wrote {output}")
+    return 0
