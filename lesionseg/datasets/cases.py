@@ -1,0 +1,298 @@
+"""Adding and removing training cases: every save is a new version, nothing is overwritten."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lesionseg.datasets.store import (
+    FILE_ENDING,
+    Dataset,
+    begin_write,
+    check_case_id,
+    end_write,
+    publish,
+    recover,
+    sha256_file,
+    step,
+    unpublish,
+    utc_now,
+)
+from lesionseg.image import Image, require_same_grid
+from lesionseg.io import read_image, write_image
+from lesionseg.labels import LabelInfo
+
+PROVENANCE_KEYS = ("annotator", "source_model", "source_model_version", "study_uid", "series_uid", "note", "tool")
+
+
+@dataclass(frozen=True)
+class CaseRecord:
+    """What a save produced: the case, its new version, and where the files are."""
+
+    case_id: str
+    version: int
+    image: Path
+    label: Path
+    labels_present: tuple[int, ...]
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _segment_names(labels: Iterable[LabelInfo] | Mapping[Any, Any] | None) -> dict[int, str]:
+    """{input value: segment name} from LabelInfo objects or a {value: name} mapping."""
+    if labels is None:
+        return {}
+    if isinstance(labels, Mapping):
+        return {int(v): str(n) for v, n in labels.items() if int(v) != 0}
+    return {info.value: info.name for info in labels}
+
+
+def remap_label(
+    label: Image,
+    segment_names: Mapping[int, str],
+    dataset_labels: Mapping[int, str],
+    label_map: Mapping[str, int] | None = None,
+    drop_unmapped: bool = False,
+) -> Image:
+    """Turn an input labelmap into the dataset's label values.
+
+    A segment goes to ``label_map[name]`` when given, else to the dataset label of the same
+    name (case-insensitive); a labelmap with no names keeps its values.  ``NAME=0`` drops a segment;
+    ``drop_unmapped`` drops every named segment that matches nothing (else that is an error).
+    """
+    values = [int(v) for v in np.unique(label.array) if v != 0]
+    by_name = {name.lower(): value for value, name in dataset_labels.items()}
+    wanted = {str(k).lower(): int(v) for k, v in (label_map or {}).items()}
+    for name, value in wanted.items():
+        if value not in dataset_labels:
+            raise ValueError(
+                f"--label-map {name}={value}: {value} is not a label of this dataset "
+                f"({_describe(dataset_labels)}); use one of those values or 0 to drop the segment"
+            )
+    known_names = {n.lower() for n in segment_names.values()}
+    stray = sorted(set(wanted) - known_names) if segment_names else []
+    if stray:
+        raise ValueError(
+            f"--label-map names {stray}, which the segmentation does not hold (it has {sorted(segment_names.values())})"
+        )
+    lookup = np.zeros(max(values, default=0) + 1, dtype=np.int64)
+    for value in values:
+        name = segment_names.get(value)
+        if name is None:
+            if segment_names:
+                raise ValueError(f"the labelmap holds value {value}, which its labels.json/header does not name")
+            target = wanted.get(str(value), value)
+            if target not in dataset_labels:
+                raise ValueError(
+                    f"label value {value} is not known in dataset.json ({_describe(dataset_labels)}); "
+                    f"map it with --label-map {value}=VALUE or add the label to the dataset"
+                )
+        elif name.lower() in wanted:
+            target = wanted[name.lower()]
+        elif name.lower() in by_name:
+            target = by_name[name.lower()]
+        elif drop_unmapped:
+            target = 0
+        else:
+            raise ValueError(
+                f"segment {name!r} (value {value}) matches no label of the dataset ({_describe(dataset_labels)}); "
+                f"map it with --label-map '{name}=VALUE' (0 drops it) or pass --drop-unmapped"
+            )
+        lookup[value] = target
+    if np.any(label.array < 0):
+        raise ValueError("the labelmap holds negative values; label values must be 0 or positive integers")
+    if np.issubdtype(label.array.dtype, np.floating) and not np.all(np.mod(label.array, 1) == 0):
+        raise ValueError("the labelmap holds fractional values; give an integer labelmap, not a probability map")
+    out = lookup[label.array.astype(np.int64)]
+    dtype = np.uint8 if max(dataset_labels) < 256 else np.uint16
+    return label.with_array(out.astype(dtype))
+
+
+def _describe(labels: Mapping[int, str]) -> str:
+    return ", ".join(f"{v}={n}" for v, n in sorted(labels.items()))
+
+
+def _clean_provenance(provenance: Mapping[str, Any] | None) -> dict[str, Any]:
+    out = {k: v for k, v in dict(provenance or {}).items() if v not in (None, "")}
+    source = out.get("source_model")
+    if isinstance(source, str) and "@" in source and "source_model_version" not in out:
+        out["source_model"], out["source_model_version"] = source.split("@", 1)
+    out["ai_assisted"] = bool(out.get("source_model"))
+    out.setdefault("saved_at", utc_now())
+    json.dumps(out)  # provenance must be plain JSON
+    return out
+
+
+def _next_case_id(manifest: Mapping[str, Any]) -> str:
+    numbers = [int(m.group(1)) for c in manifest["cases"] if (m := re.fullmatch(r"case_(\d+)", c))]
+    return f"case_{max(numbers, default=0) + 1:04d}"
+
+
+def add_case(
+    dataset_dir: str | Path,
+    image: Image,
+    label: Image,
+    labels: Iterable[LabelInfo] | Mapping[Any, Any] | None = None,
+    case_id: str | None = None,
+    provenance: Mapping[str, Any] | None = None,
+    label_map: Mapping[str, int] | None = None,
+    drop_unmapped: bool = False,
+) -> CaseRecord:
+    """Save ``image`` and ``label`` as a new version of a case (a new case when ``case_id`` is new or None).
+
+    ``labels`` names the label's segments (LabelInfo list or {value: name}); the names pick the
+    dataset's label values, or ``label_map`` {segment name: dataset value} does.  Provenance keys:
+    annotator, source_model (``ID@VERSION``), study_uid, series_uid, note.
+    """
+    dataset = Dataset(dataset_dir)
+    require_same_grid(label, image, what="label")
+    dataset_labels = dataset.labels()
+    mapped = remap_label(label, _segment_names(labels), dataset_labels, label_map, drop_unmapped)
+    present = tuple(int(v) for v in np.unique(mapped.array))
+    record_provenance = _clean_provenance(provenance)
+    with dataset.lock():
+        recover(dataset)
+        manifest = dataset.manifest()
+        case_id = check_case_id(case_id) if case_id else _next_case_id(manifest)
+        case = manifest["cases"].get(case_id, {"status": "active", "current": 0, "versions": []})
+        number = max((v["version"] for v in case["versions"]), default=0) + 1
+        folder = dataset.version_dir(case_id, number)
+        begin_write(dataset, case_id, "add")
+        image_file = write_image(image, folder / f"image{FILE_ENDING}")
+        step("image-written")
+        label_file = write_image(mapped, folder / f"label{FILE_ENDING}")
+        step("label-written")
+        lesion_labels = set(dataset.lesion_labels())
+        version = {
+            "version": number,
+            "created": record_provenance["saved_at"],
+            "files": {
+                "image": {"path": dataset.relative(image_file)[2:], "sha256": sha256_file(image_file)},
+                "label": {"path": dataset.relative(label_file)[2:], "sha256": sha256_file(label_file)},
+            },
+            "size_ijk": list(image.size),
+            "spacing_mm": [round(float(s), 6) for s in image.spacing],
+            "labels_present": [v for v in present if v != 0],
+            "has_lesion": bool(lesion_labels & set(present)),
+            "provenance": record_provenance,
+        }
+        case["versions"].append(version)
+        case["current"] = number
+        case["status"] = "active"
+        manifest["cases"][case_id] = case
+        dataset.write_manifest(manifest)
+        step("manifest-committed")
+        publish(dataset, case_id, version)
+        end_write(dataset)
+    return CaseRecord(
+        case_id,
+        number,
+        dataset.image_path(case_id),
+        dataset.label_path(case_id),
+        tuple(version["labels_present"]),
+        record_provenance,
+    )
+
+
+def remove_case(dataset_dir: str | Path, case_id: str, reason: str = "", by: str = "") -> int:
+    """Take a case out of training; its files stay under versions/.  Returns the trash version number."""
+    dataset = Dataset(dataset_dir)
+    with dataset.lock():
+        recover(dataset)
+        manifest = dataset.manifest()
+        case = manifest["cases"].get(case_id)
+        if case is None or case.get("status") != "active":
+            active = dataset.active_cases(manifest)
+            raise ValueError(f"no active case {case_id!r} in {dataset.root}; active cases: {active[:20]}")
+        number = max(v["version"] for v in case["versions"]) + 1
+        begin_write(dataset, case_id, "remove")
+        case["versions"].append(
+            {
+                "version": number,
+                "created": utc_now(),
+                "removed": True,
+                "restores_from": case["current"],
+                "provenance": {k: v for k, v in {"removed_by": by, "reason": reason}.items() if v},
+            }
+        )
+        case["status"] = "removed"
+        dataset.write_manifest(manifest)
+        step("manifest-committed")
+        unpublish(dataset, case_id)
+        end_write(dataset)
+    return number
+
+
+def read_segment_names(label_path: str | Path) -> dict[int, str]:
+    """Segment names beside a labelmap file: a ``.seg.nrrd`` header or a ``labels.json`` sidecar."""
+    path = Path(label_path)
+    if path.name.lower().endswith(".seg.nrrd"):
+        from lesionseg.io.nrrd import read_nrrd
+
+        _, header = read_nrrd(path)
+        names: dict[int, str] = {}
+        for key, value in header.items():
+            match = re.fullmatch(r"Segment(\d+)_Name", key)
+            if match:
+                number = match.group(1)
+                names[int(header.get(f"Segment{number}_LabelValue", int(number) + 1))] = str(value)
+        return names
+    for sidecar in (path.with_name("labels.json"), path.with_name(path.name.split(".")[0] + ".labels.json")):
+        if sidecar.is_file():
+            return _names_from_json(json.loads(sidecar.read_text(encoding="utf-8")), sidecar)
+    return {}
+
+
+def _names_from_json(doc: Any, where: Path) -> dict[int, str]:
+    if isinstance(doc, Mapping) and "labels" in doc:
+        doc = doc["labels"]
+    if isinstance(doc, list):
+        return {int(item["value"]): str(item["name"]) for item in doc if int(item["value"]) != 0}
+    if isinstance(doc, Mapping):
+        if all(str(k).lstrip("-").isdigit() for k in doc):
+            return {int(k): str(v) for k, v in doc.items() if int(k) != 0}
+        return {int(v): str(k) for k, v in doc.items() if int(v) != 0}
+    raise ValueError(f"{where}: expected a list of {{value, name}} or a value→name object")
+
+
+def read_sidecar_provenance(image_path: str | Path) -> dict[str, Any]:
+    """DICOM UIDs from a JSON sidecar beside the image (``ct.nii.gz`` → ``ct.json``), when there is one."""
+    path = Path(image_path)
+    stem = path.name.split(".")[0] if path.is_file() else path.name
+    sidecar = path.with_name(stem + ".json")
+    if not sidecar.is_file():
+        return {}
+    doc = json.loads(sidecar.read_text(encoding="utf-8"))
+    out = {}
+    for key, names in (
+        ("study_uid", ("StudyInstanceUID", "study_uid")),
+        ("series_uid", ("SeriesInstanceUID", "series_uid")),
+    ):
+        for name in names:
+            if doc.get(name):
+                out[key] = str(doc[name])
+                break
+    return out
+
+
+def add_case_from_files(
+    dataset_dir: str | Path,
+    image_path: str | Path,
+    label_path: str | Path,
+    label_map: Mapping[str, int] | None = None,
+    case_id: str | None = None,
+    provenance: Mapping[str, Any] | None = None,
+    drop_unmapped: bool = False,
+) -> CaseRecord:
+    """The command line's ``dataset add``: read both files, find segment names and sidecar UIDs, save."""
+    image = read_image(image_path)
+    label = read_image(label_path)
+    merged = {**read_sidecar_provenance(image_path), **{k: v for k, v in (provenance or {}).items() if v}}
+    merged.setdefault("image_source", str(Path(image_path).name))
+    names = read_segment_names(label_path)
+    return add_case(dataset_dir, image, label, names, case_id, merged, label_map, drop_unmapped)
