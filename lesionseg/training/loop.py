@@ -239,6 +239,10 @@ def train(
     if torch_device.type == "cuda":
         torch.cuda.set_device(torch_device)
     amp = bool(config["training"]["amp"]) and torch_device.type == "cuda"
+    if torch_device.type == "cpu":
+        # Small gradients become subnormal floats in the backward pass, and x86 CPUs handle those in
+        # microcode: a UNet step measured 30x slower (7 s vs 0.23 s) until they are flushed to zero.
+        torch.set_flush_denormal(True)
     seed = int(config["training"]["seed"]) + rank
     if config["training"]["deterministic"]:
         set_determinism(seed=seed)  # also turns cuDNN's autotuner off and its deterministic kernels on
