@@ -1,0 +1,142 @@
+"""Background jobs with real child processes: progress, cancel (whole tree), crash, timeout, warm worker."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from support.tiny_models import phantom_ct, sphere_label, threshold_spec_dict, threshold_state, write_model_folder
+
+from lesionseg.io import read_image, write_image
+from lesionseg.jobs import EventKind, Job, JobState, WarmWorker
+
+pytestmark = pytest.mark.skipif(os.name == "nt", reason="process-group checks below read /proc")
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+def wait_for(job: Job, predicate, timeout_s: float = 90.0) -> list:
+    seen = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for event in job.poll():
+            seen.append(event)
+            if predicate(event):
+                return seen
+        if job.state.finished:
+            break
+        time.sleep(0.02)
+    raise AssertionError(f"no matching event; state {job.state}, stderr: {job.stderr_text[-2000:]}, seen {seen[-5:]}")
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("jobs")
+    fast = write_model_folder(root / "fast", threshold_spec_dict(spacing=None, roi=(48, 48, 48)), threshold_state())
+    # Thousands of tiny windows: slow enough to be cancelled in the middle of the window loop.
+    slow_spec = threshold_spec_dict("slow", spacing=None, roi=(8, 8, 8), overlap=0.75)
+    slow_spec["inference"]["sw_batch_size"] = 1
+    slow = write_model_folder(root / "slow", slow_spec, threshold_state())
+    ct = write_image(phantom_ct(), root / "ct.nii.gz")
+    return root, fast, slow, ct
+
+
+@pytest.mark.slow
+def test_cancel_mid_inference_ends_the_child_fast_and_leaves_no_output(inputs, tmp_path):
+    _root, _fast, slow, ct = inputs
+    output = tmp_path / "labels.nii.gz"
+    job = Job.segment(str(slow), ct, output, device="cpu").start()
+    events = wait_for(job, lambda e: e.kind is EventKind.PROGRESS and e.data.get("windows_done"))
+    last = events[-1].data
+    assert last["stage"] == "inference" and last["windows_done"] < last["windows_total"]
+    pid = job.pid
+    started = time.monotonic()
+    job.cancel()
+    while alive(pid) and time.monotonic() - started < 5:
+        time.sleep(0.02)
+    assert time.monotonic() - started < 2.0 and not alive(pid)
+    assert job.state is JobState.CANCELLED
+    assert not output.exists() and not list(tmp_path.glob(".labels.*"))
+
+
+def test_cancel_ends_grandchildren_too(tmp_path):
+    script = textwrap.dedent(
+        """
+        import json, subprocess, sys, time
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        print(json.dumps({"event": "message", "text": str(child.pid)}), flush=True)
+        time.sleep(60)
+        """
+    )
+    job = Job([sys.executable, "-c", script]).start()
+    events = wait_for(job, lambda e: e.kind is EventKind.MESSAGE, timeout_s=30)
+    grandchild = int(events[-1].data["text"])
+    started = time.monotonic()
+    job.cancel()
+    while (alive(grandchild) or alive(job.pid)) and time.monotonic() - started < 5:
+        time.sleep(0.02)
+    assert time.monotonic() - started < 2.0
+    assert not alive(grandchild) and not alive(job.pid)
+    assert job.state is JobState.CANCELLED
+
+
+def test_crashing_child_fails_with_its_traceback():
+    script = (
+        "import json; print(json.dumps({'event': 'stage', 'stage': 'load'}), flush=True); raise RuntimeError('boom')"
+    )
+    job = Job([sys.executable, "-c", script]).start()
+    assert job.wait(30) is JobState.FAILED
+    assert job.returncode != 0
+    assert job.error_type == "RuntimeError" and "Traceback" in job.error_text and "boom" in job.error_text
+    kinds = [e.kind for e in job.poll()]
+    assert kinds[0] is EventKind.STAGE and kinds[-1] is EventKind.FINISHED
+
+
+def test_segment_error_event_reaches_the_job(inputs, tmp_path):
+    _root, fast, _slow, _ct = inputs
+    job = Job.segment(str(fast), tmp_path / "missing.nii.gz", tmp_path / "out.nii.gz", device="cpu").start()
+    assert job.wait(120) is JobState.FAILED
+    assert job.error_type == "FileNotFoundError" and "missing.nii.gz" in job.error_text
+
+
+def test_timeout_stops_the_job():
+    job = Job([sys.executable, "-c", "import time; time.sleep(60)"], timeout_s=1.0).start()
+    started = time.monotonic()
+    assert job.wait(10) is JobState.TIMED_OUT
+    assert time.monotonic() - started < 4 and not alive(job.pid)
+    assert job.error_type == "TimeoutError"
+
+
+@pytest.mark.slow
+def test_warm_worker_second_request_is_faster_and_identical(inputs, tmp_path):
+    _root, fast, _slow, ct = inputs
+    worker = WarmWorker().start()
+    try:
+        timings = []
+        for name in ("first.nii.gz", "second.nii.gz"):
+            started = time.monotonic()
+            request = worker.submit(str(fast), ct, tmp_path / name, device="cpu")
+            assert request.wait(120) is JobState.SUCCEEDED, (request.error_text, worker.job.stderr_text[-2000:])
+            timings.append(time.monotonic() - started)
+            assert any(e.kind is EventKind.PROGRESS for e in request.poll())
+        assert timings[1] < timings[0], timings
+        first, second = read_image(tmp_path / "first.nii.gz"), read_image(tmp_path / "second.nii.gz")
+        np.testing.assert_array_equal(first.array, second.array)
+        np.testing.assert_array_equal(first.array, sphere_label(read_image(ct)))
+        bad = worker.submit(str(fast), tmp_path / "nope.nii.gz", tmp_path / "x.nii.gz", device="cpu")
+        assert bad.wait(60) is JobState.FAILED and bad.error_type == "FileNotFoundError"
+    finally:
+        worker.close()
+    assert not alive(worker.job.pid)
+    assert Path(tmp_path / "first.nii.gz").exists()

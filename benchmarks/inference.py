@@ -1,0 +1,126 @@
+"""Our ``segment`` against MONAI's canonical spleen pipeline: same weights, same synthetic CT, file to file.
+
+    python benchmarks/inference.py [--size 512 512 200] [--threads 2] [--device cpu]
+
+Prints both wall times, their ratio, the time of each stage, and the Dice between the two labelmaps
+(with their foreground sizes: two empty labelmaps would give a meaningless Dice of 1).  The weights are the spleen
+spec's UNet after a few training steps on a phantom (the published weights cannot be downloaded here); the
+timing does not depend on their values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "Testing"))
+
+
+def synthetic_ct(size_ijk, spacing=(0.78, 0.78, 2.5)):
+    from support.tiny_models import phantom_ct
+
+    extent = np.array(size_ijk) * np.array(spacing)
+    return phantom_ct(
+        shape_kji=tuple(reversed(size_ijk)),
+        spacing=spacing,
+        body_radii_mm=tuple(extent * np.array([0.42, 0.32, 0.45])),
+        blob_radii_mm=(40.0, 30.0, 50.0),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--size", type=int, nargs=3, default=[512, 512, 200])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeat", type=int, default=1, help="alternating runs of each; the best is reported")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "Testing"))
+    from engine.test_inference import monai_canonical
+    from support.tiny_models import dice, trained_unet_state, write_model_folder
+
+    from lesionseg.inference import segment_file
+    from lesionseg.io import read_image, write_image
+    from lesionseg.models import load_spec
+
+    work = Path(tempfile.mkdtemp(prefix="lesionseg-bench-"))
+    spec = json.loads(
+        (Path(__file__).resolve().parents[1] / "lesionseg/resources/models/spleen_ct_segmentation.json").read_text()
+    )
+    spec["id"], spec["weights"] = "bench_spleen", {"format": "state_dict", "path": "model.pt", "sha256": None}
+    folder = write_model_folder(work / "bench_spleen", spec, trained_unet_state(steps=30))
+    source = write_image(synthetic_ct(args.size), work / "ct.nii.gz")
+    print(f"CT {args.size} written; {torch.get_num_threads()} threads, device {args.device}", flush=True)
+
+    import nibabel as nib
+
+    def run_ours() -> tuple[float, dict, dict]:
+        stage_times: dict[str, float] = {}
+        clock = {"stage": None, "t": time.perf_counter()}
+
+        def on_event(event: dict) -> None:
+            if event["event"] == "stage":
+                now = time.perf_counter()
+                if clock["stage"]:
+                    stage_times[clock["stage"]] = round(now - clock["t"], 2)
+                clock.update(stage=event["stage"], t=now)
+
+        started = time.perf_counter()
+        result = segment_file(str(folder), source, work / "ours.nii.gz", device=args.device, progress=on_event)
+        stage_times[clock["stage"]] = round(time.perf_counter() - clock["t"], 2)
+        return time.perf_counter() - started, stage_times, result
+
+    def run_monai() -> tuple[float, dict, np.ndarray]:
+        started = time.perf_counter()
+        stage_times: dict[str, float] = {}
+        weights = torch.load(folder / "model.pt", weights_only=True)
+        labels = monai_canonical(source, load_spec(folder / "spec.json"), weights, stage_times)
+        nib.save(nib.Nifti1Image(labels.astype(np.uint8), nib.load(str(source)).affine), str(work / "monai.nii.gz"))
+        return time.perf_counter() - started, stage_times, labels
+
+    # Alternate the two and keep each one's best run: the machine is shared, and load drifts.
+    best_ours: tuple = (float("inf"),)
+    best_monai: tuple = (float("inf"),)
+    for attempt in range(args.repeat):
+        ours_run = run_ours()
+        print(f"[{attempt + 1}] ours:  {ours_run[0]:.1f} s {ours_run[1]}", flush=True)
+        monai_run = run_monai()
+        print(f"[{attempt + 1}] MONAI: {monai_run[0]:.1f} s {monai_run[1]} (+ NIfTI write)", flush=True)
+        best_ours = min(best_ours, ours_run, key=lambda r: r[0])
+        best_monai = min(best_monai, monai_run, key=lambda r: r[0])
+    ours_s, stage_times, ours = best_ours
+    monai_s, monai_times, reference = best_monai
+    labels = read_image(ours["output"]).array.transpose(2, 1, 0)
+    print(
+        json.dumps(
+            {
+                "size": args.size,
+                "threads": args.threads,
+                "repeat": args.repeat,
+                "device": args.device,
+                "ours_s": round(ours_s, 2),
+                "monai_s": round(monai_s, 2),
+                "speedup": round(monai_s / ours_s, 2),
+                "dice": round(dice(labels, reference), 5),
+                "foreground_voxels": {"ours": int((labels > 0).sum()), "monai": int((reference > 0).sum())},
+                "ours_stages_s": stage_times,
+                "monai_stages_s": monai_times,
+                "machine": platform.processor() or platform.machine(),
+                "torch": torch.__version__,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""``lesionseg models list|download``: the models this machine knows, and fetching verified weights."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("models", help="list models or download their weights")
+    parser.add_argument(
+        "--models-dir", help="user models folder (default $LESIONSEG_MODELS_DIR or ~/.lesionseg/models)"
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION")
+    listing = actions.add_parser("list", help="built-in and user models, with weights status")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    download = actions.add_parser("download", help="fetch a model's weights and verify their hash")
+    download.add_argument("id", help="model id")
+    parser.set_defaults(func=run)
+
+
+def _status(entry) -> str:
+    if not entry.weights_present:
+        return "missing"
+    if entry.problem:
+        return "FAILED verification"
+    return "present, verified" if entry.verified else "present, unverified (no hash)"
+
+
+def run(args: argparse.Namespace) -> int:
+    from lesionseg.models.registry import ModelRegistry
+
+    registry = ModelRegistry(args.models_dir)
+    if args.action == "download":
+        from lesionseg.models.download import download_weights
+
+        spec = registry.get(args.id)
+
+        def show(done: int, total: int | None) -> None:
+            text = f"{done / 1e6:.1f} MB" + (f" of {total / 1e6:.1f} MB" if total else "")
+            sys.stderr.write(f"\rdownloading {spec.id}: {text}")
+
+        path = download_weights(spec, progress=show)
+        sys.stderr.write("\n")
+        print(f"{spec.id}: weights verified and installed at {path}")
+        return 0
+    if args.action not in (None, "list"):
+        raise ValueError(f"unknown action {args.action!r}")
+    entries = registry.entries()
+    if getattr(args, "json", False):
+        rows = [
+            {
+                "id": e.spec.id,
+                "version": e.spec.version,
+                "origin": e.origin,
+                "weights_present": e.weights_present,
+                "verified": e.verified,
+                "weights_path": str(e.spec.weights_path),
+                "problem": e.problem,
+            }
+            for e in entries
+        ]
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"models folder: {registry.root}")
+    for e in entries:
+        print(f"{e.spec.id:<32} {e.spec.version:<10} {e.origin:<9} weights: {_status(e)}")
+        if e.problem:
+            print(f"    {e.problem}")
+    for folder, problem in registry.problems.items():
+        print(f"{folder:<32} {'?':<10} {'user':<9} unreadable: {problem}")
+    return 0

@@ -1,0 +1,302 @@
+"""``segment_image``: an engine image in, a labelmap on exactly the same grid out.
+
+The steps reproduce a MONAI bundle's canonical inference (LoadImage → Orientation → Spacing →
+ScaleIntensityRange → SlidingWindowInferer → softmax → Invertd → argmax) with the same sampling points:
+
+1. reorient to the spec's axcodes as MONAI does, oblique grids included (lossless re-indexing, :mod:`.axes`);
+2. resample to the spec's spacing with separable linear interpolation (:mod:`.resample`), scale intensities;
+3. optionally crop to the body on that grid, and flip for the Decathlon quirk when the spec compensates it;
+4. sliding window (:mod:`.window`), softmax of the stitched logits;
+5. resample the probabilities back onto the reoriented input grid, in slabs, and take the argmax there;
+6. undo the reorientation, so the labelmap lies on the input's grid whatever its orientation;
+7. post-process (largest component, minimum volume, holes).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lesionseg.image import Image
+from lesionseg.inference.axes import monai_reorientation, permute_axes, undo_permutation
+from lesionseg.inference.crop import body_box_world, box_on_grid
+from lesionseg.inference.devices import available_ram_bytes, free_memory_bytes, resolve_device
+from lesionseg.inference.memory import plan_memory
+from lesionseg.inference.postprocess import postprocess
+from lesionseg.inference.progress import EventSink, Progress
+from lesionseg.inference.resample import (
+    AxisMap,
+    axis_map,
+    grid_starts,
+    interpolate_axis,
+    is_axis_aligned,
+    resample_separable,
+    target_shape_ijk,
+)
+from lesionseg.inference.window import count_windows, sliding_window
+from lesionseg.labels import LabelInfo
+from lesionseg.models.network import load_network
+from lesionseg.models.spec import IntensitySpec, ModelSpec
+from lesionseg.models.weights import verify_weights
+
+log = logging.getLogger(__name__)
+CROP_MARGIN_MM = 20.0
+_INVERT_SLAB = 16  # output slices resampled at a time: bounds the memory of the inversion
+
+
+@dataclass
+class LoadedModel:
+    """A spec with its network on a device, ready for repeated use (the warm worker keeps these)."""
+
+    spec: ModelSpec
+    network: Any
+    device: Any
+    weights_verified: bool
+
+
+def resolve_spec(model: str | Path | ModelSpec, models_dir: str | Path | None = None) -> ModelSpec:
+    if isinstance(model, ModelSpec):
+        return model
+    from lesionseg.models.registry import ModelRegistry
+
+    return ModelRegistry(models_dir).get(model)
+
+
+def load_model(
+    model: str | Path | ModelSpec, device: str = "auto", models_dir: str | Path | None = None
+) -> LoadedModel:
+    """Resolve, verify and load a model; refuses altered or unsafe weights."""
+    spec = resolve_spec(model, models_dir)
+    if spec.input_channels != 1:
+        raise ValueError(f"model {spec.id!r} takes {spec.input_channels} input channels; segment feeds one image")
+    torch_device = resolve_device(device)
+    hashes = verify_weights(spec)
+    network = load_network(spec, verify=False).to(torch_device)
+    return LoadedModel(spec, network, torch_device, bool(hashes["verified"]))
+
+
+def _scale_intensity(volume, options: IntensitySpec):
+    import torch
+
+    if options.kind == "range":
+        span = options.a_max - options.a_min
+        if span == 0:
+            raise ValueError("the spec's intensity range has a_min == a_max; give two different values")
+        volume = (volume - options.a_min) / span * (options.b_max - options.b_min) + options.b_min
+        if options.clip:
+            volume = volume.clamp(min(options.b_min, options.b_max), max(options.b_min, options.b_max))
+        return volume
+    values = volume[volume != 0] if options.nonzero else volume
+    if values.numel() == 0:
+        return volume
+    mean, std = values.mean(), values.std(unbiased=False)
+    std = std if std > 0 else torch.tensor(1.0)
+    if options.nonzero:
+        return torch.where(volume != 0, (volume - mean) / std, volume)
+    return (volume - mean) / std
+
+
+def _grid_image(reference: Image, spacing: np.ndarray, shape_ijk: tuple, start_ijk: tuple) -> Image:
+    """Geometry of the network grid (a broadcast array stands in for voxels: only the grid is used)."""
+    dummy = np.broadcast_to(np.zeros(1, dtype=np.uint8), tuple(reversed(shape_ijk)))
+    return Image(dummy, spacing, reference.world(start_ijk), reference.direction)
+
+
+def _invert_to_labels(
+    scores, maps_kji: list[AxisMap], binary: bool, progress: Callable[[float], None] | None = None
+) -> np.ndarray:
+    """Resample class scores from the network grid to the input grid in slabs; argmax per voxel."""
+    import torch
+
+    kmap, jmap, imap = maps_kji
+    n_out = len(kmap.lower)
+    out = np.zeros((n_out, len(jmap.lower), len(imap.lower)), dtype=np.uint8)
+    for k0 in range(0, n_out, _INVERT_SLAB):
+        k1 = min(k0 + _INVERT_SLAB, n_out)
+        first = int(kmap.lower[k0:k1].min())
+        last = int(kmap.upper[k0:k1].max())
+        local = AxisMap(kmap.lower[k0:k1] - first, kmap.upper[k0:k1] - first, kmap.weight[k0:k1])
+        slab = scores[:, first : last + 1]
+        slab = interpolate_axis(slab, 1, local)
+        slab = interpolate_axis(interpolate_axis(slab, 2, jmap), 3, imap)
+        labels = (slab[0] > 0) if binary else slab.argmax(dim=0)
+        out[k0:k1] = labels.to(torch.uint8).cpu().numpy()
+        if progress:
+            progress(k1 / n_out)
+    return out
+
+
+def predict_labelmap(image: Image, model: LoadedModel, progress: Progress, crop_body: bool = False) -> Image:
+    """Labelmap (uint8) on ``image``'s grid, before post-processing."""
+    import torch
+
+    spec, device = model.spec, model.device
+    pre, inf = spec.preprocessing, spec.inference
+    progress.stage("preprocess")
+    permutation = monai_reorientation(image, pre.orientation)
+    reoriented = permute_axes(image, *permutation)
+    size_ijk = reoriented.size
+    spacing = reoriented.spacing
+    target_spacing = np.asarray(pre.spacing if pre.spacing is not None else spacing, dtype=float)
+    shape_ijk = target_shape_ijk(size_ijk, spacing, pre.spacing)
+    step = target_spacing / spacing
+    start = grid_starts(size_ijk, shape_ijk, step, is_axis_aligned(reoriented.direction))
+    forward = [axis_map(size_ijk[a], shape_ijk[a], step[a], start[a]) for a in (2, 1, 0)]
+    backward = [axis_map(shape_ijk[a], size_ijk[a], 1.0 / step[a], -start[a] / step[a]) for a in (2, 1, 0)]
+    grid = _grid_image(reoriented, target_spacing, shape_ijk, start)
+    num_classes = spec.num_classes
+    plan = plan_memory(
+        int(np.prod(shape_ijk)),
+        num_classes,
+        inf.roi_size,
+        inf.sw_batch_size,
+        device.type,
+        free_memory_bytes(device) if device.type == "cuda" else 0,
+        available_ram_bytes(),
+        input_voxels=int(np.prod(size_ijk)),
+        amp=inf.amp,
+    )
+    if not plan.fits:
+        progress.warning(f"this volume may not fit in memory ({plan.note or 'estimate exceeds free RAM'})")
+    elif plan.note:
+        progress.message(plan.note)
+    volume_device = device if plan.stitch_on_device else torch.device("cpu")
+    volume = torch.from_numpy(np.ascontiguousarray(reoriented.array)).to(volume_device, torch.float32)
+    progress.update(0.3)
+    volume = resample_separable(volume, forward)
+    progress.update(0.8)
+    volume = _scale_intensity(volume, pre.intensity)
+    region = (slice(None), slice(None), slice(None))
+    if crop_body:
+        corners = body_box_world(image)
+        if corners is None:
+            progress.warning("--crop-body found no body (nothing above -500 HU); segmenting the whole volume")
+        else:
+            region = box_on_grid(corners, grid, CROP_MARGIN_MM)
+            progress.message(f"body crop: {[int(s.stop - s.start) for s in region][::-1]} of {list(shape_ijk)} voxels")
+    network_input = volume[region]
+    if pre.orientation_quirk == "compensate":
+        network_input = network_input.flip(-1, -2)  # tensor axes 0 and 1 (i, j) are the last two here
+    network_input = network_input[None].contiguous()
+    del volume
+    progress.stage("inference")
+    windows = count_windows(tuple(network_input.shape[1:][::-1]), inf.roi_size, inf.overlap)
+    progress.message(f"{windows} windows of {list(inf.roi_size)} voxels, batch {plan.sw_batch_size}, on {device}")
+    stats: dict = {}
+    logits = sliding_window(
+        network_input,
+        model.network,
+        inf.roi_size,
+        num_classes,
+        overlap=inf.overlap,
+        sw_batch_size=plan.sw_batch_size,
+        blend=inf.blend,
+        device=device,
+        stitch_device=volume_device,
+        amp=inf.amp,
+        flip_tta=inf.flip_tta,
+        progress=lambda done, total: progress.update(done / total, windows_done=done, windows_total=total),
+        stats=stats,
+    )
+    if stats.get("computed", windows) < windows:
+        progress.message(f"{windows - stats['computed']} windows of constant input reused one computed prediction")
+    del network_input
+    progress.stage("postprocess")
+    if pre.orientation_quirk == "compensate":
+        logits = logits.flip(-1, -2)
+    probabilities = torch.softmax(logits, dim=0)
+    del logits
+    binary = num_classes == 2
+    if binary:
+        # Linear interpolation commutes with p1 - p0, so its sign after inversion is MONAI's argmax.
+        probabilities = (probabilities[1] - probabilities[0])[None]
+    full_shape = (probabilities.shape[0], *reversed(shape_ijk))
+    if region != (slice(None),) * 3:
+        scores = torch.zeros(full_shape, dtype=torch.float32, device=probabilities.device)
+        if binary:
+            scores.fill_(-1.0)
+        else:
+            scores[0] = 1.0
+        scores[(slice(None), *region)] = probabilities
+    else:
+        scores = probabilities
+    del probabilities
+    labels = _invert_to_labels(scores, backward, binary, lambda fraction: progress.update(0.8 * fraction))
+    labelmap = Image(labels, reoriented.spacing, reoriented.origin, reoriented.direction)
+    restored = permute_axes(labelmap, *undo_permutation(*permutation))
+    if not restored.same_grid(image):
+        raise RuntimeError("internal error: the labelmap did not return to the input grid after reorientation")
+    return restored
+
+
+def segment_image(
+    image: Image,
+    spec_or_model: str | Path | ModelSpec | LoadedModel,
+    device: str = "auto",
+    progress: EventSink | Callable[[dict], None] | None = None,
+    crop_body: bool = False,
+    models_dir: str | Path | None = None,
+) -> tuple[Image, list[LabelInfo]]:
+    """Segment an engine image; returns the labelmap on ``image``'s grid and the model's labels.
+
+    ``spec_or_model`` is a model id, a model or bundle folder, a ModelSpec, or a LoadedModel (reused as is).
+    ``progress`` receives the event dictionaries described in :mod:`lesionseg.inference.progress`.
+    """
+    reporter = progress if isinstance(progress, Progress) else Progress(progress)
+    if not isinstance(spec_or_model, LoadedModel):
+        reporter.stage("load")
+        spec_or_model = load_model(spec_or_model, device, models_dir)
+        reporter.update(1.0)
+    model = spec_or_model
+    if not model.weights_verified:
+        reporter.warning(f"model {model.spec.id!r}: its weights have no hash to check against (unverified)")
+    labelmap = predict_labelmap(image, model, reporter, crop_body=crop_body)
+    labelmap = postprocess(labelmap, model.spec.postprocessing)
+    reporter.update(1.0)
+    return labelmap, list(model.spec.labels)
+
+
+def segment_file(
+    model: str | Path | ModelSpec | LoadedModel,
+    input_path: str | Path,
+    output_path: str | Path,
+    device: str = "auto",
+    progress: EventSink | None = None,
+    crop_body: bool = False,
+    models_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Read an image (file or DICOM folder), segment it, write the labelmap atomically; returns the result event."""
+    import time
+
+    from lesionseg.inference.output import labelmap_format, write_labelmap
+    from lesionseg.io import read_image
+
+    started = time.perf_counter()
+    labelmap_format(output_path)  # refuse a bad output name before any work
+    reporter = Progress(progress, min_interval_s=0.05)
+    reporter.stage("load")
+    image = read_image(input_path)
+    reporter.update(0.5)
+    if not isinstance(model, LoadedModel):
+        model = load_model(model, device, models_dir)
+    reporter.update(1.0)
+    labelmap, labels = segment_image(image, model, device, reporter, crop_body=crop_body)
+    reporter.stage("write")
+    written = write_labelmap(labelmap, labels, output_path)
+    reporter.finish()
+    present = {int(v) for v in np.unique(labelmap.array) if v}
+    return {
+        "event": "result",
+        "output": str(written),
+        "input": str(input_path),
+        "model": model.spec.id,
+        "model_version": model.spec.version,
+        "labels": [dict(label.to_dict(), present=label.value in present) for label in labels],
+        "device": str(model.device),
+        "seconds": round(time.perf_counter() - started, 3),
+    }

@@ -1,0 +1,200 @@
+"""Model specs: one JSON file per model, validated by ``resources/model-spec.schema.json``.
+
+A spec is data: the network by MONAI name and parameters, preprocessing, sliding window, post-processing,
+labels and the weights' source and hashes.  Nothing about a particular model is written in code.
+
+Orientation and the Decathlon quirk
+-----------------------------------
+``preprocessing.orientation`` is MONAI's ``Orientationd(axcodes=...)``: after reorientation, tensor axis 0
+is image axis i and points towards the first letter, and so on.  The network always sees MONAI's tensor
+layout ``[batch, channel, i, j, k]``.
+
+``preprocessing.orientation_quirk`` describes weights trained on Medical Segmentation Decathlon images whose
+voxels are stored LPS while their header says RAS (Project-MONAI/model-zoo#766):
+
+* ``reproduce_monai`` (the built-in spleen spec): the network gets exactly what the bundle's canonical MONAI
+  pipeline gives it for a correctly oriented image (reorient to RAS, nothing more).  Our output therefore
+  equals MONAI's for the same file, which is what the bundle's published figures describe.
+* ``compensate``: after reorienting to ``orientation``, tensor axes 0 and 1 are flipped before the network
+  and flipped back after it, so a correctly oriented image reaches the network as the mislabelled training
+  images did (L and P swapped with R and A).  Choose this in a user spec when a model shows the mirrored-input
+  failure on correctly oriented DICOM.
+* ``none``: the weights carry no such quirk (computed like ``reproduce_monai``; the value documents the fact).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from lesionseg.labels import LabelInfo
+
+SCHEMA_RESOURCE = "model-spec.schema.json"
+NETWORK_NAMES = ("UNet", "SegResNet", "UNETR", "DynUNet", "BasicUNet")
+
+
+@cache
+def spec_schema() -> dict[str, Any]:
+    """The JSON schema every spec must satisfy."""
+    text = resources.files("lesionseg.resources").joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+@dataclass(frozen=True)
+class IntensitySpec:
+    kind: str  # "range" or "zscore"
+    a_min: float = 0.0
+    a_max: float = 1.0
+    b_min: float = 0.0
+    b_max: float = 1.0
+    clip: bool = False
+    nonzero: bool = False
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    orientation: str
+    spacing: tuple[float, float, float] | None
+    intensity: IntensitySpec
+    orientation_quirk: str = "none"
+    interpolation: str = "bilinear"
+
+
+@dataclass(frozen=True)
+class InferenceSpec:
+    roi_size: tuple[int, int, int]
+    overlap: float = 0.25
+    sw_batch_size: int = 1
+    blend: str = "constant"
+    flip_tta: bool = False
+    activation: str = "softmax"
+    amp: bool = True
+
+
+@dataclass(frozen=True)
+class PostprocessSpec:
+    keep_largest_component: bool = False
+    min_component_mm3: float = 0.0
+    fill_holes: bool = False
+
+
+@dataclass(frozen=True)
+class WeightsSpec:
+    format: str
+    path: str
+    url: str | None = None
+    sha256: str | None = None
+    md5: str | None = None
+    archive: str | None = None
+    member: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    id: str
+    version: str
+    task: str
+    network_name: str
+    network_parameters: dict[str, Any]
+    input_channels: int
+    preprocessing: PreprocessSpec
+    inference: InferenceSpec
+    postprocessing: PostprocessSpec
+    labels: tuple[LabelInfo, ...]
+    weights: WeightsSpec
+    description: str = ""
+    folder: Path | None = None  # where the weights file lives (None: not installed anywhere yet)
+    builtin: bool = False
+    source: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def weights_path(self) -> Path | None:
+        return None if self.folder is None else self.folder / self.weights.path
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.network_parameters.get("out_channels", max(label.value for label in self.labels) + 1))
+
+    def with_folder(self, folder: Path | None) -> "ModelSpec":
+        return replace(self, folder=None if folder is None else Path(folder))
+
+
+def validate_spec_dict(data: Any, where: str = "model spec") -> None:
+    """Raise ValueError naming the offending field when ``data`` breaks the schema or its own labels."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(spec_schema())
+    errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+    if errors:
+        error = errors[0]
+        location = "/".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise ValueError(f"{where}: invalid at {location}: {error.message}; see lesionseg/resources/{SCHEMA_RESOURCE}")
+    values = [label["value"] for label in data["labels"]]
+    if len(set(values)) != len(values):
+        raise ValueError(f"{where}: label values repeat ({values}); give each label its own value")
+    out_channels = data["network"]["parameters"].get("out_channels")
+    if out_channels is not None and max(values) >= int(out_channels):
+        raise ValueError(
+            f"{where}: label value {max(values)} needs at least {max(values) + 1} network output channels, "
+            f"but out_channels is {out_channels}"
+        )
+    in_channels = data["network"]["parameters"].get("in_channels")
+    if in_channels is not None and int(in_channels) != int(data["input_channels"]):
+        raise ValueError(f"{where}: input_channels {data['input_channels']} differs from the network's {in_channels}")
+
+
+def spec_from_dict(data: dict[str, Any], folder: Path | None = None, where: str = "model spec") -> ModelSpec:
+    """Validate and convert a spec dictionary."""
+    validate_spec_dict(data, where)
+    pre = data["preprocessing"]
+    inten = dict(pre["intensity"])
+    infer = data["inference"]
+    post = data.get("postprocessing", {})
+    return ModelSpec(
+        id=data["id"],
+        version=data["version"],
+        task=data["task"],
+        description=data.get("description", ""),
+        network_name=data["network"]["name"],
+        network_parameters=dict(data["network"]["parameters"]),
+        input_channels=int(data["input_channels"]),
+        preprocessing=PreprocessSpec(
+            orientation=pre["orientation"],
+            spacing=None if pre["spacing"] is None else tuple(float(s) for s in pre["spacing"]),
+            intensity=IntensitySpec(**inten),
+            orientation_quirk=pre.get("orientation_quirk", "none"),
+            interpolation=pre.get("interpolation", "bilinear"),
+        ),
+        inference=InferenceSpec(
+            roi_size=tuple(int(r) for r in infer["roi_size"]),
+            overlap=float(infer.get("overlap", 0.25)),
+            sw_batch_size=int(infer.get("sw_batch_size", 1)),
+            blend=infer.get("blend", "constant"),
+            flip_tta=bool(infer.get("flip_tta", False)),
+            activation=infer.get("activation", "softmax"),
+            amp=bool(infer.get("amp", True)),
+        ),
+        postprocessing=PostprocessSpec(
+            keep_largest_component=bool(post.get("keep_largest_component", False)),
+            min_component_mm3=float(post.get("min_component_mm3", 0.0)),
+            fill_holes=bool(post.get("fill_holes", False)),
+        ),
+        labels=tuple(LabelInfo.from_dict(label) for label in data["labels"]),
+        weights=WeightsSpec(**{k: v for k, v in data["weights"].items() if k != "note"}),
+        folder=folder,
+        source=data,
+    )
+
+
+def load_spec(path: str | Path, folder: Path | None = None) -> ModelSpec:
+    """Read a spec file; its weights are looked for in ``folder`` (default: the spec's own folder)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error}); fix the file or restore it") from error
+    return spec_from_dict(data, folder=path.parent if folder is None else folder, where=str(path))
