@@ -1,14 +1,16 @@
 import logging
 import os
 import sys
+import time
+from typing import Annotated
 
 import numpy as np
 import slicer
 import vtk
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer import vtkMRMLPlotChartNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -25,16 +27,25 @@ if sys.version_info < (3, 10):  # noqa: UP036 (this file runs in whatever Python
 
 try:
     import lesionseg.mrml
+    import LesionSegLib.training
 except ModuleNotFoundError as error:
-    if error.name != "lesionseg":
+    if error.name not in ("lesionseg", "LesionSegLib"):
         raise
-    # The extension installs the engine beside this file (qt-scripted-modules/lesionseg). A developer
-    # who adds this folder under Application Settings > Modules runs the source tree instead, where
-    # the engine is in the repository root: this file's grand-parent folder.
+    # The extension installs the engine and LesionSegLib beside this file (qt-scripted-modules/). A
+    # developer who adds this folder under Application Settings > Modules runs the source tree instead,
+    # where both are in the repository root: this file's grand-parent folder.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import lesionseg.mrml
+    import LesionSegLib.training
 from lesionseg.image import Image
 from lesionseg.labels import LabelInfo
+from lesionseg.models import models_dir
+from LesionSegLib.segmenting import slicer_python
+from LesionSegLib.tables import table_rows
+from LesionSegLib.widgets import SegmentMappingEditor, appendLog, ensurePythonPackages, showPlotInLayout
+
+DEVICES = ("auto", "cpu", "cuda")
+
 
 #
 # LesionSegTraining
@@ -49,9 +60,9 @@ class LesionSegTraining(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["LesionSeg developers"]
         self.parent.helpText = _("""
-Builds a training dataset from curated cases (a CT volume and its segmentation) and trains a
-segmentation model on it in a background process that can be cancelled and resumed.
-This version selects the inputs only: saving cases and training arrive in a later version of LesionSeg.
+Builds a training dataset from curated cases (a CT volume and its segmentation, with who checked it and
+which AI model proposed it) and trains a segmentation model on it in a background process that can be
+cancelled and resumed. The trained model appears in the SpleenSeg and ProstateMetSeg model lists.
 See the <a href="https://github.com/lesionseg/SlicerLesionSeg">LesionSeg documentation</a>.
 """)
         self.parent.acknowledgementText = _("""
@@ -72,7 +83,13 @@ class LesionSegTrainingParameterNode:
     datasetFolder - The folder that holds the training cases ("" until one is chosen).
     caseVolume - The CT volume of the case to add.
     caseSegmentation - The curated segmentation of that volume.
+    annotator - Who checked the case's segmentation (recorded with the case).
     configPreset - Name of the training configuration preset; the list is filled from the engine.
+    modelName - Name (id) of the model to train; the segmentation modules list it under this name.
+    epochs - Epochs to train (0: the preset's number).
+    learningRate - Learning rate (0: the preset's).
+    device - Where training runs.
+    casesTable, historyTable, historyChart - Where the case list and the training curves are shown.
     """
 
     # A str, not a pathlib.Path: the Path serializer turns "nothing chosen" into ".", which would
@@ -80,7 +97,15 @@ class LesionSegTrainingParameterNode:
     datasetFolder: str = ""
     caseVolume: vtkMRMLScalarVolumeNode
     caseSegmentation: vtkMRMLSegmentationNode
+    annotator: str = ""
     configPreset: str = ""
+    modelName: str = ""
+    epochs: Annotated[int, WithinRange(0, 100000)] = 0
+    learningRate: Annotated[float, WithinRange(0.0, 1.0)] = 0.0
+    device: Annotated[str, Choice(list(DEVICES))] = "auto"
+    casesTable: vtkMRMLTableNode
+    historyTable: vtkMRMLTableNode
+    historyChart: vtkMRMLPlotChartNode
 
 
 #
@@ -89,12 +114,15 @@ class LesionSegTrainingParameterNode:
 
 
 class LesionSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    POLL_MS = 500
+
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)  # needed for parameter node observation
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self.run = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -107,6 +135,8 @@ class LesionSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
         self.logic = LesionSegTrainingLogic()
+        self.labelMapping = SegmentMappingEditor(self.ui.caseLabelMappingTableWidget, _("Dataset label"))
+        self.timer = qt_timer(self.POLL_MS, self.onTimer)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -114,11 +144,21 @@ class LesionSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.datasetFolderPathLineEdit.connect("currentPathChanged(QString)", self.onDatasetFolderChanged)
         self.ui.caseVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onCaseChanged)
         self.ui.caseSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onCaseChanged)
+        self.ui.configPresetComboBox.connect("currentIndexChanged(int)", self.onPresetChanged)
+        self.ui.saveCaseButton.connect("clicked(bool)", self.onSaveCase)
+        self.ui.removeCaseButton.connect("clicked(bool)", self.onRemoveCase)
+        self.ui.trainButton.connect("clicked(bool)", lambda _checked=False: self.onTrain(resume=False))
+        self.ui.resumeButton.connect("clicked(bool)", lambda _checked=False: self.onTrain(resume=True))
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
 
+        self.ui.configPresetComboBox.addItems(self.logic.presets())
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
         self.removeObservers()
+        self.timer.stop()
+        if self.run is not None:
+            self.run.cancel()
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -142,9 +182,15 @@ class LesionSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if firstVolumeNode:
                 self._parameterNode.caseVolume = firstVolumeNode
+        presets = self.logic.presets()
+        if self._parameterNode.configPreset not in presets and presets:
+            self._parameterNode.configPreset = presets[0]
+        if self._parameterNode.configPreset in presets:
+            self.ui.configPresetComboBox.currentIndex = presets.index(self._parameterNode.configPreset)
         self.onCaseChanged()
+        self.refreshDataset()
 
-    def setParameterNode(self, inputParameterNode: LesionSegTrainingParameterNode | None) -> None:
+    def setParameterNode(self, inputParameterNode: "LesionSegTrainingParameterNode | None") -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             # exit() may have removed the observer already; removing it twice only logs a warning.
@@ -158,14 +204,23 @@ class LesionSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
             self._checkCanApply()
 
+    def log(self, message: str) -> None:
+        appendLog(self.ui.logTextEdit, message)
+
     def onDatasetFolderChanged(self, path: str) -> None:
         if self._parameterNode and self._parameterNode.datasetFolder != path:
             self._parameterNode.datasetFolder = path
+            self.refreshDataset()
+
+    def onPresetChanged(self, index: int) -> None:
+        if self._parameterNode and index >= 0:
+            self._parameterNode.configPreset = self.ui.configPresetComboBox.currentText
 
     def onCaseChanged(self, node=None) -> None:
         # Read the nodes from the selectors: this runs before the parameter node has been updated.
         volumeNode = self.ui.caseVolumeSelector.currentNode()
         segmentationNode = self.ui.caseSegmentationSelector.currentNode()
+        self.refreshLabelMapping(segmentationNode)
         if volumeNode is None:
             self.ui.caseInfoLabel.text = ""
             return
@@ -174,6 +229,132 @@ class LesionSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         except ValueError as error:
             self.ui.caseInfoLabel.text = str(error)
 
+    def refreshLabelMapping(self, segmentationNode=None) -> None:
+        names = [info.name for info in self.logic.caseLabels(segmentationNode)] if segmentationNode else []
+        folder = self._parameterNode.datasetFolder if self._parameterNode else ""
+        labels = self.logic.datasetLabelNames(folder)
+        # A new dataset takes its labels from the first case's segments.
+        self.labelMapping.fill(names, labels if labels else names)
+
+    def refreshDataset(self) -> None:
+        if self._parameterNode is None:
+            return
+        folder = self._parameterNode.datasetFolder
+        self.ui.datasetInfoLabel.text = self.logic.describeDataset(folder)
+        if LesionSegLib.training.dataset_exists(folder):
+            self._parameterNode.casesTable = self.logic.casesTable(folder, self._parameterNode.casesTable)
+            self.ui.casesTableView.setMRMLTableNode(self._parameterNode.casesTable)
+        self.refreshLabelMapping(self._parameterNode.caseSegmentation)
+        self._checkCanApply()
+
+    def selectedCase(self) -> str:
+        table = self._parameterNode.casesTable if self._parameterNode else None
+        index = self.ui.casesTableView.selectionModel().currentIndex() if table else None
+        if table is None or index is None or not index.isValid():
+            return ""
+        row = self.ui.casesTableView.sortFilterProxyModel().mapToSource(index).row()
+        rows = table_rows(table)
+        return rows[row]["case"] if 0 <= row < len(rows) else ""
+
+    def onSaveCase(self, _checked: bool = False) -> None:
+        node = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Could not save the case."), waitCursor=True):
+            labels = self.logic.datasetLabelNames(node.datasetFolder)
+            mapping = self.labelMapping.mapping() if labels else None
+            record = self.logic.saveCase(
+                node.datasetFolder, node.caseVolume, node.caseSegmentation, node.annotator, mapping
+            )
+            self.log(
+                _("Saved {case} version {version} (labels {labels}).").format(
+                    case=record.case_id, version=record.version, labels=list(record.labels_present)
+                )
+            )
+            self.refreshDataset()
+
+    def onRemoveCase(self, _checked: bool = False) -> None:
+        caseId = self.selectedCase()
+        if not caseId:
+            slicer.util.errorDisplay(_("Select the case to remove in the case table."))
+            return
+        if not slicer.util.confirmOkCancelDisplay(
+            _("Take {case} out of training? Its files stay in the dataset as a removed version.").format(case=caseId)
+        ):
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not remove the case."), waitCursor=True):
+            version = self.logic.removeCase(self._parameterNode.datasetFolder, caseId, self._parameterNode.annotator)
+            self.log(_("Removed {case} (kept as version {version}).").format(case=caseId, version=version))
+            self.refreshDataset()
+
+    def onTrain(self, resume: bool) -> None:
+        if self.run is not None or not ensurePythonPackages(self.log):
+            return
+        node = self._parameterNode
+        try:
+            self.run = self.logic.startTraining(
+                node.datasetFolder,
+                node.configPreset,
+                node.modelName,
+                node.device,
+                node.epochs or None,
+                node.learningRate or None,
+                resume,
+            )
+        except (ValueError, RuntimeError) as error:
+            self.log(str(error))
+            slicer.util.errorDisplay(str(error), windowTitle=_("Cannot train"))
+            return
+        node.historyTable = self.run.history_table(slicer.mrmlScene, node.historyTable)
+        if not node.historyChart:
+            node.historyChart = self.logic.historyChart(node.historyTable, node.modelName)
+        self.ui.historyTableView.setMRMLTableNode(node.historyTable)
+        showPlotInLayout(node.historyChart)
+        self.ui.progressBar.value = 0
+        self.ui.progressLabel.text = _("starting")
+        self.log(
+            _("Training {model} on {folder} ({preset}){resume}...").format(
+                model=node.modelName,
+                folder=node.datasetFolder,
+                preset=node.configPreset,
+                resume=_(", resumed") if resume else "",
+            )
+        )
+        self.timer.start()
+        self._checkCanApply()
+
+    def onCancel(self, _checked: bool = False) -> None:
+        if self.run is not None:
+            self.log(_("Cancelling the training..."))
+            self.run.cancel()
+            self.onTimer()
+
+    def onTimer(self) -> None:
+        run = self.run
+        if run is None:
+            self.timer.stop()
+            return
+        if run.poll():
+            self._parameterNode.historyTable = run.history_table(slicer.mrmlScene, self._parameterNode.historyTable)
+            self.ui.progressBar.value = int(round(100 * run.fraction))
+        for line in run.log:
+            self.log(line)
+        self.ui.progressLabel.text = run.progress_text()
+        if run.finished:
+            self.timer.stop()
+            self.run = None
+            failure = run.failure()
+            if failure:
+                self.log(failure)
+                run.cleanup()
+            else:
+                with slicer.util.tryWithErrorDisplay(_("The trained model could not be read."), waitCursor=True):
+                    spec = run.model()
+                    self.log(
+                        _("Model {id} {version} is ready: choose it in SpleenSeg or ProstateMetSeg.").format(
+                            id=spec.id, version=spec.version
+                        )
+                    )
+            self._checkCanApply()
+
     def _checkCanApply(self, caller=None, event=None) -> None:
         if self._parameterNode is None:
             return
@@ -181,14 +362,25 @@ class LesionSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         # line edit, so typing in it is not interrupted.
         if self.ui.datasetFolderPathLineEdit.currentPath != self._parameterNode.datasetFolder:
             self.ui.datasetFolderPathLineEdit.currentPath = self._parameterNode.datasetFolder
+        running = self.run is not None
         for button, (enabled, reason) in (
             (self.ui.saveCaseButton, self.logic.saveCaseReadiness(self._parameterNode)),
-            (self.ui.trainButton, self.logic.trainReadiness(self._parameterNode)),
-            (self.ui.cancelButton, self.logic.cancelReadiness()),
-            (self.ui.resumeButton, self.logic.resumeReadiness(self._parameterNode)),
+            (self.ui.removeCaseButton, self.logic.removeCaseReadiness(self._parameterNode)),
+            (self.ui.trainButton, self.logic.trainReadiness(self._parameterNode, running)),
+            (self.ui.cancelButton, self.logic.cancelReadiness(running)),
+            (self.ui.resumeButton, self.logic.resumeReadiness(self._parameterNode, running)),
         ):
             button.enabled = enabled
             button.toolTip = reason
+
+
+def qt_timer(intervalMs: int, callback):
+    import qt
+
+    timer = qt.QTimer()
+    timer.setInterval(intervalMs)
+    timer.connect("timeout()", callback)
+    return timer
 
 
 #
@@ -197,15 +389,20 @@ class LesionSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
 
 class LesionSegTrainingLogic(ScriptedLoadableModuleLogic):
-    """Everything LesionSegTraining computes, callable without the widget: methods take the nodes they work on."""
+    """Everything LesionSegTraining computes, callable without the widget: methods take the nodes they work on.
 
-    # Saving cases and training need engine parts that a later version of LesionSeg adds. Until then
-    # their buttons stay disabled and say so, whatever is selected.
-    savingCasesAvailable = False
-    trainingAvailable = False
+    The work is done by LesionSegLib.training (Qt-free, tested on a bare MRML scene) and the engine.
+    ``modelsDir`` is where trained models go (None: the engine's models folder, which the segmentation
+    modules list); ``pythonExecutable`` runs the training (None: PythonSlicer).
+    """
+
+    modelsDir = None
+    pythonExecutable = None
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
+        # PythonSlicer sets up its own paths: the training starts from the environment Slicer started with.
+        self.childEnvironment = slicer.util.startupEnvironment()
 
     def getParameterNode(self):
         return LesionSegTrainingParameterNode(super().getParameterNode())
@@ -241,37 +438,112 @@ class LesionSegTrainingLogic(ScriptedLoadableModuleLogic):
         logging.info(f"LesionSegTraining case: {volumeNode.GetName()} ({description})")
         return description
 
+    def datasetLabelNames(self, folder: str) -> list[str]:
+        """The dataset's label names (background left out); empty when the folder holds no dataset."""
+        if not LesionSegLib.training.dataset_exists(folder):
+            return []
+        from lesionseg.datasets import Dataset
+
+        return [name for value, name in sorted(Dataset(folder).labels().items()) if value != 0]
+
+    def describeDataset(self, folder: str) -> str:
+        if not folder:
+            return _("Choose a dataset folder.")
+        if not LesionSegLib.training.dataset_exists(folder):
+            return _("No dataset here yet: saving the first case creates one, labelled by its segments.")
+        rows = LesionSegLib.training.case_rows(folder)
+        return _("{count} cases; labels: {labels}").format(
+            count=len(rows), labels=", ".join(self.datasetLabelNames(folder))
+        )
+
+    def saveCase(self, folder: str, volumeNode, segmentationNode, annotator: str, segmentToLabel=None):
+        """Save a case; ``segmentToLabel`` maps segment names to dataset label names (None: match by name)."""
+        labelMap = None
+        if segmentToLabel is not None:
+            from lesionseg.datasets import Dataset
+
+            values = {name: value for value, name in Dataset(folder).labels().items() if value != 0}
+            labelMap = {segment: values[label] for segment, label in segmentToLabel.items()}
+        return LesionSegLib.training.save_case(folder, volumeNode, segmentationNode, annotator, labelMap)
+
+    def casesTable(self, folder: str, tableNode=None):
+        return LesionSegLib.training.case_table(
+            slicer.mrmlScene if tableNode is None else tableNode.GetScene(), folder, tableNode
+        )
+
+    def removeCase(self, folder: str, caseId: str, by: str) -> int:
+        return LesionSegLib.training.remove_dataset_case(folder, caseId, by)
+
+    def presets(self) -> list[str]:
+        return LesionSegLib.training.training_presets()
+
+    def startTraining(self, folder, preset, modelName, device="auto", epochs=None, learningRate=None, resume=False):
+        """Start a background training run; the caller polls it (or waits with LesionSegLib.training.wait_for)."""
+        run = LesionSegLib.training.TrainingRun(
+            folder,
+            preset,
+            modelName,
+            self.modelsDir or models_dir(),
+            self.pythonExecutable or slicer_python(),
+            device,
+            epochs,
+            learningRate,
+            resume,
+            self.childEnvironment,
+        )
+        return run.start()
+
+    def historyChart(self, tableNode, modelName: str):
+        return LesionSegLib.training.history_plot(
+            tableNode.GetScene(), tableNode, _("Training {model}").format(model=modelName)
+        )
+
     def saveCaseReadiness(self, parameterNode: LesionSegTrainingParameterNode | None) -> tuple[bool, str]:
-        """Whether Save training case can run now, and the tooltip that says why or why not."""
-        if not self.savingCasesAvailable:
-            return False, _("Saving training cases arrives in a later version of LesionSeg.")
+        """Whether Save current case can run now, and the tooltip that says why or why not."""
         if parameterNode is None or not parameterNode.datasetFolder:
             return False, _("Choose a dataset folder.")
         if not parameterNode.caseVolume or not parameterNode.caseSegmentation:
             return False, _("Select the case volume and its segmentation.")
-        return True, _("Add this case to the dataset.")
+        if not parameterNode.annotator.strip():
+            return False, _("Enter the annotator's name.")
+        return True, _("Add this case (or a new version of it) to the dataset.")
 
-    def trainReadiness(self, parameterNode: LesionSegTrainingParameterNode | None) -> tuple[bool, str]:
+    def removeCaseReadiness(self, parameterNode: LesionSegTrainingParameterNode | None) -> tuple[bool, str]:
+        if parameterNode is None or not LesionSegLib.training.dataset_exists(parameterNode.datasetFolder):
+            return False, _("Choose a dataset folder that holds a dataset.")
+        return True, _("Take the case selected in the table out of training (kept as a removed version).")
+
+    def trainReadiness(
+        self, parameterNode: LesionSegTrainingParameterNode | None, running: bool = False
+    ) -> tuple[bool, str]:
         """Whether Train can run now, and the tooltip that says why or why not."""
-        if not self.trainingAvailable:
-            return False, _("Training arrives in a later version of LesionSeg.")
+        if running:
+            return False, _("A training run is going; cancel it first.")
         if parameterNode is None or not parameterNode.datasetFolder:
             return False, _("Choose a dataset folder.")
+        if not LesionSegLib.training.dataset_exists(parameterNode.datasetFolder):
+            return False, _("The folder holds no dataset yet; save some cases first.")
+        if not parameterNode.modelName.strip():
+            return False, _("Enter a name for the model to train.")
         return True, _("Train a model on the dataset.")
 
-    def cancelReadiness(self) -> tuple[bool, str]:
-        """Whether Cancel can act now: only while a training run is going, which this version cannot start."""
-        if not self.trainingAvailable:
-            return False, _("Cancelling a training run arrives in a later version of LesionSeg.")
+    def cancelReadiness(self, running: bool = False) -> tuple[bool, str]:
+        """Whether Cancel can act now: only while a training run is going."""
+        if running:
+            return True, _("Stop the training; the last finished epoch is kept for Resume.")
         return False, _("No training run is going.")
 
-    def resumeReadiness(self, parameterNode: LesionSegTrainingParameterNode | None) -> tuple[bool, str]:
+    def resumeReadiness(
+        self, parameterNode: LesionSegTrainingParameterNode | None, running: bool = False
+    ) -> tuple[bool, str]:
         """Whether Resume can run now, and the tooltip that says why or why not."""
-        if not self.trainingAvailable:
-            return False, _("Resuming a training run arrives in a later version of LesionSeg.")
+        if running:
+            return False, _("A training run is going.")
         if parameterNode is None or not parameterNode.datasetFolder:
             return False, _("Choose a dataset folder.")
-        return True, _("Resume the last training run on this dataset.")
+        if not parameterNode.modelName.strip():
+            return False, _("Enter the name of the model whose training to resume.")
+        return True, _("Resume the training of this model from its last finished epoch.")
 
 
 #
@@ -285,7 +557,11 @@ class LesionSegTrainingTest(ScriptedLoadableModuleTest):
 
     def runTest(self):
         self.setUp()
-        self.test_choosing_a_case_fills_the_inputs_and_training_says_it_is_not_available_yet()
+        self.test_choosing_a_case_fills_the_inputs_and_the_actions_say_what_they_need()
+        self.setUp()
+        self.test_saving_and_removing_cases_keeps_versions_and_provenance()
+        self.setUp()
+        self.test_training_in_the_background_plots_the_curves_and_registers_the_model()
         self.setUp()
         self.test_case_segmentation_round_trips_through_the_bridge()
 
@@ -301,7 +577,7 @@ class LesionSegTrainingTest(ScriptedLoadableModuleTest):
         )
         return ct, labels, volume, segmentation
 
-    def test_choosing_a_case_fills_the_inputs_and_training_says_it_is_not_available_yet(self):
+    def test_choosing_a_case_fills_the_inputs_and_the_actions_say_what_they_need(self):
         self.delayDisplay("Choosing a training case")
         _ct, _labels, volume, segmentation = self._makeCase("LesionSegTrainingTest")
 
@@ -319,26 +595,133 @@ class LesionSegTrainingTest(ScriptedLoadableModuleTest):
             self.assertEqual(widget.ui.caseVolumeSelector.currentNode(), volume)
             self.assertEqual(widget.ui.caseSegmentationSelector.currentNode(), segmentation)
             self.assertIn("liver, lesion", widget.ui.caseInfoLabel.text)
-            for button in (
-                widget.ui.saveCaseButton,
-                widget.ui.trainButton,
-                widget.ui.cancelButton,
-                widget.ui.resumeButton,
-            ):
-                self.assertFalse(button.enabled, button.text)
-                self.assertIn("later version", button.toolTip)
-            self.assertFalse(widget.ui.configPresetComboBox.enabled)
+            self.assertIn(
+                "tiny",
+                [widget.ui.configPresetComboBox.itemText(i) for i in range(widget.ui.configPresetComboBox.count)],
+            )
+            self.assertFalse(widget.ui.cancelButton.enabled)
 
             # The dataset folder is bound by hand: a path typed in the widget reaches the parameter node.
             folder = slicer.util.tempDirectory("__LesionSegTrainingTest__")
             try:
+                parameterNode.annotator = ""
                 widget.ui.datasetFolderPathLineEdit.currentPath = folder
                 self.assertEqual(parameterNode.datasetFolder, folder)
+                self.assertIn("No dataset here yet", widget.ui.datasetInfoLabel.text)
                 self.assertFalse(widget.ui.saveCaseButton.enabled)
+                self.assertIn("annotator", widget.ui.saveCaseButton.toolTip)
+                parameterNode.annotator = "Dr. Rivera"
+                self.assertTrue(widget.ui.saveCaseButton.enabled)
+                self.assertFalse(widget.ui.trainButton.enabled)
+                self.assertIn("save some cases", widget.ui.trainButton.toolTip)
             finally:
                 os.rmdir(folder)
         finally:
             widget.exit()
+        self.delayDisplay("Test passed")
+
+    def test_saving_and_removing_cases_keeps_versions_and_provenance(self):
+        self.delayDisplay("Saving curated cases into a new dataset")
+        from LesionSegLib import segmenting
+
+        _ct, _labels, volume, segmentation = self._makeCase("Saved")
+        segmentation.SetAttribute(segmenting.MODEL_ID_ATTRIBUTE, "tiny-spleen")
+        segmentation.SetAttribute(segmenting.MODEL_VERSION_ATTRIBUTE, "0.0.1")
+        folder = os.path.join(slicer.util.tempDirectory(), "dataset")
+        widget = slicer.util.getModuleWidget("LesionSegTraining")
+        widget.enter()
+        try:
+            parameterNode = widget._parameterNode
+            parameterNode.caseVolume = volume
+            parameterNode.caseSegmentation = segmentation
+            parameterNode.annotator = "Dr. Rivera"
+            widget.ui.datasetFolderPathLineEdit.currentPath = folder
+            widget.ui.saveCaseButton.click()
+            widget.ui.saveCaseButton.click()  # saving again adds another case: the button gives no case id
+            rows = table_rows(parameterNode.casesTable)
+            self.assertEqual([row["case"] for row in rows], ["case_0001", "case_0002"])
+            self.assertEqual(rows[0]["provenance"], "AI: tiny-spleen 0.0.1, by Dr. Rivera")
+            self.assertEqual(rows[0]["labels"], "liver, lesion")
+            self.assertEqual(widget.logic.datasetLabelNames(folder), ["liver", "lesion"])
+
+            version = widget.logic.removeCase(folder, "case_0002", "Dr. Rivera")
+            self.assertEqual(version, 2)
+            widget.refreshDataset()
+            self.assertEqual(parameterNode.casesTable.GetNumberOfRows(), 1)
+        finally:
+            widget.exit()
+        self.delayDisplay("Test passed")
+
+    def test_training_in_the_background_plots_the_curves_and_registers_the_model(self):
+        self.delayDisplay("Training a tiny model on a tiny dataset, end to end")
+        from LesionSegLib import segmenting
+
+        if segmenting.missing_requirements():
+            self.delayDisplay(f"Skipped: this Slicer lacks {segmenting.missing_requirements()}")
+            return
+        folder = os.path.join(slicer.util.tempDirectory(), "dataset")
+        modelsDir = slicer.util.tempDirectory()
+        for number in range(3):
+            k, j, i = np.indices((24, 32, 32))
+            values = (np.random.default_rng(number).normal(0, 20, k.shape)).astype(np.int16)
+            labels = np.zeros(values.shape, np.uint8)
+            labels[8:16, 10:20, 10 + number : 22 + number] = 1
+            values[labels == 1] += 150
+            ct = Image(values, (1.5, 1.5, 2.0), (0.0, 0.0, 0.0), np.eye(3))
+            volume = lesionseg.mrml.volume_node_from_image(slicer.mrmlScene, ct, f"TrainCT{number}")
+            segmentation = lesionseg.mrml.segmentation_node_from_labelmap(
+                slicer.mrmlScene, ct.with_array(labels), f"TrainSeg{number}", {1: "lesion"}, volume
+            )
+            LesionSegLib.training.save_case(folder, volume, segmentation, "Dr. Rivera")
+
+        widget = slicer.util.getModuleWidget("LesionSegTraining")
+        widget.logic.modelsDir = modelsDir
+        widget.enter()
+        try:
+            parameterNode = widget._parameterNode
+            widget.ui.datasetFolderPathLineEdit.currentPath = folder
+            parameterNode.configPreset = "tiny"
+            parameterNode.modelName = "selftest-trained"
+            parameterNode.epochs = 1
+            parameterNode.device = "cpu"
+            self.assertTrue(widget.ui.trainButton.enabled, widget.ui.trainButton.toolTip)
+            widget.ui.trainButton.click()
+            self.assertTrue(widget.ui.cancelButton.enabled)
+            deadline = time.monotonic() + 300
+            while widget.run is not None and time.monotonic() < deadline:
+                slicer.app.processEvents()
+                time.sleep(0.05)
+            self.assertIsNone(widget.run, "training did not finish in 300 s")
+            log = widget.ui.logTextEdit.toPlainText()
+            self.assertIn("is ready", log)
+            self.assertEqual(parameterNode.historyTable.GetNumberOfRows(), 1)
+            self.assertEqual(parameterNode.historyChart.GetNumberOfPlotSeriesNodes(), 2)
+            self.assertEqual(widget.ui.progressBar.value, 100)
+            self.assertIn("epoch 1", widget.ui.progressLabel.text)
+
+            # Resume continues the same model from its checkpoint, up to the new epoch count.
+            parameterNode.epochs = 2
+            self.assertTrue(widget.ui.resumeButton.enabled, widget.ui.resumeButton.toolTip)
+            widget.ui.resumeButton.click()
+            deadline = time.monotonic() + 300
+            while widget.run is not None and time.monotonic() < deadline:
+                slicer.app.processEvents()
+                time.sleep(0.05)
+            self.assertIsNone(widget.run, "the resumed training did not finish in 300 s")
+            self.assertEqual(widget.ui.logTextEdit.toPlainText().count("is ready"), 2)
+            history = parameterNode.historyTable.GetTable()
+            self.assertEqual(history.GetColumnByName("epoch").GetValue(history.GetNumberOfRows() - 1), 2)
+
+            # The new model is what ProstateMetSeg lists now (its label is a lesion).
+            prostate = slicer.util.getModuleLogic("ProstateMetSeg")
+            prostate.modelsDir = modelsDir
+            try:
+                self.assertIn("selftest-trained", [e.spec.id for e in prostate.modelEntries()])
+            finally:
+                prostate.modelsDir = None
+        finally:
+            widget.exit()
+            widget.logic.modelsDir = None
         self.delayDisplay("Test passed")
 
     def test_case_segmentation_round_trips_through_the_bridge(self):

@@ -6,7 +6,7 @@ from typing import Annotated
 import numpy as np
 import slicer
 import vtk
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
@@ -26,16 +26,21 @@ if sys.version_info < (3, 10):  # noqa: UP036 (this file runs in whatever Python
 
 try:
     import lesionseg.mrml
+    import LesionSegLib.export
 except ModuleNotFoundError as error:
-    if error.name != "lesionseg":
+    if error.name not in ("lesionseg", "LesionSegLib"):
         raise
-    # The extension installs the engine beside this file (qt-scripted-modules/lesionseg). A developer
-    # who adds this folder under Application Settings > Modules runs the source tree instead, where
-    # the engine is in the repository root: this file's grand-parent folder.
+    # The extension installs the engine and LesionSegLib beside this file (qt-scripted-modules/). A
+    # developer who adds this folder under Application Settings > Modules runs the source tree instead,
+    # where both are in the repository root: this file's grand-parent folder.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import lesionseg.mrml
+    import LesionSegLib.export
 from lesionseg.image import Image
 from lesionseg.orientation import orientation_code
+from LesionSegLib.results import SegmentationResultsLogic
+from LesionSegLib.segmenting import SegmentingLogic, input_volume_problem
+from LesionSegLib.widgets import ComparisonPanel, ExportPanel, LesionTablePanel, SegmentPanel, appendLog
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -57,9 +62,9 @@ class ProstateMetSeg(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["LesionSeg developers"]
         self.parent.helpText = _("""
-Segments metastases of prostate cancer in a CT volume with an AI model, drops lesions smaller than a
-minimum volume, compares the result with a reference segmentation and exports it as DICOM RTSTRUCT.
-This version selects the inputs only: segmenting, comparing and exporting arrive in a later version of LesionSeg.
+Segments metastases of prostate cancer in a CT volume with an AI model, lists the lesions of at least a
+minimum volume (click one to go to it), compares a segmentation with a reference segmentation and exports
+it as DICOM RTSTRUCT, DICOM SEG or a .seg.nrrd file.
 See the <a href="https://github.com/lesionseg/SlicerLesionSeg">LesionSeg documentation</a>.
 """)
         self.parent.acknowledgementText = _("""
@@ -80,17 +85,23 @@ class ProstateMetSegParameterNode:
     inputVolume - The CT volume to segment.
     outputSegmentation - The segmentation that holds the latest result (each run makes a new one).
     referenceSegmentation - A trusted segmentation of the same volume to compare the result with.
+    comparisonTable - Where the latest comparison's metrics are.
+    lesionTable - Where the latest lesion table is.
     modelId - Id of the model to run; the model list is filled from the engine's model registry.
     device - Where the network runs: "auto" picks CUDA when PyTorch sees a GPU.
     minLesionVolumeMm3 - Predicted lesions smaller than this are dropped.
+    exportFormat - RTSTRUCT, DICOM SEG or NRRD (.seg.nrrd).
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
     outputSegmentation: vtkMRMLSegmentationNode
     referenceSegmentation: vtkMRMLSegmentationNode
+    comparisonTable: vtkMRMLTableNode
+    lesionTable: vtkMRMLTableNode
     modelId: str = ""
     device: Annotated[str, Choice(list(DEVICES))] = "auto"
     minLesionVolumeMm3: Annotated[int, WithinRange(0, 100000)] = DEFAULT_MIN_LESION_VOLUME_MM3
+    exportFormat: Annotated[str, Choice(list(LesionSegLib.export.FORMATS))] = LesionSegLib.export.RTSTRUCT
 
 
 #
@@ -117,6 +128,12 @@ class ProstateMetSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
         self.logic = ProstateMetSegLogic()
+        self.comparisonPanel = ComparisonPanel(self.ui, self.logic, lambda: self._parameterNode)
+        self.exportPanel = ExportPanel(self.ui, self.logic, lambda: self._parameterNode, self.log)
+        self.lesionPanel = LesionTablePanel(self.ui, self.logic, lambda: self._parameterNode)
+        self.segmentPanel = SegmentPanel(
+            self.ui, self.logic, lambda: self._parameterNode, self.log, onResult=self.onSegmentationAdded
+        )
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -127,6 +144,10 @@ class ProstateMetSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         self.removeObservers()
+        # Closing the module panel must not leave a child process running.
+        if self.segmentPanel.run is not None:
+            self.segmentPanel.run.cancel()
+        self.segmentPanel.timer.stop()
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -151,6 +172,16 @@ class ProstateMetSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if firstVolumeNode:
                 self._parameterNode.inputVolume = firstVolumeNode
         self.onInputVolumeChanged(self._parameterNode.inputVolume)
+        self.comparisonPanel.refreshMapping()
+        self.exportPanel.updateStatus()
+        self.segmentPanel.refreshModels()
+
+    def onSegmentationAdded(self, segmentationNode) -> None:
+        """After segmenting, list the lesions of the new result right away."""
+        self.lesionPanel.update()
+
+    def log(self, message: str) -> None:
+        appendLog(self.ui.logTextEdit, message)
 
     def setParameterNode(self, inputParameterNode: ProstateMetSegParameterNode | None) -> None:
         if self._parameterNode:
@@ -177,9 +208,10 @@ class ProstateMetSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _checkCanApply(self, caller=None, event=None) -> None:
         for button, (enabled, reason) in (
-            (self.ui.segmentButton, self.logic.segmentReadiness(self._parameterNode)),
+            (self.ui.segmentButton, self.segmentPanel.readiness()),
             (self.ui.compareButton, self.logic.compareReadiness(self._parameterNode)),
             (self.ui.exportButton, self.logic.exportReadiness(self._parameterNode)),
+            (self.ui.lesionTableButton, self.logic.lesionTableReadiness(self._parameterNode)),
         ):
             button.enabled = enabled
             button.toolTip = reason
@@ -190,17 +222,22 @@ class ProstateMetSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 
 
-class ProstateMetSegLogic(ScriptedLoadableModuleLogic):
-    """Everything ProstateMetSeg computes, callable without the widget: methods take the nodes they work on."""
+class ProstateMetSegLogic(ScriptedLoadableModuleLogic, SegmentationResultsLogic, SegmentingLogic):
+    """Everything ProstateMetSeg computes, callable without the widget: methods take the nodes they work on.
 
-    # Segmenting, comparing and exporting need engine parts that a later version of LesionSeg adds.
-    # Until then their buttons stay disabled and say so, whatever is selected.
-    segmentationAvailable = False
-    comparisonAvailable = False
-    exportAvailable = False
+    The lesion table, comparing with a reference and exporting come from LesionSegLib's
+    SegmentationResultsLogic, which SpleenSeg shares.
+    """
+
+    moduleName = "ProstateMetSeg"
+    lesionModels = True
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
+        # The volume handed to the background job is written under Slicer's temporary folder, and the job
+        # starts from the environment Slicer itself started with (PythonSlicer sets up its own paths).
+        self.workRoot = slicer.app.temporaryPath
+        self.childEnvironment = slicer.util.startupEnvironment()
 
     def getParameterNode(self):
         return ProstateMetSegParameterNode(super().getParameterNode())
@@ -227,27 +264,18 @@ class ProstateMetSegLogic(ScriptedLoadableModuleLogic):
 
     def segmentReadiness(self, parameterNode: ProstateMetSegParameterNode | None) -> tuple[bool, str]:
         """Whether Segment can run now, and the tooltip that says why or why not."""
-        if not self.segmentationAvailable:
-            return False, _("Segmenting arrives in a later version of LesionSeg.")
         if parameterNode is None or not parameterNode.inputVolume:
             return False, _("Select an input volume.")
+        problem = input_volume_problem(parameterNode.inputVolume)
+        if problem:
+            return False, problem
         return True, _("Segment metastases in the input volume.")
 
-    def compareReadiness(self, parameterNode: ProstateMetSegParameterNode | None) -> tuple[bool, str]:
-        """Whether Compare with reference can run now, and the tooltip that says why or why not."""
-        if not self.comparisonAvailable:
-            return False, _("Comparing with a reference arrives in a later version of LesionSeg.")
-        if parameterNode is None or not parameterNode.outputSegmentation or not parameterNode.referenceSegmentation:
-            return False, _("Select a result and a reference segmentation.")
-        return True, _("Compare the result with the reference segmentation.")
-
-    def exportReadiness(self, parameterNode: ProstateMetSegParameterNode | None) -> tuple[bool, str]:
-        """Whether Export can run now, and the tooltip that says why or why not."""
-        if not self.exportAvailable:
-            return False, _("DICOM RTSTRUCT export arrives in a later version of LesionSeg.")
-        if parameterNode is None or not parameterNode.outputSegmentation:
-            return False, _("Select the segmentation to export.")
-        return True, _("Export the segmentation as DICOM RTSTRUCT.")
+    def lesionTableReadiness(self, parameterNode: ProstateMetSegParameterNode | None) -> tuple[bool, str]:
+        """Whether List lesions can run now, and the tooltip that says why or why not."""
+        if parameterNode is None or not parameterNode.outputSegmentation or not parameterNode.inputVolume:
+            return False, _("Select the input volume and the output segmentation.")
+        return True, _("List the lesions of the output segmentation.")
 
 
 #
@@ -261,11 +289,19 @@ class ProstateMetSegTest(ScriptedLoadableModuleTest):
 
     def runTest(self):
         self.setUp()
-        self.test_choosing_a_ct_fills_the_inputs_and_every_action_says_it_is_not_available_yet()
+        self.test_choosing_a_ct_fills_the_inputs_and_the_actions_wait_for_a_segmentation()
         self.setUp()
         self.test_flipped_lesion_labelmap_keeps_its_voxels_and_volume_through_the_bridge()
+        self.setUp()
+        self.test_lesion_table_lists_lesions_over_the_minimum_and_a_click_centres_the_views()
+        self.setUp()
+        self.test_exporting_a_volume_without_dicom_origin_offers_a_seg_nrrd()
+        self.setUp()
+        self.test_exporting_a_ct_loaded_from_dicom_writes_rtstruct_and_dicom_seg_on_its_series()
+        self.setUp()
+        self.test_segmenting_metastases_adds_a_new_node_and_lists_its_lesions()
 
-    def test_choosing_a_ct_fills_the_inputs_and_every_action_says_it_is_not_available_yet(self):
+    def test_choosing_a_ct_fills_the_inputs_and_the_actions_wait_for_a_segmentation(self):
         self.delayDisplay("Choosing a CT volume")
         ramp = np.arange(6 * 7 * 8, dtype=np.int16).reshape(6, 7, 8) - 100
         image = Image(ramp, spacing=(0.8, 0.8, 2.5), origin=(120.5, 95.25, -310.0), direction=np.diag([-1, -1, 1]))
@@ -279,15 +315,20 @@ class ProstateMetSegTest(ScriptedLoadableModuleTest):
         self.assertEqual(parameterNode.minLesionVolumeMm3, DEFAULT_MIN_LESION_VOLUME_MM3)
 
         widget = slicer.util.getModuleWidget("ProstateMetSeg")
+        widget.logic.modelsDir = slicer.util.tempDirectory()  # no lesion model installed there
         widget.enter()
         try:
             self.assertEqual(widget.ui.inputVolumeSelector.currentNode(), volume)
             self.assertEqual(widget.ui.minLesionVolumeSpinBox.value, DEFAULT_MIN_LESION_VOLUME_MM3)
             self.assertEqual(widget.ui.deviceComboBox.currentText, "auto")
             self.assertIn("8×7×6", widget.ui.inputInfoLabel.text)
-            for button in (widget.ui.segmentButton, widget.ui.compareButton, widget.ui.exportButton):
+            # Only lesion models are listed; the built-in spleen model is SpleenSeg's.
+            self.assertNotIn("spleen_ct_segmentation", [e.spec.id for e in widget.segmentPanel.entries])
+            self.assertFalse(widget.ui.segmentButton.enabled)
+            self.assertIn("No model", widget.ui.segmentButton.toolTip)
+            for button in (widget.ui.compareButton, widget.ui.exportButton, widget.ui.lesionTableButton):
                 self.assertFalse(button.enabled, button.text)
-                self.assertIn("later version", button.toolTip)
+                self.assertIn("Select", button.toolTip)
             self.assertFalse(widget.ui.modelComboBox.enabled)
             self.assertTrue(widget.ui.logTextEdit.readOnly)
 
@@ -296,6 +337,7 @@ class ProstateMetSegTest(ScriptedLoadableModuleTest):
             self.assertEqual(parameterNode.minLesionVolumeMm3, 250)
         finally:
             widget.exit()
+            widget.logic.modelsDir = None
         self.delayDisplay("Test passed")
 
     def test_flipped_lesion_labelmap_keeps_its_voxels_and_volume_through_the_bridge(self):
@@ -320,4 +362,152 @@ class ProstateMetSegTest(ScriptedLoadableModuleTest):
         node.GetIJKToRASMatrix(ijkToRas)
         ras = ijkToRas.MultiplyPoint([8.0, 8.0, 6.0, 1.0])[:3]
         np.testing.assert_allclose([-ras[0], -ras[1], ras[2]], image.world((8, 8, 6)), atol=1e-4)
+        self.delayDisplay("Test passed")
+
+    def test_lesion_table_lists_lesions_over_the_minimum_and_a_click_centres_the_views(self):
+        self.delayDisplay("Lesion table of a metastasis segmentation")
+        values = np.full((10, 30, 30), 30, np.int16)
+        labels = np.zeros(values.shape, np.uint8)
+        labels[2:6, 4:12, 4:12] = 1  # 256 voxels of 1 mm³ × 2.5 = 640 mm³
+        values[2:6, 4:12, 4:12] = 700
+        labels[7:9, 20:23, 20:23] = 2  # 18 voxels = 45 mm³: under the default 100 mm³
+        image = Image(values, (1.0, 1.0, 2.5), (-40.0, 60.0, -200.0), np.diag([-1.0, -1.0, 1.0]))
+        volume = lesionseg.mrml.volume_node_from_image(slicer.mrmlScene, image, "ProstateMetSegLesionCT")
+        segmentation = lesionseg.mrml.segmentation_node_from_labelmap(
+            slicer.mrmlScene, image.with_array(labels), "Mets", {1: "Bone metastasis", 2: "Node"}, volume
+        )
+        sliceNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSliceNode")
+        if sliceNode is None:  # no main window, so no views: give the jump a slice node to move
+            sliceNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSliceNode")
+            sliceNode.SetLayoutName("Red")
+
+        widget = slicer.util.getModuleWidget("ProstateMetSeg")
+        widget.enter()
+        try:
+            widget._parameterNode.inputVolume = volume
+            widget._parameterNode.outputSegmentation = segmentation
+            self.assertTrue(widget.ui.lesionTableButton.enabled)
+            widget.ui.lesionTableButton.click()
+            table = widget._parameterNode.lesionTable
+            self.assertEqual(table.GetNumberOfRows(), 1)
+            self.assertAlmostEqual(table.GetTable().GetColumnByName("volume_ml").GetValue(0), 0.64, places=6)
+            self.assertEqual(table.GetTable().GetColumnByName("max_hu").GetValue(0), 700)
+            self.assertIn("1 lesions", widget.ui.lesionCountLabel.text)
+
+            widget.lesionPanel.onRowClicked(widget.ui.lesionTableView.model().index(0, 0))
+            r, a, s = (
+                table.GetTable().GetColumnByName(name).GetValue(0)
+                for name in ("centroid_r", "centroid_a", "centroid_s")
+            )
+            sliceToRas = sliceNode.GetSliceToRAS()
+            for axis, expected in enumerate((r, a, s)):
+                self.assertAlmostEqual(sliceToRas.GetElement(axis, 3), expected, places=4)
+
+            widget.ui.minLesionVolumeSpinBox.value = 0
+            widget.ui.lesionTableButton.click()
+            self.assertEqual(widget._parameterNode.lesionTable.GetNumberOfRows(), 2)
+        finally:
+            widget.exit()
+        self.delayDisplay("Test passed")
+
+    def test_exporting_a_volume_without_dicom_origin_offers_a_seg_nrrd(self):
+        self.delayDisplay("Export of a segmentation on a volume that did not come from DICOM")
+        labels = np.zeros((6, 12, 12), np.uint8)
+        labels[2:4, 3:8, 3:8] = 1
+        image = Image(labels.astype(np.int16), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), np.eye(3))
+        volume = lesionseg.mrml.volume_node_from_image(slicer.mrmlScene, image, "ProstateMetSegExportCT")
+        segmentation = lesionseg.mrml.segmentation_node_from_labelmap(
+            slicer.mrmlScene, image.with_array(labels), "ProstateMetSegExportSeg", {1: "Bone metastasis"}, volume
+        )
+        logic = ProstateMetSegLogic()
+        plan = logic.planExport(volume, segmentation, LesionSegLib.export.DICOM_SEG)
+        self.assertFalse(plan.possible)
+        self.assertIn("not loaded from DICOM", plan.problem)
+        nrrd = logic.planExport(volume, segmentation, LesionSegLib.export.SEG_NRRD)
+        written = logic.exportSegmentation(nrrd, volume, segmentation, slicer.util.tempDirectory(), False, logging.info)
+        self.assertTrue(written[0].name.endswith(".seg.nrrd"))
+        self.delayDisplay("Test passed")
+
+    def test_exporting_a_ct_loaded_from_dicom_writes_rtstruct_and_dicom_seg_on_its_series(self):
+        self.delayDisplay("Export of a segmentation on a CT loaded through the DICOM module")
+        import pydicom
+        from DICOMLib import DICOMUtils
+
+        from lesionseg.dicom import write_ct_series
+
+        values = np.full((8, 20, 20), 30, np.int16)
+        labels = np.zeros(values.shape, np.uint8)
+        labels[2:6, 5:12, 6:14] = 1
+        image = Image(values, (0.9, 0.9, 2.5), (-60.0, 40.0, -120.0), np.eye(3))
+        seriesFolder = slicer.util.tempDirectory()
+        write_ct_series(image, seriesFolder, uid_seed="ProstateMetSegSelfTest")
+        with DICOMUtils.TemporaryDICOMDatabase() as database:
+            self.assertTrue(DICOMUtils.importDicom(seriesFolder, database))
+            study = database.studiesForPatient(database.patients()[0])[0]
+            loaded = DICOMUtils.loadSeriesByUID([database.seriesForStudy(study)[0]])
+            volume = slicer.mrmlScene.GetNodeByID(loaded[0])
+            self.assertEqual(len(volume.GetAttribute("DICOM.instanceUIDs").split()), 8)
+            grid = lesionseg.mrml.image_from_volume_node(volume)
+            segmentation = lesionseg.mrml.segmentation_node_from_labelmap(
+                slicer.mrmlScene, grid.with_array(labels), "Mets", {1: "Bone metastasis of the left ilium"}, volume
+            )
+            logic = ProstateMetSegLogic()
+            for exportFormat in (LesionSegLib.export.RTSTRUCT, LesionSegLib.export.DICOM_SEG):
+                plan = logic.planExport(volume, segmentation, exportFormat)
+                self.assertTrue(plan.possible, plan.problem)
+                folder = slicer.util.tempDirectory()
+                written = logic.exportSegmentation(plan, volume, segmentation, folder, False, logging.info)
+                modalities = {str(pydicom.dcmread(str(path), stop_before_pixels=True).Modality) for path in written}
+                expected = "RTSTRUCT" if exportFormat == LesionSegLib.export.RTSTRUCT else "SEG"
+                self.assertIn(expected, modalities)
+                if expected == "RTSTRUCT":
+                    rtstruct = next(
+                        p for p in written if pydicom.dcmread(str(p), stop_before_pixels=True).Modality == "RTSTRUCT"
+                    )
+                    names = [roi.ROIName for roi in pydicom.dcmread(str(rtstruct)).StructureSetROISequence]
+                    self.assertTrue(all(len(name) <= 16 for name in names), names)
+            # The user's segmentation keeps its full name whatever the export shortened.
+            self.assertEqual(
+                segmentation.GetSegmentation().GetNthSegment(0).GetName(), "Bone metastasis of the left ilium"
+            )
+        self.delayDisplay("Test passed")
+
+    def test_segmenting_metastases_adds_a_new_node_and_lists_its_lesions(self):
+        self.delayDisplay("Segmenting metastases with a tiny lesion model, then the lesion table")
+        from LesionSegLib import segmenting
+        from LesionSegLib.selftest import write_threshold_model
+
+        if segmenting.missing_requirements():
+            self.delayDisplay(f"Skipped: this Slicer lacks {segmenting.missing_requirements()}")
+            return
+        values = np.full((12, 26, 26), 40, np.int16)
+        values[2:7, 3:11, 3:11] = 900  # a sclerotic bone metastasis: 320 voxels of 2 mm³
+        values[9:11, 18:21, 18:21] = 900  # a small one: 18 voxels = 36 mm³, under 100 mm³
+        image = Image(values, (1.0, 1.0, 2.0), (-30.0, 25.0, -150.0), np.diag([-1.0, -1.0, 1.0]))
+        volume = lesionseg.mrml.volume_node_from_image(slicer.mrmlScene, image, "ProstateMetSegE2E")
+
+        widget = slicer.util.getModuleWidget("ProstateMetSeg")
+        logic = widget.logic
+        logic.modelsDir = slicer.util.tempDirectory()
+        write_threshold_model(logic.modelsDir, "tiny-mets", "bone metastasis", threshold_hu=300)
+        widget.enter()
+        try:
+            self.assertEqual([e.spec.id for e in logic.modelEntries()], ["tiny-mets"])
+            result = logic.segmentBlocking(volume, "tiny-mets", "cpu")
+            self.assertEqual(result.GetName(), "ProstateMetSegE2E – ProstateMetSeg 0.0.1-selftest")
+            self.assertEqual(result.GetSegmentation().GetNthSegment(0).GetName(), "bone metastasis")
+            self.assertEqual(result.GetNodeReference(result.GetReferenceImageGeometryReferenceRole()), volume)
+            self.assertEqual(result.GetAttribute(segmenting.MODEL_ID_ATTRIBUTE), "tiny-mets")
+
+            widget._parameterNode.inputVolume = volume
+            widget._parameterNode.outputSegmentation = result
+            widget._parameterNode.minLesionVolumeMm3 = DEFAULT_MIN_LESION_VOLUME_MM3
+            widget.onSegmentationAdded(result)
+            table = widget._parameterNode.lesionTable
+            self.assertEqual(table.GetNumberOfRows(), 1)
+            self.assertAlmostEqual(table.GetTable().GetColumnByName("volume_ml").GetValue(0), 0.64, places=6)
+            self.assertEqual(table.GetTable().GetColumnByName("mean_hu").GetValue(0), 900)
+        finally:
+            widget.exit()
+            logic.modelsDir = None
         self.delayDisplay("Test passed")

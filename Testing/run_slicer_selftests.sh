@@ -14,8 +14,14 @@
 #          --python-code "import slicer.testing; slicer.testing.runUnitTest([<folder>], '<Module>')"
 # runUnitTest runs every test_* method of <Module>Test. With --testing, Slicer exits after the code,
 # with a non-zero status when it raised (a failed test raises). The modules find the engine package
-# (lesionseg/) in the repository root, as they do for a developer who adds the module folders under
-# Application Settings > Modules.
+# (lesionseg/) and their shared package (LesionSegLib/) in the repository root, as they do for a developer
+# who adds the module folders under Application Settings > Modules.
+#
+# The segmentation and training scenarios run real background jobs with Slicer's PythonSlicer and a tiny
+# model the test builds (LesionSegLib.selftest): they need torch and monai in that Slicer's Python (install
+# them once, e.g. through a first Segment click or PyTorchUtils) and are reported as skipped without them.
+# The DICOM export scenario uses a temporary DICOM database; with SlicerRT installed it exports through
+# SlicerRT's plugin, otherwise through LesionSeg's own RTSTRUCT writer.
 #
 # Slicer needs a display even without its main window: on Linux with no DISPLAY the script runs it
 # under `xvfb-run -a` (Debian/Ubuntu package: xvfb).

@@ -80,7 +80,9 @@ def test_extension_cmake_has_the_wizard_layout_and_metadata():
         ("include", ["${Slicer_EXTENSION_CPACK}"]),
     ]
     subdirectories = [args[0] for name, args in commands if name == "add_subdirectory"]
-    assert subdirectories == ["lesionseg", *MODULES], "the engine first, then one line per module"
+    assert subdirectories == ["lesionseg", "LesionSegLib", *MODULES], (
+        "the engine first, then the shared LesionSegLib, then one line per module"
+    )
     for folder in subdirectories:
         assert (REPO / folder / "CMakeLists.txt").is_file()
 

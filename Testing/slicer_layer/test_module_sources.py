@@ -10,6 +10,7 @@ import py_compile
 import pytest
 from support.slicer_modules import (
     ENGINE,
+    LIBRARY,
     MODULES,
     NOT_YET_AVAILABLE,
     REPO,
@@ -32,7 +33,8 @@ def test_module_file_holds_module_widget_logic_and_test_classes(module):
     expected_bases = {
         module: ["ScriptedLoadableModule"],
         f"{module}Widget": ["ScriptedLoadableModuleWidget", "VTKObservationMixin"],
-        f"{module}Logic": ["ScriptedLoadableModuleLogic"],
+        f"{module}Logic": ["ScriptedLoadableModuleLogic"]
+        + (["SegmentationResultsLogic", "SegmentingLogic"] if module in SEGMENTATION_MODULES else []),
         f"{module}Test": ["ScriptedLoadableModuleTest"],
     }
     for name, bases in expected_bases.items():
@@ -141,7 +143,12 @@ def test_engine_import_falls_back_to_the_source_tree_for_developers(module):
     ]
     assert len(handlers) == 1, f"{module}.py must import lesionseg inside one try/except ModuleNotFoundError"
     handler_text = ast.unparse(handlers[0].handlers[0])
-    assert "ModuleNotFoundError" in handler_text and "error.name != 'lesionseg'" in handler_text
+    imported = {alias.name.split(".")[0] for n in handlers[0].body if isinstance(n, ast.Import) for alias in n.names}
+    allowed = "(" + ", ".join(repr(name) for name in sorted(imported, key=lambda n: n != "lesionseg")) + ")"
+    assert "ModuleNotFoundError" in handler_text and (
+        f"error.name not in {allowed}" in handler_text
+        or (imported == {"lesionseg"} and "error.name != 'lesionseg'" in handler_text)
+    ), f"{module}.py: the fallback must catch exactly the packages its try block imports ({sorted(imported)})"
     assert "sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))" in handler_text
     assert (module_source(module).parent.parent / "lesionseg" / "__init__.py").is_file()
     assert source.index("import lesionseg") < source.index(f"class {module}(")
@@ -153,6 +160,58 @@ def test_actions_of_later_versions_have_no_handler_yet(module):
     for button in NOT_YET_AVAILABLE[module]:
         for forbidden in (f"ui.{button}.connect(", f"ui.{button}.clicked.connect("):
             assert forbidden not in source, f"{module}: {button} is connected but its action does not exist yet"
+
+
+SEGMENTATION_MODULES = ("SpleenSeg", "ProstateMetSeg")
+
+
+def _library_references(tree: ast.Module) -> list[tuple[str, str, int]]:
+    """(LesionSegLib submodule, name, line) for every ``from LesionSegLib.x import name``."""
+    return [
+        (node.module.split(".", 1)[1], alias.name, node.lineno)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("LesionSegLib.")
+        for alias in node.names
+    ]
+
+
+def _top_level_names(path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+        elif isinstance(node, ast.ImportFrom):
+            names |= {a.asname or a.name for a in node.names}
+    return names
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_every_lesionseglib_name_a_module_uses_exists(module):
+    # LesionSegLib.widgets imports qt, so the check reads the files instead of importing them.
+    for submodule, name, line in _library_references(parse_module(module)):
+        path = LIBRARY / f"{submodule.replace('.', '/')}.py"
+        assert path.is_file(), f"{module}.py:{line} imports LesionSegLib.{submodule}, which does not exist"
+        assert name in _top_level_names(path), f"{module}.py:{line}: LesionSegLib.{submodule} defines no {name}"
+
+
+@pytest.mark.parametrize("module", SEGMENTATION_MODULES)
+def test_segmentation_modules_share_their_panels_through_lesionseglib(module):
+    # Comparing and exporting work alike in both modules: one implementation, in LesionSegLib.
+    names = {name for _submodule, name, _line in _library_references(parse_module(module))}
+    assert {"SegmentationResultsLogic", "SegmentingLogic", "ComparisonPanel", "ExportPanel", "SegmentPanel"} <= names
+    found = classes(parse_module(module))
+    for name in (
+        "compareWithReference",
+        "planExport",
+        "exportSegmentation",
+        "lesionTable",
+        "startSegmentation",
+        "loadSegmentationResult",
+    ):
+        assert not method(found[f"{module}Logic"], name), f"{module}Logic redefines {name}; use LesionSegLib's"
 
 
 def test_engine_lives_where_the_modules_and_cmake_expect_it():

@@ -14,8 +14,10 @@ from support.slicer_modules import (
     MODULES,
     NOT_YET_AVAILABLE,
     Field,
+    module_source,
     parameter_node_fields,
     parse_module,
+    parse_ui,
     ui_attribute_names,
     ui_object_names,
     ui_root,
@@ -23,6 +25,11 @@ from support.slicer_modules import (
     ui_sections,
     ui_widgets,
 )
+
+
+def module_source_text(module: str) -> str:
+    return module_source(module).read_text(encoding="utf-8")
+
 
 _PATH_TYPES = {"pathlib.Path", "Path", "pathlib.PurePath", "pathlib.PosixPath", "pathlib.WindowsPath"}
 
@@ -146,7 +153,31 @@ def test_training_dataset_folder_is_a_directory_path_edit():
     assert folder.cls == "ctkPathLineEdit"
     filters = folder.prop("filters").findtext("set").split("|")
     assert "ctkPathLineEdit::Dirs" in filters and "ctkPathLineEdit::Files" not in filters
-    assert widgets["configPresetComboBox"].boolean("enabled") is False
+    # Filled from the engine's presets when the module opens; bound by hand (the list is not a fixed Choice).
+    assert (
+        widgets["configPresetComboBox"].cls == "QComboBox"
+        and widgets["configPresetComboBox"].string("SlicerParameterName") is None
+    )
+
+
+def test_training_panel_offers_the_key_parameters_progress_plot_table_and_log():
+    widgets = {w.name: w for w in ui_widgets("LesionSegTraining")}
+    fields = parameter_node_fields("LesionSegTraining")
+    assert [s.string("text") for s in ui_sections("LesionSegTraining")] == ["Inputs", "Dataset", "Training"]
+    for name, parameter in (
+        ("annotatorLineEdit", "annotator"),
+        ("modelNameLineEdit", "modelName"),
+        ("epochsSpinBox", "epochs"),
+        ("learningRateSpinBox", "learningRate"),
+        ("deviceComboBox", "device"),
+    ):
+        assert widgets[name].string("SlicerParameterName") == parameter and parameter in fields
+    assert widgets["casesTableView"].cls == widgets["historyTableView"].cls == "qMRMLTableView"
+    assert widgets["caseLabelMappingTableWidget"].cls == "QTableWidget"
+    assert widgets["progressBar"].cls == "QProgressBar" and widgets["logTextEdit"].boolean("readOnly") is True
+    assert fields["historyChart"].base == "vtkMRMLPlotChartNode" and fields["historyTable"].base == "vtkMRMLTableNode"
+    receivers = ui_scene_connections("LesionSegTraining")
+    assert {"casesTableView", "historyTableView", "caseVolumeSelector", "caseSegmentationSelector"} <= receivers
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -155,3 +186,52 @@ def test_widget_loads_its_own_ui_file(module):
     assert f"slicer.util.loadUI(self.resourcePath('UI/{module}.ui'))" in source
     assert "uiWidget.setMRMLScene(slicer.mrmlScene)" in source
     assert "self._parameterNode.connectGui(self.ui)" in source
+
+
+@pytest.mark.parametrize("module", ["SpleenSeg", "ProstateMetSeg"])
+def test_comparison_and_export_sections_offer_what_the_shared_panels_need(module):
+    widgets = {w.name: w for w in ui_widgets(module)}
+    sections = [s.name for s in ui_sections(module)]
+    assert {"evaluationCollapsibleButton", "exportCollapsibleButton"} <= set(sections)
+    assert widgets["segmentMappingTableWidget"].cls == "QTableWidget"
+    receivers = ui_scene_connections(module)
+    tables = [w for w in ui_widgets(module) if w.cls == "qMRMLTableView"]
+    assert "comparisonTableView" in [t.name for t in tables]
+    for table in tables:
+        assert table.name in receivers, f"{table.name} is not connected to the root's mrmlSceneChanged"
+    export_format = widgets["exportFormatComboBox"]
+    assert export_format.string("SlicerParameterName") == "exportFormat"
+    items = [item.find("property/string").text for item in export_format.element.findall("item")]
+    assert items == ["RTSTRUCT", "DICOM SEG", "NRRD"]
+    source = module_source_text(module)
+    assert "Choice(list(LesionSegLib.export.FORMATS))" in source
+    destinations = [
+        i.find("property/string").text for i in widgets["exportDestinationComboBox"].element.findall("item")
+    ]
+    assert destinations == ["DICOM database", "Folder"]
+    folder = widgets["exportFolderPathLineEdit"]
+    assert folder.cls == "ctkPathLineEdit" and "ctkPathLineEdit::Dirs" in folder.prop("filters").findtext("set")
+    customs = {c.findtext("class"): c.findtext("extends") for c in parse_ui(module).iter("customwidget")}
+    assert customs.get("qMRMLTableView") == "QTableView" and customs.get("ctkPathLineEdit") == "QWidget"
+
+
+def test_export_formats_in_the_ui_are_the_ones_lesionseglib_plans():
+    import sys
+
+    from support.slicer_modules import REPO
+
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    pytest.importorskip("slicer")
+    from LesionSegLib.export import FORMATS
+
+    for module in ("SpleenSeg", "ProstateMetSeg"):
+        combo = {w.name: w for w in ui_widgets(module)}["exportFormatComboBox"]
+        assert tuple(i.find("property/string").text for i in combo.element.findall("item")) == FORMATS
+
+
+def test_prostate_lesion_section_has_a_table_view_and_its_actions():
+    widgets = {w.name: w for w in ui_widgets("ProstateMetSeg")}
+    assert "lesionsCollapsibleButton" in [s.name for s in ui_sections("ProstateMetSeg")]
+    assert widgets["lesionTableView"].cls == "qMRMLTableView"
+    assert widgets["lesionTableButton"].cls == widgets["saveLesionCsvButton"].cls == "QPushButton"

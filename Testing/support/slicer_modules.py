@@ -16,13 +16,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 MODULES = ("SpleenSeg", "ProstateMetSeg", "LesionSegTraining")
 ENGINE = REPO / "lesionseg"
+LIBRARY = REPO / "LesionSegLib"  # Qt-side pieces the modules share, installed like Slicer's DICOMLib
 
 # Actions a later version of LesionSeg builds. Until then each is a disabled button that says so, and no
 # code is connected to it. Remove a name here in the change that makes the action real.
 NOT_YET_AVAILABLE = {
-    "SpleenSeg": ["segmentButton"],
-    "ProstateMetSeg": ["segmentButton", "compareButton", "exportButton"],
-    "LesionSegTraining": ["saveCaseButton", "trainButton", "cancelButton", "resumeButton"],
+    "SpleenSeg": [],
+    "ProstateMetSeg": [],
+    "LesionSegTraining": [],
 }
 
 

@@ -1,0 +1,113 @@
+"""Logic that SpleenSeg and ProstateMetSeg share for a finished segmentation: compare, list lesions, export.
+
+A mixin for the modules' ``ScriptedLoadableModuleLogic`` classes. It is Qt-free: every method takes the
+nodes it works on, and the two look-ups that only exist in Slicer's app (is SlicerRT there, where is a
+DICOM instance's file) are arguments that default to the app's answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from LesionSegLib import comparison, export, lesions
+
+_FROM_APP: Any = object()  # marks "ask Slicer's app" for arguments whose real value needs the app
+
+
+class SegmentationResultsLogic:
+    """compare, lesion table and export; each method is usable without the widget."""
+
+    def compareWithReference(
+        self,
+        segmentationNode: Any,
+        referenceNode: Any,
+        mapping: Mapping[str, str] | None = None,
+        geometry: Any | None = None,
+        tableNode: Any | None = None,
+        csvPath: str | Path | None = None,
+    ) -> tuple[Any, list[dict[str, Any]]]:
+        """Metrics per mapped segment pair in a table node (new, or ``tableNode`` refilled), and CSV if asked.
+
+        ``mapping`` pairs segment names with reference segment names; None pairs equal names.
+        """
+        rows = comparison.compare_segmentations(segmentationNode, referenceNode, mapping, geometry)
+        name = f"{segmentationNode.GetName()} vs {referenceNode.GetName()}"
+        node = comparison.comparison_table(segmentationNode.GetScene(), rows, name, tableNode)
+        if csvPath:
+            comparison.write_comparison_csv(csvPath, rows)
+        return node, rows
+
+    def lesionTable(
+        self,
+        segmentationNode: Any,
+        volumeNode: Any,
+        minVolumeMm3: float,
+        tableNode: Any | None = None,
+        csvPath: str | Path | None = None,
+    ) -> tuple[Any, list[dict[str, Any]]]:
+        """One row per lesion of at least ``minVolumeMm3`` in a table node, and CSV if asked."""
+        rows = lesions.lesion_rows(segmentationNode, volumeNode, minVolumeMm3)
+        node = lesions.lesion_table_node(
+            segmentationNode.GetScene(), rows, f"{segmentationNode.GetName()} lesions", tableNode
+        )
+        if csvPath:
+            lesions.write_lesion_csv(csvPath, rows)
+        return node, rows
+
+    def planExport(
+        self,
+        volumeNode: Any,
+        segmentationNode: Any,
+        format: str,
+        slicerrtAvailable: bool | None = None,
+        fileForInstance: Callable[[str], str] | None = _FROM_APP,
+    ) -> export.ExportPlan:
+        """How ``segmentationNode`` can be exported as ``format``, or what is missing."""
+        if slicerrtAvailable is None or fileForInstance is _FROM_APP:
+            from LesionSegLib import dicomapp
+
+            if slicerrtAvailable is None:
+                slicerrtAvailable = dicomapp.slicerrt_available()
+            if fileForInstance is _FROM_APP:
+                fileForInstance = dicomapp.file_for_instance_lookup()
+        return export.plan_export(volumeNode, segmentationNode, format, slicerrtAvailable, fileForInstance)
+
+    def exportSegmentation(
+        self,
+        plan: export.ExportPlan,
+        volumeNode: Any,
+        segmentationNode: Any,
+        folder: str | Path | None,
+        intoDatabase: bool,
+        say: Callable[[str], None] = print,
+    ) -> list[Path]:
+        """Carry out ``plan``: files into ``folder``, then into Slicer's DICOM database when asked."""
+        if not plan.possible:
+            raise ValueError(plan.problem)
+        if plan.route in (export.ROUTE_SLICERRT,) or intoDatabase:
+            from LesionSegLib import dicomapp
+
+            return dicomapp.run_export(
+                plan, segmentationNode.GetScene(), volumeNode, segmentationNode, folder, intoDatabase, say
+            )
+        if not folder:
+            raise ValueError("choose the folder to export into")
+        written = export.export_with_engine(plan, segmentationNode, volumeNode, folder, say=say)
+        say(f"Wrote {written}")
+        return [written]
+
+    def compareReadiness(self, parameterNode: Any) -> tuple[bool, str]:
+        """Whether Compare can run now, and the tooltip that says why or why not."""
+        if parameterNode is None or not parameterNode.outputSegmentation or not parameterNode.referenceSegmentation:
+            return False, "Select the output segmentation and a reference segmentation."
+        if parameterNode.outputSegmentation == parameterNode.referenceSegmentation:
+            return False, "The reference must be a different segmentation from the output."
+        return True, "Compare the output segmentation with the reference segmentation."
+
+    def exportReadiness(self, parameterNode: Any) -> tuple[bool, str]:
+        """Whether Export can run now, and the tooltip that says why or why not."""
+        if parameterNode is None or not parameterNode.outputSegmentation:
+            return False, "Select the segmentation to export."
+        return True, f"Export the output segmentation as {parameterNode.exportFormat}."

@@ -1,0 +1,375 @@
+"""Segmenting a volume node in the background, Qt-free: checks, the child-process job, and the result node.
+
+The widget only drives a :class:`SegmentationRun` from a timer: ``start()``, then ``poll()`` until
+``finished``, then ``load_result(scene)``. The volume is handed to the child as an NRRD written by the
+engine (so the child sees exactly the engine's geometry), and the labelmap comes back through the MRML
+bridge into a **new** segmentation node. A cancelled or failed run puts nothing into the scene.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lesionseg.mrml
+from lesionseg.image import Image
+from lesionseg.inference.output import terminology_entry
+from lesionseg.io import read_image, write_image
+from lesionseg.jobs import EventKind, Job, JobState, segment_command
+from lesionseg.models import ModelEntry, ModelRegistry, ModelSpec
+
+# Attributes on every result node: the training module reads them back as the case's provenance.
+MODEL_ID_ATTRIBUTE = "LesionSeg.ModelId"
+MODEL_VERSION_ATTRIBUTE = "LesionSeg.ModelVersion"
+DEVICE_ATTRIBUTE = "LesionSeg.Device"
+CREATED_ATTRIBUTE = "LesionSeg.Created"
+SOURCE_VOLUME_ATTRIBUTE = "LesionSeg.SourceVolume"
+
+# Words in a model's label names that make it a lesion model (ProstateMetSeg lists those; SpleenSeg the
+# spleen models). The model spec has a single task ("segmentation"), so the labels tell them apart.
+LESION_WORDS = ("lesion", "metasta", "tumor", "tumour", "nodal", "node")
+
+
+# What the background segmentation imports, as (import name, pip requirement). torch comes first and is
+# installed on its own (through PyTorchUtils when present), so that its CUDA build matches the driver.
+REQUIREMENTS = (
+    ("torch", "torch"),
+    ("monai", "monai>=1.4"),
+    ("safetensors", "safetensors>=0.4"),
+    ("yaml", "pyyaml>=6"),
+    ("SimpleITK", "SimpleITK>=2.3"),
+    ("nibabel", "nibabel>=5.0"),
+    ("nrrd", "pynrrd>=1.0"),
+    ("pydicom", "pydicom>=3.0"),
+    ("jsonschema", "jsonschema>=4.0"),
+    ("scipy", "scipy>=1.11"),
+    ("skimage", "scikit-image>=0.22"),
+)
+
+
+def missing_requirements() -> list[tuple[str, str]]:
+    """The (import name, pip requirement) pairs whose package this Python cannot import."""
+    import importlib.util
+
+    return [(name, requirement) for name, requirement in REQUIREMENTS if importlib.util.find_spec(name) is None]
+
+
+def input_volume_problem(volume_node: Any) -> str:
+    """What makes this node unusable as the CT to segment, naming what to choose instead; empty if none.
+
+    Cheap (no voxel copy), so the widget can ask on every change.
+    """
+    if volume_node is None:
+        return "Select an input volume: the CT to segment."
+    name = volume_node.GetName()
+    if volume_node.IsA("vtkMRMLLabelMapVolumeNode"):
+        return f"{name!r} is a labelmap, not a CT; choose the CT volume it was drawn on as the input."
+    if not volume_node.IsA("vtkMRMLScalarVolumeNode"):
+        return f"{name!r} is a {volume_node.GetClassName()}; choose a scalar CT volume as the input."
+    data = volume_node.GetImageData()
+    if data is None:
+        return f"{name!r} holds no image data; load the CT again."
+    if data.GetNumberOfScalarComponents() != 1:
+        return (
+            f"{name!r} has {data.GetNumberOfScalarComponents()} components per voxel (colour or vector image); "
+            "the models need a single-component CT volume."
+        )
+    dims = data.GetDimensions()
+    if min(dims) < 2:
+        return (
+            f"{name!r} is a 2D image ({dims[0]}×{dims[1]}×{dims[2]} voxels); the models need a 3D CT volume "
+            "with several slices."
+        )
+    return ""
+
+
+def check_input_volume(volume_node: Any) -> Image:
+    """The volume as the engine sees it, or a ValueError that names what is wrong and what to choose."""
+    problem = input_volume_problem(volume_node)
+    if problem:
+        raise ValueError(problem)
+    return lesionseg.mrml.image_from_volume_node(volume_node)
+
+
+def is_lesion_model(spec: ModelSpec) -> bool:
+    return any(word in label.name.lower() for label in spec.labels for word in LESION_WORDS)
+
+
+def model_entries(models_dir: str | Path | None = None, lesion: bool = False) -> list[ModelEntry]:
+    """The registry's models for one module: lesion models, or the others; sorted by id."""
+    entries = ModelRegistry(models_dir).entries()
+    return sorted((e for e in entries if is_lesion_model(e.spec) == lesion), key=lambda e: e.spec.id)
+
+
+def describe_entry(entry: ModelEntry) -> str:
+    """One line for the model selector: id, version and the state of its weights."""
+    if entry.problem:
+        state = f"weights corrupt: {entry.problem}"
+    elif not entry.weights_present:
+        state = "weights not downloaded"
+    elif entry.verified:
+        state = "weights verified"
+    else:
+        state = "weights present (no published hash)"
+    return f"{entry.spec.id} {entry.spec.version} — {state}"
+
+
+def weights_problem(entry: ModelEntry) -> str:
+    """Why this model cannot run yet (empty when it can)."""
+    if entry.problem:
+        return f"The weights of {entry.spec.id!r} fail their check ({entry.problem}); download them again."
+    if not entry.weights_present:
+        return f"The weights of {entry.spec.id!r} are not on this computer; press Download first."
+    return ""
+
+
+def slicer_python(search_path: str | None = None) -> str:
+    """Slicer's own Python launcher, PythonSlicer, which the background job runs with.
+
+    Inside the app Slicer puts it on PATH; otherwise it sits beside ``sys.executable``.
+    """
+    name = "PythonSlicer.exe" if os.name == "nt" else "PythonSlicer"
+    found = shutil.which("PythonSlicer", path=search_path)
+    if found:
+        return found
+    beside = Path(sys.executable).parent / name
+    if beside.is_file():
+        return str(beside)
+    raise RuntimeError(f"{name} was not found on PATH nor beside {sys.executable}; reinstall Slicer")
+
+
+def child_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a child that runs ``python -m lesionseg``, with the engine importable.
+
+    ``base`` is the environment to start from: inside Slicer, ``slicer.util.startupEnvironment()``, since
+    the PythonSlicer launcher sets up its own paths and the app's would clash (default: ours). An
+    installed extension has the engine on PythonSlicer's path already; a source tree added under
+    Application Settings > Modules does not, so the folder holding ``lesionseg/`` goes first.
+    """
+    import lesionseg
+
+    env = dict(os.environ if base is None else base)
+    root = str(Path(lesionseg.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def download_job(
+    model_id: str, python: str, models_dir: str | Path | None = None, environment: Mapping[str, str] | None = None
+) -> Job:
+    """A (not yet started) job that downloads and verifies a model's weights with the engine."""
+    argv = [python, "-m", "lesionseg", "models"]
+    if models_dir:
+        argv += ["--models-dir", str(models_dir)]
+    return Job([*argv, "download", model_id], env=child_environment(environment))
+
+
+def result_name(volume_node: Any, module: str, spec: ModelSpec) -> str:
+    return f"{volume_node.GetName()} – {module} {spec.version}"
+
+
+@dataclass
+class RunStatus:
+    """What the panel shows: percent (None while unknown), stage text, and new log lines."""
+
+    percent: float | None = None
+    stage: str = ""
+    log: list[str] = field(default_factory=list)
+
+
+class SegmentationRun:
+    """One background segmentation of ``volume_node`` with ``entry``'s model."""
+
+    def __init__(
+        self,
+        volume_node: Any,
+        entry: ModelEntry,
+        device: str,
+        module: str,
+        python: str,
+        models_dir: str | Path | None = None,
+        work_root: str | Path | None = None,
+        timeout_s: float | None = None,
+        environment: Mapping[str, str] | None = None,
+    ) -> None:
+        image = check_input_volume(volume_node)
+        problem = weights_problem(entry)
+        if problem:
+            raise ValueError(problem)
+        self.volume_node, self.spec, self.device, self.module = volume_node, entry.spec, device, module
+        self.work_dir = Path(tempfile.mkdtemp(prefix="LesionSeg-", dir=work_root))
+        self.input_path = self.work_dir / "input.nrrd"
+        self.output_path = self.work_dir / "labels.nrrd"
+        self.input_image = image
+        write_image(image, self.input_path)
+        extra: Sequence[str] = ["--models-dir", str(models_dir)] if models_dir else []
+        argv = segment_command(self.spec.id, self.input_path, self.output_path, device, python, extra)
+        self.job = Job(argv, timeout_s, self.output_path, env=child_environment(environment))
+        self.status = RunStatus(stage="waiting to start")
+        self.started = 0.0
+
+    def start(self) -> SegmentationRun:
+        self.started = time.monotonic()
+        self.job.start()
+        self.status.stage = "starting"
+        return self
+
+    @property
+    def finished(self) -> bool:
+        return self.job.state.finished
+
+    @property
+    def state(self) -> JobState:
+        return self.job.state
+
+    def poll(self) -> RunStatus:
+        """Drain the job's events; returns the status with the log lines added since the last poll."""
+        self.status.log = []
+        for event in self.job.poll():
+            self._apply(event.kind, event.data)
+        return self.status
+
+    def _apply(self, kind: EventKind, data: dict[str, Any]) -> None:
+        if kind is EventKind.STAGE:
+            self.status.stage = str(data.get("stage", ""))
+            self.status.log.append(f"Stage: {self.status.stage}")
+        elif kind is EventKind.PROGRESS and data.get("percent") is not None:
+            self.status.percent = float(data["percent"])
+        elif kind in (EventKind.MESSAGE, EventKind.WARNING, EventKind.READY):
+            text = data.get("text") or data.get("message") or ""
+            if text:
+                self.status.log.append(("Warning: " if kind is EventKind.WARNING else "") + str(text))
+        elif kind is EventKind.OUTPUT:
+            self.status.log.append(str(data.get("text", "")))
+        elif kind is EventKind.ERROR:
+            self.status.log.append(f"Error: {data.get('type', '')}: {data.get('text', '')}")
+        elif kind is EventKind.RESULT:
+            seconds = data.get("seconds") or data.get("elapsed_s")
+            self.status.log.append("Segmentation written" + (f" in {seconds:.1f} s" if seconds else ""))
+        elif kind is EventKind.FINISHED:
+            self.status.stage = {
+                JobState.SUCCEEDED.value: "done",
+                JobState.CANCELLED.value: "cancelled",
+                JobState.TIMED_OUT.value: "timed out",
+            }.get(data.get("state"), "failed")
+            if self.status.stage == "done":
+                self.status.percent = 100.0
+
+    def failure(self) -> str:
+        """Why the run did not succeed, in one message (empty while running or after success)."""
+        state = self.job.state
+        if state is JobState.CANCELLED:
+            return "Segmentation cancelled; nothing was added to the scene."
+        if state in (JobState.FAILED, JobState.TIMED_OUT):
+            return f"Segmentation failed: {self.job.error_type}: {self.job.error_text}"
+        return ""
+
+    def cancel(self) -> None:
+        self.job.cancel()
+        self.cleanup()
+
+    def load_result(self, scene: Any) -> Any:
+        """A new segmentation node with the result (names, colours, terminology from the spec)."""
+        if self.job.state is not JobState.SUCCEEDED:
+            raise RuntimeError(self.failure() or "the segmentation has not finished yet")
+        labels = read_image(self.output_path)
+        if not labels.same_grid(self.input_image):
+            raise RuntimeError("the segmentation came back on another grid than the input volume; nothing was added")
+        node = lesionseg.mrml.segmentation_node_from_labelmap(
+            scene, labels, result_name(self.volume_node, self.module, self.spec), self.spec.labels, self.volume_node
+        )
+        _set_terminology(node, self.spec.labels)
+        for key, value in (
+            (MODEL_ID_ATTRIBUTE, self.spec.id),
+            (MODEL_VERSION_ATTRIBUTE, self.spec.version),
+            (DEVICE_ATTRIBUTE, self.device),
+            (CREATED_ATTRIBUTE, time.strftime("%Y-%m-%dT%H:%M:%S%z")),
+            (SOURCE_VOLUME_ATTRIBUTE, self.volume_node.GetID() or ""),
+        ):
+            node.SetAttribute(key, value)
+        self.cleanup()
+        return node
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
+def _set_terminology(node: Any, labels: Iterable[Any]) -> None:
+    entries = {label.name: terminology_entry(label.terminology) for label in labels}
+    segmentation = node.GetSegmentation()
+    for index in range(segmentation.GetNumberOfSegments()):
+        segment = segmentation.GetNthSegment(index)
+        entry = entries.get(segment.GetName())
+        if entry:
+            segment.SetTag(segment.GetTerminologyEntryTagName(), entry)
+
+
+class SegmentingLogic:
+    """Mixin for a module logic that segments: the model list, starting runs and downloads, loading results.
+
+    A module sets ``moduleName`` (it names result nodes) and ``lesionModels``. ``modelsDir`` (None: the
+    engine's default folder), ``pythonExecutable`` (None: PythonSlicer), ``workRoot`` (where the input is
+    written; None: the system temporary folder) and ``childEnvironment`` (None: this process's environment)
+    may be changed, e.g. by tests.
+    """
+
+    moduleName = ""
+    lesionModels = False
+    modelsDir: str | Path | None = None
+    pythonExecutable: str | None = None
+    workRoot: str | Path | None = None
+    childEnvironment: Mapping[str, str] | None = None
+
+    def modelEntries(self) -> list[ModelEntry]:
+        return model_entries(self.modelsDir, self.lesionModels)
+
+    def modelEntry(self, modelId: str) -> ModelEntry:
+        for entry in self.modelEntries():
+            if entry.spec.id == modelId:
+                return entry
+        raise ValueError(f"no model {modelId!r} for {self.moduleName}; choose one from the model list")
+
+    def startSegmentation(self, volumeNode: Any, entry: ModelEntry, device: str = "auto") -> SegmentationRun:
+        """Write the volume for the child, start the job, and return the run to poll."""
+        python = self.pythonExecutable or slicer_python()
+        run = SegmentationRun(
+            volumeNode,
+            entry,
+            device,
+            self.moduleName,
+            python,
+            self.modelsDir,
+            self.workRoot,
+            None,
+            self.childEnvironment,
+        )
+        return run.start()
+
+    def loadSegmentationResult(self, run: SegmentationRun, scene: Any) -> Any:
+        return run.load_result(scene)
+
+    def startDownload(self, modelId: str) -> Job:
+        python = self.pythonExecutable or slicer_python()
+        return download_job(modelId, python, self.modelsDir, self.childEnvironment).start()
+
+    def segmentBlocking(self, volumeNode: Any, modelId: str, device: str = "auto", timeout_s: float = 600) -> Any:
+        """Segment and wait (scripts and self-tests; the widget polls instead). Returns the new node."""
+        run = self.startSegmentation(volumeNode, self.modelEntry(modelId), device)
+        deadline = time.monotonic() + timeout_s
+        while not run.finished:
+            if time.monotonic() > deadline:
+                run.cancel()
+                raise RuntimeError(f"segmenting took longer than {timeout_s} s; cancelled")
+            time.sleep(0.1)
+        run.poll()
+        if run.state is not JobState.SUCCEEDED:
+            run.cleanup()
+            raise RuntimeError(run.failure())
+        return run.load_result(volumeNode.GetScene())

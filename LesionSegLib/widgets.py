@@ -1,0 +1,466 @@
+"""The thin Qt parts SpleenSeg and ProstateMetSeg share: sections of their panels that look and work alike.
+
+Each panel class takes the module's ``ui`` (from ``slicer.util.childWidgetVariables``), finds its widgets
+by the object names both ``.ui`` files use, and calls the module logic for everything it computes.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+import qt
+import slicer
+from slicer.i18n import tr as _
+
+from LesionSegLib import comparison, export, lesions, segmenting
+
+
+def showTableInLayout(tableNode: Any) -> None:
+    """Switch to a layout with a table view and show ``tableNode`` there."""
+    layoutManager = slicer.app.layoutManager()
+    if layoutManager is None:  # no main window (e.g. --no-main-window self-tests)
+        return
+    layoutManager.setLayout(slicer.modules.tables.logic().GetLayoutWithTable(layoutManager.layout))
+    applicationLogic = slicer.app.applicationLogic()
+    applicationLogic.GetSelectionNode().SetActiveTableID(tableNode.GetID())
+    applicationLogic.PropagateTableSelection()
+
+
+def showPlotInLayout(chartNode: Any) -> None:
+    """Switch to a layout with a plot view and show ``chartNode`` there."""
+    layoutManager = slicer.app.layoutManager()
+    if layoutManager is None:  # no main window (e.g. --no-main-window self-tests)
+        return
+    layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotView)
+    applicationLogic = slicer.app.applicationLogic()
+    applicationLogic.GetSelectionNode().SetActivePlotChartID(chartNode.GetID())
+    applicationLogic.PropagatePlotChartSelection()
+
+
+def appendLog(textEdit: Any, message: str) -> None:
+    textEdit.appendPlainText(message)
+    textEdit.ensureCursorVisible()
+
+
+def chooseCsvPath(parent: Any, suggestedName: str) -> str:
+    """Ask where to save a CSV; empty when the user cancels."""
+    path = qt.QFileDialog.getSaveFileName(parent, _("Save CSV"), suggestedName, _("CSV files (*.csv)"))
+    if path and not path.lower().endswith(".csv"):
+        path += ".csv"
+    return path
+
+
+def tableViewRow(tableView: Any, index: Any) -> int:
+    """The table node row behind a (possibly sorted) view index."""
+    source = tableView.sortFilterProxyModel().mapToSource(index)
+    model = tableView.tableModel()
+    return model.mrmlTableRowIndex(source) if hasattr(model, "mrmlTableRowIndex") else source.row()
+
+
+class SegmentMappingEditor:
+    """A two-column QTableWidget: each segment, and the segment (or label) it is paired with."""
+
+    NOT_COMPARED = "—"
+
+    def __init__(self, tableWidget: Any, targetTitle: str = "") -> None:
+        self.tableWidget = tableWidget
+        self.tableWidget.setColumnCount(2)
+        self.tableWidget.setHorizontalHeaderLabels([_("Segment"), targetTitle or _("Reference segment")])
+        self.tableWidget.horizontalHeader().setStretchLastSection(True)
+        self.combos: list[Any] = []
+
+    def fill(self, names: list[str], referenceNames: list[str]) -> None:
+        """One row per segment, preset to the reference segment of the same name."""
+        mapping = comparison.default_segment_mapping(names, referenceNames)
+        self.tableWidget.setRowCount(len(names))
+        self.combos = []
+        for row, name in enumerate(names):
+            item = qt.QTableWidgetItem(name)
+            item.setFlags(qt.Qt.ItemIsEnabled)
+            self.tableWidget.setItem(row, 0, item)
+            combo = qt.QComboBox()
+            combo.addItem(self.NOT_COMPARED)
+            for referenceName in referenceNames:
+                combo.addItem(referenceName)
+            combo.setCurrentIndex(max(combo.findText(mapping.get(name, self.NOT_COMPARED)), 0))
+            self.tableWidget.setCellWidget(row, 1, combo)
+            self.combos.append(combo)
+
+    def mapping(self) -> dict[str, str]:
+        out = {}
+        for row, combo in enumerate(self.combos):
+            if combo.currentText != self.NOT_COMPARED:
+                out[self.tableWidget.item(row, 0).text()] = combo.currentText
+        return out
+
+
+class ComparisonPanel:
+    """The "Compare with reference" section: mapping table, Compare, results table, Save CSV."""
+
+    def __init__(self, ui: Any, logic: Any, parameterNode: Callable[[], Any]) -> None:
+        self.ui, self.logic, self.parameterNode = ui, logic, parameterNode
+        self.mappingEditor = SegmentMappingEditor(ui.segmentMappingTableWidget)
+        self.rows: list[dict] = []
+        ui.compareButton.connect("clicked(bool)", self.onCompare)
+        ui.saveComparisonCsvButton.connect("clicked(bool)", self.onSaveCsv)
+        ui.outputSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.refreshMapping)
+        ui.referenceSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.refreshMapping)
+        ui.saveComparisonCsvButton.enabled = False
+
+    def refreshMapping(self, _node: Any = None) -> None:
+        # Read the selectors: their change signal comes before the parameter node is updated.
+        output = self.ui.outputSegmentationSelector.currentNode()
+        reference = self.ui.referenceSegmentationSelector.currentNode()
+        if output is None or reference is None:
+            self.mappingEditor.fill([], [])
+            return
+        self.mappingEditor.fill(comparison.segment_names(output), comparison.segment_names(reference))
+
+    def onCompare(self, _checked: bool = False) -> None:
+        node = self.parameterNode()
+        with slicer.util.tryWithErrorDisplay(_("Comparison failed."), waitCursor=True):
+            tableNode, self.rows = self.logic.compareWithReference(
+                node.outputSegmentation,
+                node.referenceSegmentation,
+                self.mappingEditor.mapping(),
+                node.inputVolume,
+                node.comparisonTable,
+            )
+            node.comparisonTable = tableNode
+            self.ui.comparisonTableView.setMRMLTableNode(tableNode)
+            self.ui.saveComparisonCsvButton.enabled = True
+            showTableInLayout(tableNode)
+
+    def onSaveCsv(self, _checked: bool = False) -> None:
+        path = chooseCsvPath(slicer.util.mainWindow(), "comparison.csv")
+        if path:
+            with slicer.util.tryWithErrorDisplay(_("Could not save the CSV."), waitCursor=True):
+                comparison.write_comparison_csv(path, self.rows)
+
+
+class ExportPanel:
+    """The "Export" section: format, destination (DICOM database or folder), Export, and what happened."""
+
+    def __init__(self, ui: Any, logic: Any, parameterNode: Callable[[], Any], log: Callable[[str], None]) -> None:
+        self.ui, self.logic, self.parameterNode, self.log = ui, logic, parameterNode, log
+        ui.exportButton.connect("clicked(bool)", self.onExport)
+        ui.exportFormatComboBox.connect("currentIndexChanged(int)", self.updateStatus)
+        ui.outputSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateStatus)
+        ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateStatus)
+
+    def plan(self) -> export.ExportPlan | None:
+        # Read the widgets: their change signals come before the parameter node is updated.
+        segmentation = self.ui.outputSegmentationSelector.currentNode()
+        if segmentation is None:
+            return None
+        volume = self.ui.inputVolumeSelector.currentNode()
+        return self.logic.planExport(volume, segmentation, self.ui.exportFormatComboBox.currentText)
+
+    def updateStatus(self, *_args: Any) -> None:
+        try:
+            plan = self.plan()
+        except ValueError as error:
+            self.ui.exportStatusLabel.text = str(error)
+            return
+        if plan is None:
+            self.ui.exportStatusLabel.text = _("Select the segmentation to export.")
+        elif not plan.possible:
+            self.ui.exportStatusLabel.text = plan.problem
+        else:
+            self.ui.exportStatusLabel.text = {
+                export.ROUTE_SLICERRT: _("RTSTRUCT through SlicerRT, on the CT's DICOM series."),
+                export.ROUTE_ENGINE_RTSTRUCT: _(
+                    "RTSTRUCT by LesionSeg (SlicerRT is not installed), on the CT's DICOM series."
+                ),
+                export.ROUTE_ENGINE_DICOMSEG: _("DICOM SEG on the CT's DICOM series."),
+                export.ROUTE_SEG_NRRD: _("Segmentation file (.seg.nrrd) in the chosen folder."),
+            }[plan.route]
+
+    def onExport(self, _checked: bool = False) -> None:
+        node = self.parameterNode()
+        plan = self.plan()
+        if plan is not None and not plan.possible and export.SEG_NRRD in plan.alternatives:
+            if not slicer.util.confirmOkCancelDisplay(
+                plan.problem + "\n\n" + _("Save the segmentation as a .seg.nrrd file in the chosen folder instead?"),
+                _("Export"),
+            ):
+                return
+            plan = self.logic.planExport(node.inputVolume, node.outputSegmentation, export.SEG_NRRD)
+        intoDatabase = self.ui.exportDestinationComboBox.currentText == _("DICOM database")
+        folder = self.ui.exportFolderPathLineEdit.currentPath
+        if plan is not None and (plan.route == export.ROUTE_SEG_NRRD or not intoDatabase) and not folder:
+            slicer.util.errorDisplay(_("Choose the folder to export into."))
+            return
+        with slicer.util.tryWithErrorDisplay(_("Export failed."), waitCursor=True):
+            written = self.logic.exportSegmentation(
+                plan, node.inputVolume, node.outputSegmentation, folder, intoDatabase, self.log
+            )
+            self.ui.exportStatusLabel.text = _("Exported: {files}").format(files=", ".join(p.name for p in written))
+
+
+class LesionTablePanel:
+    """The lesion table: rows from the logic; clicking a row centres the slice views on that lesion."""
+
+    def __init__(self, ui: Any, logic: Any, parameterNode: Callable[[], Any]) -> None:
+        self.ui, self.logic, self.parameterNode = ui, logic, parameterNode
+        self.rows: list[dict] = []
+        ui.lesionTableButton.connect("clicked(bool)", self.onLesionTable)
+        ui.saveLesionCsvButton.connect("clicked(bool)", self.onSaveCsv)
+        ui.lesionTableView.connect("clicked(QModelIndex)", self.onRowClicked)
+        ui.saveLesionCsvButton.enabled = False
+
+    def update(self) -> None:
+        node = self.parameterNode()
+        tableNode, self.rows = self.logic.lesionTable(
+            node.outputSegmentation, node.inputVolume, node.minLesionVolumeMm3, node.lesionTable
+        )
+        node.lesionTable = tableNode
+        self.ui.lesionTableView.setMRMLTableNode(tableNode)
+        self.ui.saveLesionCsvButton.enabled = True
+        self.ui.lesionCountLabel.text = _("{count} lesions of at least {volume} mm³").format(
+            count=len(self.rows), volume=node.minLesionVolumeMm3
+        )
+
+    def onLesionTable(self, _checked: bool = False) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Could not list the lesions."), waitCursor=True):
+            self.update()
+
+    def onRowClicked(self, index: Any) -> None:
+        node = self.parameterNode()
+        if node is None or not node.lesionTable:
+            return
+        lesions.jump_to_lesion(
+            slicer.mrmlScene, lesions.lesion_position(node.lesionTable, tableViewRow(self.ui.lesionTableView, index))
+        )
+
+    def onSaveCsv(self, _checked: bool = False) -> None:
+        path = chooseCsvPath(slicer.util.mainWindow(), "lesions.csv")
+        if path:
+            with slicer.util.tryWithErrorDisplay(_("Could not save the CSV."), waitCursor=True):
+                lesions.write_lesion_csv(path, self.rows)
+
+
+def ensurePythonPackages(log: Callable[[str], None]) -> bool:
+    """Install what the segmentation job needs, after asking; False when the user declines or it fails.
+
+    torch goes through the PyTorchUtils extension when it is installed, so that its CUDA build matches the
+    GPU driver; otherwise through pip (a CPU or default build).
+    """
+    missing = segmenting.missing_requirements()
+    if missing:
+        names = ", ".join(requirement for _name, requirement in missing)
+        if not slicer.util.confirmOkCancelDisplay(
+            _(
+                "Segmenting needs Python packages that this Slicer does not have yet: {names}.\n\n"
+                "Install them now? This downloads several hundred MB and can take minutes."
+            ).format(names=names),
+            _("Install Python packages"),
+        ):
+            log(_("Packages not installed; segmenting needs {names}.").format(names=names))
+            return False
+        with slicer.util.WaitCursor():
+            if any(name == "torch" for name, _requirement in missing):
+                if hasattr(slicer.modules, "pytorchutils"):
+                    import PyTorchUtils
+
+                    if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
+                        log(_("PyTorch was not installed."))
+                        return False
+                else:
+                    log(_("The PyTorch extension is not installed; installing torch with pip (CPU or default build)."))
+                    slicer.util.pip_install("torch")
+            others = [requirement for name, requirement in missing if name != "torch"]
+            if others:
+                slicer.util.pip_install(others)
+        importlib.invalidate_caches()
+        log(_("Installed: {names}").format(names=names))
+    import torch
+
+    if not torch.cuda.is_available():
+        log(_("No CUDA GPU is available to PyTorch: the model runs on the CPU, which takes longer."))
+    return True
+
+
+class SegmentPanel:
+    """Model list with Download, device, Segment (Cancel while running), progress bar, stage text and log.
+
+    The job runs in a child process (PythonSlicer); a QTimer drains its events, so Slicer stays responsive.
+    """
+
+    POLL_MS = 200
+
+    def __init__(
+        self,
+        ui: Any,
+        logic: Any,
+        parameterNode: Callable[[], Any],
+        log: Callable[[str], None],
+        onResult: Callable[[Any], None] | None = None,
+    ) -> None:
+        self.ui, self.logic, self.parameterNode, self.log, self.onResult = ui, logic, parameterNode, log, onResult
+        self.entries: list[Any] = []
+        self.run: Any = None
+        self.download: Any = None
+        self.timer = qt.QTimer()
+        self.timer.setInterval(self.POLL_MS)
+        self.timer.connect("timeout()", self.onTimer)
+        ui.segmentButton.connect("clicked(bool)", self.onSegmentOrCancel)
+        ui.downloadModelButton.connect("clicked(bool)", self.onDownload)
+        ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
+
+    @property
+    def busy(self) -> bool:
+        return self.run is not None or self.download is not None
+
+    def refreshModels(self) -> None:
+        """Fill the model selector from the registry, keeping the parameter node's choice."""
+        try:
+            self.entries = self.logic.modelEntries()
+        except ValueError as error:
+            self.entries = []
+            self.log(str(error))
+        combo = self.ui.modelComboBox
+        wasBlocked = combo.blockSignals(True)
+        combo.clear()
+        for entry in self.entries:
+            combo.addItem(segmenting.describe_entry(entry))
+        node = self.parameterNode()
+        ids = [entry.spec.id for entry in self.entries]
+        if node is not None and node.modelId in ids:
+            combo.setCurrentIndex(ids.index(node.modelId))
+        combo.blockSignals(wasBlocked)
+        combo.enabled = bool(self.entries) and not self.busy
+        if not self.entries:
+            self.ui.modelInfoLabel.text = _("No model found; add one to the LesionSeg models folder.")
+        self.onModelChanged()
+
+    def currentEntry(self) -> Any:
+        index = self.ui.modelComboBox.currentIndex
+        return self.entries[index] if 0 <= index < len(self.entries) else None
+
+    def onModelChanged(self, _index: int = -1) -> None:
+        entry = self.currentEntry()
+        node = self.parameterNode()
+        if entry is None:
+            self.ui.downloadModelButton.enabled = False
+            self.updateSegmentButton()
+            return
+        if node is not None and node.modelId != entry.spec.id:
+            node.modelId = entry.spec.id
+        problem = segmenting.weights_problem(entry)
+        self.ui.modelInfoLabel.text = problem or _("{id}, version {version}: ready.").format(
+            id=entry.spec.id, version=entry.spec.version
+        )
+        self.ui.downloadModelButton.enabled = bool(problem) and bool(entry.spec.weights.url) and not self.busy
+        self.updateSegmentButton()
+
+    def readiness(self) -> tuple[bool, str]:
+        """Segment's state: Cancel is always available while a job runs."""
+        if self.run is not None:
+            return True, _("Cancel the running segmentation; nothing is added to the scene.")
+        if self.download is not None:
+            return False, _("Wait for the model download to finish.")
+        enabled, reason = self.logic.segmentReadiness(self.parameterNode())
+        entry = self.currentEntry()
+        if enabled and entry is None:
+            return False, _("No model to run; add one to the LesionSeg models folder.")
+        if enabled and segmenting.weights_problem(entry):
+            return False, segmenting.weights_problem(entry)
+        return enabled, reason
+
+    def updateSegmentButton(self) -> None:
+        self.ui.segmentButton.enabled, self.ui.segmentButton.toolTip = self.readiness()
+
+    def onSegmentOrCancel(self, _checked: bool = False) -> None:
+        if self.run is not None:
+            self.log(_("Cancelling..."))
+            self.run.cancel()
+            self._finishRun()
+            return
+        if not ensurePythonPackages(self.log):
+            return
+        node = self.parameterNode()
+        try:
+            self.run = self.logic.startSegmentation(node.inputVolume, self.currentEntry(), node.device)
+        except (ValueError, RuntimeError) as error:
+            self.log(str(error))
+            slicer.util.errorDisplay(str(error), windowTitle=_("Cannot segment"))
+            return
+        self.log(
+            _("Segmenting {volume} with {model} on {device}...").format(
+                volume=node.inputVolume.GetName(), model=self.currentEntry().spec.id, device=node.device
+            )
+        )
+        self.ui.segmentButton.text = _("Cancel")
+        self.ui.modelComboBox.enabled = False
+        self.ui.progressBar.setRange(0, 100)
+        self.ui.progressBar.value = 0
+        self.updateSegmentButton()
+        self.timer.start()
+
+    def onDownload(self, _checked: bool = False) -> None:
+        entry = self.currentEntry()
+        if entry is None or self.busy:
+            return
+        self.download = self.logic.startDownload(entry.spec.id)
+        self.log(_("Downloading the weights of {model}...").format(model=entry.spec.id))
+        self.ui.stageLabel.text = _("downloading")
+        self.ui.progressBar.setRange(0, 0)  # no byte count comes back: a busy bar
+        self.ui.downloadModelButton.enabled = False
+        self.updateSegmentButton()
+        self.timer.start()
+
+    def onTimer(self) -> None:
+        if self.run is not None:
+            status = self.run.poll()
+            for line in status.log:
+                self.log(line)
+            if status.percent is not None:
+                self.ui.progressBar.value = int(round(status.percent))
+            self.ui.stageLabel.text = status.stage
+            if self.run.finished:
+                self._finishRun()
+        if self.download is not None:
+            for event in self.download.poll():
+                text = event.data.get("text")
+                if text:
+                    self.log(str(text))
+            if self.download.state.finished:
+                self._finishDownload()
+        if not self.busy:
+            self.timer.stop()
+
+    def _finishRun(self) -> None:
+        run, self.run = self.run, None
+        self.ui.segmentButton.text = _("Segment")
+        self.ui.modelComboBox.enabled = bool(self.entries)
+        failure = run.failure()
+        if failure:
+            self.ui.stageLabel.text = run.status.stage
+            self.log(failure)
+            run.cleanup()
+            if run.state.value != "cancelled":
+                slicer.util.errorDisplay(failure, windowTitle=_("Segmentation failed"))
+        else:
+            with slicer.util.tryWithErrorDisplay(_("Could not load the segmentation."), waitCursor=True):
+                segmentationNode = self.logic.loadSegmentationResult(run, slicer.mrmlScene)
+                self.parameterNode().outputSegmentation = segmentationNode
+                self.log(_("Added {name}.").format(name=segmentationNode.GetName()))
+                if self.onResult is not None:
+                    self.onResult(segmentationNode)
+        self.ui.progressBar.setRange(0, 100)
+        self.updateSegmentButton()
+
+    def _finishDownload(self) -> None:
+        job, self.download = self.download, None
+        self.ui.progressBar.setRange(0, 100)
+        if job.state.value == "succeeded":
+            self.log(_("Weights downloaded and verified."))
+            self.ui.stageLabel.text = ""
+        else:
+            message = job.error_text or job.stderr_text[-500:] or job.state.value
+            self.log(_("Download failed: {message}").format(message=message))
+            slicer.util.errorDisplay(message, windowTitle=_("Download failed"))
+        self.refreshModels()

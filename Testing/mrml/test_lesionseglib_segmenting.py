@@ -1,0 +1,117 @@
+"""LesionSegLib's Qt-free segmentation run on a real slicer-core scene: input checks, the model list, and
+cancelling a real background job. (The full run is in test_lesionseglib_background.py.)"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+import pytest
+from support.slicer_modules import REPO
+
+from lesionseg.image import Image
+from lesionseg.jobs import JobState
+from lesionseg.mrml import ensure_segmentation_converters, volume_node_from_image
+
+slicer = pytest.importorskip("slicer")
+pytest.importorskip("torch")
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from LesionSegLib import segmenting  # noqa: E402
+from LesionSegLib.selftest import write_threshold_model  # noqa: E402
+
+
+@pytest.fixture
+def scene():
+    ensure_segmentation_converters()
+    return slicer.vtkMRMLScene()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    write_threshold_model(root, "tiny-spleen", "spleen")
+    write_threshold_model(root, "tiny-mets", "bone metastasis", threshold_hu=300)
+    return root
+
+
+def bright_ct() -> Image:
+    """Soft tissue with a bright oblong on a flipped, anisotropic grid."""
+    values = np.full((9, 20, 18), 40, np.int16)
+    values[2:6, 5:14, 4:10] = 250
+    values[7, 15:18, 12:16] = 500
+    return Image(values, (0.9, 1.1, 2.5), (25.0, -12.0, 60.0), np.diag([-1.0, 1.0, -1.0]))
+
+
+def wait(run, seconds=180):
+    deadline = time.monotonic() + seconds
+    status_log = []
+    while not run.finished and time.monotonic() < deadline:
+        status_log += run.poll().log
+        time.sleep(0.1)
+    status_log += run.poll().log
+    return status_log
+
+
+def test_bad_inputs_are_refused_with_what_to_choose_instead(scene):
+    with pytest.raises(ValueError, match="Select an input volume"):
+        segmenting.check_input_volume(None)
+    ct = bright_ct()
+    labelmap = volume_node_from_image(scene, ct.with_array((ct.array > 100).astype(np.uint8)), "L", labelmap=True)
+    with pytest.raises(ValueError, match="is a labelmap, not a CT"):
+        segmenting.check_input_volume(labelmap)
+    flat = volume_node_from_image(scene, Image(np.zeros((1, 8, 8), np.int16), (1, 1, 1), (0, 0, 0), np.eye(3)), "X")
+    with pytest.raises(ValueError, match="is a 2D image"):
+        segmenting.check_input_volume(flat)
+    empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "Nothing")
+    with pytest.raises(ValueError, match="holds no image data"):
+        segmenting.check_input_volume(empty)
+    colour = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "Photo")
+    import vtk
+
+    rgb = vtk.vtkImageData()
+    rgb.SetDimensions(4, 4, 4)
+    rgb.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 3)
+    colour.SetAndObserveImageData(rgb)
+    assert "3 components per voxel" in segmenting.input_volume_problem(colour)
+    with pytest.raises(ValueError, match="no model 'nope'"):
+        segmenting.SegmentingLogic().modelEntry("nope")
+    assert segmenting.check_input_volume(volume_node_from_image(scene, ct, "CT")).same_grid(ct)
+
+
+def test_each_module_lists_its_models_with_version_and_weights_state(models, tmp_path):
+    organs = segmenting.model_entries(models, lesion=False)
+    lesions = segmenting.model_entries(models, lesion=True)
+    assert "tiny-spleen" in [e.spec.id for e in organs] and "tiny-mets" not in [e.spec.id for e in organs]
+    assert [e.spec.id for e in lesions] == ["tiny-mets"]
+    line = segmenting.describe_entry(next(e for e in organs if e.spec.id == "tiny-spleen"))
+    assert line == "tiny-spleen 0.0.1-selftest — weights verified"
+    builtin = next(e for e in organs if e.spec.id == "spleen_ct_segmentation")
+    assert "weights not downloaded" in segmenting.describe_entry(builtin)
+    assert "press Download" in segmenting.weights_problem(builtin)
+
+    broken = tmp_path / "broken"
+    write_threshold_model(broken, "tiny-spleen", "spleen")
+    weights = broken / "tiny-spleen" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-7] + b"garbage")
+    entry = next(e for e in segmenting.model_entries(broken) if e.spec.id == "tiny-spleen")
+    assert "weights corrupt" in segmenting.describe_entry(entry)
+    assert "fail their check" in segmenting.weights_problem(entry)
+
+
+@pytest.mark.slow
+def test_a_cancelled_run_adds_nothing_and_leaves_no_files(scene, models, tmp_path):
+    volume = volume_node_from_image(scene, bright_ct(), "CT")
+    entry = next(e for e in segmenting.model_entries(models, lesion=True))
+    run = segmenting.SegmentationRun(volume, entry, "cpu", "ProstateMetSeg", sys.executable, models, tmp_path)
+    run.start()
+    run.cancel()
+    run.poll()
+    assert run.state is JobState.CANCELLED and run.status.stage == "cancelled"
+    assert "nothing was added" in run.failure()
+    with pytest.raises(RuntimeError, match="cancelled"):
+        run.load_result(scene)
+    assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
+    assert not run.work_dir.exists()
