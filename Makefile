@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 APT_TOOLS := dicom3tools plastimatch
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint format setup system-tools clean
+.PHONY: demo test lint format setup system-tools clean
 
 $(STAMP): requirements/test.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ system-tools:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
+# The main job: one synthetic patient from DICOM to a report (prints where the report is).
+demo: setup
+	$(PY) -m lesionseg demo --output demo-output
+
 test: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
@@ -45,4 +49,4 @@ format: $(STAMP)
 	$(PY) -m ruff check --fix .
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info demo-output

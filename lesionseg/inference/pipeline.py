@@ -14,8 +14,9 @@ ScaleIntensityRange → SlidingWindowInferer → softmax → Invertd → argmax)
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -234,6 +235,25 @@ def predict_labelmap(image: Image, model: LoadedModel, progress: Progress, crop_
     return restored
 
 
+@contextlib.contextmanager
+def subnormals_flushed(device: Any) -> Iterator[None]:
+    """On the CPU, flush subnormal floats to zero while the network runs, then restore the default.
+
+    x86 CPUs handle subnormals in microcode; near-zero activations (air, padding) made a UNet step
+    up to 30x slower. Values below 1e-38 cannot change an argmax or a probability that matters.
+    """
+    import torch
+
+    if getattr(device, "type", str(device)) != "cpu":
+        yield
+        return
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+
+
 def segment_image(
     image: Image,
     spec_or_model: str | Path | ModelSpec | LoadedModel,
@@ -255,7 +275,8 @@ def segment_image(
     model = spec_or_model
     if not model.weights_verified:
         reporter.warning(f"model {model.spec.id!r}: its weights have no hash to check against (unverified)")
-    labelmap = predict_labelmap(image, model, reporter, crop_body=crop_body)
+    with subnormals_flushed(model.device):
+        labelmap = predict_labelmap(image, model, reporter, crop_body=crop_body)
     labelmap = postprocess(labelmap, model.spec.postprocessing)
     reporter.update(1.0)
     return labelmap, list(model.spec.labels)

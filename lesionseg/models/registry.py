@@ -29,6 +29,8 @@ def models_dir(explicit: str | Path | None = None) -> Path:
 
 
 def builtin_specs() -> list[ModelSpec]:
+    """Specs shipped with LesionSeg: ``models/<id>.json`` (weights downloaded on demand) and
+    ``models/<id>/spec.json`` folders that ship their weights (the small demo models)."""
     import json
 
     folder = resources.files("lesionseg.resources").joinpath("models")
@@ -37,6 +39,8 @@ def builtin_specs() -> list[ModelSpec]:
         if entry.name.endswith(".json"):
             data = json.loads(entry.read_text(encoding="utf-8"))
             out.append(spec_from_dict(data, where=f"built-in spec {entry.name}"))
+        elif entry.is_dir() and entry.joinpath("spec.json").is_file():
+            out.append(load_spec(Path(str(entry)) / "spec.json"))
     return out
 
 
@@ -71,7 +75,8 @@ class ModelRegistry:
     def specs(self) -> dict[str, ModelSpec]:
         found: dict[str, ModelSpec] = {}
         for spec in builtin_specs():
-            found[spec.id] = replace(spec, folder=self.root / spec.id, builtin=True)
+            # Shipped folders keep their weights beside the spec; the others install into the models dir.
+            found[spec.id] = replace(spec, folder=spec.folder or self.root / spec.id, builtin=True)
         for spec in self._user_specs():
             found[spec.id] = spec
         return found
