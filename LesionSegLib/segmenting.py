@@ -8,6 +8,7 @@ bridge into a **new** segmentation node. A cancelled or failed run puts nothing 
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -24,6 +25,7 @@ from lesionseg.inference.output import terminology_entry
 from lesionseg.io import read_image, write_image
 from lesionseg.jobs import EventKind, Job, JobState, segment_command
 from lesionseg.models import ModelEntry, ModelRegistry, ModelSpec
+from lesionseg.orientation import orientation_code
 
 # Attributes on every result node: the training module reads them back as the case's provenance.
 MODEL_ID_ATTRIBUTE = "LesionSeg.ModelId"
@@ -326,6 +328,24 @@ class SegmentingLogic:
     pythonExecutable: str | None = None
     workRoot: str | Path | None = None
     childEnvironment: Mapping[str, str] | None = None
+
+    def volumeImage(self, volumeNode: Any) -> Image:
+        """The volume as the engine sees it (LPS geometry); raises ValueError for a volume it cannot use."""
+        return lesionseg.mrml.image_from_volume_node(volumeNode)
+
+    def describeVolume(self, volumeNode: Any) -> str:
+        """One line on the volume's grid: size, spacing and orientation."""
+        image = self.volumeImage(volumeNode)
+        size = "×".join(str(n) for n in image.size)
+        spacing = "×".join(f"{s:.3g}" for s in image.spacing)
+        return f"{size} voxels, {spacing} mm, orientation {orientation_code(image.direction)}"
+
+    def setInputVolume(self, parameterNode: Any, volumeNode: Any) -> str:
+        """Choose the volume to segment, after checking the engine can read it; returns its description."""
+        description = self.describeVolume(volumeNode)
+        parameterNode.inputVolume = volumeNode
+        logging.info(f"{self.moduleName} input: {volumeNode.GetName()} ({description})")
+        return description
 
     def modelEntries(self) -> list[ModelEntry]:
         return model_entries(self.modelsDir, self.lesionModels)

@@ -37,7 +37,6 @@ except ModuleNotFoundError as error:
     import lesionseg.mrml
     import LesionSegLib.export
 from lesionseg.image import Image
-from lesionseg.orientation import orientation_code
 from LesionSegLib.results import SegmentationResultsLogic
 from LesionSegLib.segmenting import SegmentingLogic, input_volume_problem
 from LesionSegLib.widgets import ComparisonPanel, ExportPanel, LesionTablePanel, SegmentPanel, appendLog
@@ -241,26 +240,6 @@ class ProstateMetSegLogic(ScriptedLoadableModuleLogic, SegmentationResultsLogic,
 
     def getParameterNode(self):
         return ProstateMetSegParameterNode(super().getParameterNode())
-
-    def volumeImage(self, volumeNode: vtkMRMLScalarVolumeNode) -> Image:
-        """The volume as the engine sees it (LPS geometry); raises ValueError for a volume it cannot use."""
-        return lesionseg.mrml.image_from_volume_node(volumeNode)
-
-    def describeVolume(self, volumeNode: vtkMRMLScalarVolumeNode) -> str:
-        """One line on the volume's grid: size, spacing and orientation."""
-        image = self.volumeImage(volumeNode)
-        return _("{size} voxels, {spacing} mm, orientation {orientation}").format(
-            size="×".join(str(n) for n in image.size),
-            spacing="×".join(f"{s:.3g}" for s in image.spacing),
-            orientation=orientation_code(image.direction),
-        )
-
-    def setInputVolume(self, parameterNode: ProstateMetSegParameterNode, volumeNode: vtkMRMLScalarVolumeNode) -> str:
-        """Choose the volume to segment, after checking the engine can read it; returns its description."""
-        description = self.describeVolume(volumeNode)
-        parameterNode.inputVolume = volumeNode
-        logging.info(f"ProstateMetSeg input: {volumeNode.GetName()} ({description})")
-        return description
 
     def segmentReadiness(self, parameterNode: ProstateMetSegParameterNode | None) -> tuple[bool, str]:
         """Whether Segment can run now, and the tooltip that says why or why not."""
