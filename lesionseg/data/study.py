@@ -54,7 +54,7 @@ class SizePreset:
 SIZE_PRESETS: dict[str, SizePreset] = {
     "small": SizePreset(matrix=(96, 128), pixel_mm=(2.8, 5.0), slice_mm=(3.0, 4.0, 5.0), max_slices=160),
     "full": SizePreset(
-        matrix=(512, 512), pixel_mm=(0.6, 1.0), slice_mm=(1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 5.0), max_slices=256
+        matrix=(512, 512), pixel_mm=(0.6, 1.0), slice_mm=(1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 5.0), max_slices=480
     ),
 }
 
