@@ -85,6 +85,10 @@ DEFAULTS: dict[str, Any] = {
         "sw_batch_size": 4,
         "early_stopping_patience": 0,  # validations without improvement before stopping; 0: never
         "stop_at_dice": 0.0,  # stop once the mean validation Dice reaches this; 0: never
+        # What picks the best checkpoint: "case_mean" averages per-case Dice (a lesion-free case scores 1
+        # only when nothing is predicted); "pooled" sums overlaps over all validation voxels first, which
+        # does not reward predicting nothing when many cases are lesion-free.
+        "select": "case_mean",
     },
 }
 
@@ -96,6 +100,7 @@ CHOICES = {
     ("loss", "name"): LOSSES,
     ("optimizer", "name"): OPTIMIZERS,
     ("schedule", "name"): SCHEDULES,
+    ("validation", "select"): ("case_mean", "pooled"),
 }
 
 

@@ -155,6 +155,11 @@ def model_card(spec: dict[str, Any], record: dict[str, Any], labels: dict[int, s
             f"- Best validation Dice (mean over labels): {best['dice_mean']:.4f} at epoch {best['epoch']}; "
             f"per label {json.dumps(best['dice'])}."
         )
+        if best.get("dice_pooled") is not None:
+            lines.append(
+                f"- Pooled over all validation voxels at that epoch: {json.dumps(best['dice_pooled'])} "
+                f"(the checkpoint was chosen by {record['config']['validation']['select']})."
+            )
         lines.append(
             "- Validation Dice is measured in the preprocessed space on whole volumes (sliding window);"
             " an empty ground truth scores 1 only when nothing is predicted."

@@ -161,6 +161,8 @@ def _validate(model: Any, loader: Any, config: dict[str, Any], device: Any, labe
     num_classes = max(labels) + 1
     # compute_dice, not DiceMetric: DiceMetric.aggregate gathers across ranks, and only rank 0 validates.
     scores = []
+    overlap = torch.zeros(num_classes - 1)
+    sizes = torch.zeros(num_classes - 1)
     model.eval()
     with torch.no_grad(), torch.autocast(device_type=device.type, enabled=amp):
         for batch in loader:
@@ -173,19 +175,30 @@ def _validate(model: Any, loader: Any, config: dict[str, Any], device: Any, labe
                 overlap=config["validation"]["overlap"],
             )
             prediction = one_hot(torch.argmax(logits, dim=1, keepdim=True), num_classes)
-            scores.append(
-                compute_dice(
-                    prediction, one_hot(label.long(), num_classes), include_background=False, ignore_empty=False
-                )
-                .float()
-                .cpu()
-            )
+            truth = one_hot(label.long(), num_classes)
+            spatial = tuple(range(2, prediction.ndim))
+            overlap += (prediction * truth).sum(dim=(0, *spatial))[1:].float().cpu()
+            sizes += (prediction.sum(dim=(0, *spatial)) + truth.sum(dim=(0, *spatial)))[1:].float().cpu()
+            scores.append(compute_dice(prediction, truth, include_background=False, ignore_empty=False).float().cpu())
     per_class = torch.cat(scores).mean(dim=0).tolist()
     model.train()
-    dice = {
-        labels.get(value, f"label_{value}"): round(float(per_class[value - 1]), 5) for value in sorted(labels) if value
+    # Pooled over all validation voxels; both empty everywhere counts as a perfect 1.
+    pooled_per_class = torch.where(sizes > 0, 2 * overlap / sizes.clamp(min=1), torch.ones_like(sizes)).tolist()
+    names = {value: labels.get(value, f"label_{value}") for value in sorted(labels) if value}
+    dice = {name: round(float(per_class[value - 1]), 5) for value, name in names.items()}
+    pooled = {name: round(float(pooled_per_class[value - 1]), 5) for value, name in names.items()}
+    return {
+        "dice": dice,
+        "dice_mean": round(float(np.mean(list(dice.values()))), 5),
+        "dice_pooled": pooled,
+        "dice_pooled_mean": round(float(np.mean(list(pooled.values()))), 5),
     }
-    return {"dice": dice, "dice_mean": round(float(np.mean(list(dice.values()))), 5)}
+
+
+def selection_score(config: dict[str, Any], entry: dict[str, Any]) -> float | None:
+    """The validation figure that picks the best checkpoint and drives early stopping."""
+    key = "dice_pooled_mean" if config["validation"]["select"] == "pooled" else "dice_mean"
+    return entry.get(key)
 
 
 def train(
@@ -312,8 +325,8 @@ def train(
     writer = _tensorboard(output) if rank == 0 else None
 
     def best_of(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
-        validated = [h for h in entries if h.get("dice_mean") is not None]
-        return max(validated, key=lambda h: (h["dice_mean"], -h["epoch"])) if validated else None
+        validated = [h for h in entries if selection_score(config, h) is not None]
+        return max(validated, key=lambda h: (selection_score(config, h), -h["epoch"])) if validated else None
 
     stopped: str | None = None
     epochs_run = 0
@@ -482,10 +495,11 @@ def _should_stop(
         return None
     current = history[-1]
     target = config["validation"]["stop_at_dice"]
-    if target and current["dice_mean"] >= target:
-        return f"validation Dice {current['dice_mean']:.4f} reached the target {target}"
+    score = selection_score(config, current)
+    if target and score is not None and score >= target:
+        return f"validation Dice {score:.4f} reached the target {target}"
     patience = config["validation"]["early_stopping_patience"]
-    validations_since = sum(1 for h in history if h["epoch"] > best["epoch"] and h.get("dice_mean") is not None)
+    validations_since = sum(1 for h in history if h["epoch"] > best["epoch"] and selection_score(config, h) is not None)
     if patience and validations_since >= patience:
         return f"no improvement in {patience} validations since epoch {best['epoch']}"
     return None
