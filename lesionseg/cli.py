@@ -12,7 +12,18 @@ from lesionseg import __version__
 
 # Modules that add subcommands: each defines ``register(subparsers)`` and sets ``func`` on its parser.
 COMMAND_MODULES: list[str] = [
+    "lesionseg.commands.dataset",
+    "lesionseg.commands.train",
     "lesionseg.commands.info",
+    "lesionseg.commands.synth",
+    "lesionseg.commands.segment",
+    "lesionseg.commands.models",
+    "lesionseg.commands.worker",
+    "lesionseg.commands.dicom",
+    "lesionseg.commands.evaluate",
+    "lesionseg.commands.rtstruct",
+    "lesionseg.commands.dicomseg",
+    "lesionseg.commands.demo",
 ]
 
 

@@ -1,0 +1,21 @@
+"""``lesionseg demo``: one synthetic patient from DICOM to report (see lesionseg.demo)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo", help="run the end-to-end demo on a synthetic patient (phantom data, not for clinical use)"
+    )
+    parser.add_argument("--output", default="demo-output", help="folder for the study, results and report")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from lesionseg.demo import run_demo
+
+    run_demo(args.output, device=args.device)
+    return 0
