@@ -11,6 +11,7 @@ model card). The model cards say what is true: synthetic phantoms only, not for 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
@@ -48,6 +49,8 @@ TASKS = {
         "labels": {1: "spleen"},
         "source_labels": {LABEL["spleen"]: 1},
         "lesion_labels": [],
+        # one spleen: stray islands far from it are removed, small holes filled
+        "postprocessing": {"keep_largest_component": True, "min_component_mm3": 0, "fill_holes": True},
         "config": {
             "model": {"id": "demo-spleen", "version": "1.0.0", "description": "Demo spleen model (synthetic phantoms)"},
             "preprocessing": {"intensity": {"kind": "range", "a_min": -57.0, "a_max": 164.0}},
@@ -58,6 +61,8 @@ TASKS = {
         "labels": {1: "metastasis"},
         "source_labels": {LABEL["bone_metastasis"]: 1, LABEL["nodal_metastasis"]: 1},
         "lesion_labels": [1],
+        # lesions under 100 mm3 are not reported, as in the brain-metastasis studies (NOTES §4)
+        "postprocessing": {"keep_largest_component": False, "min_component_mm3": 100.0, "fill_holes": False},
         "config": {
             "model": {"id": "demo-lesion", "version": "1.0.0", "description": "Demo metastasis model (synthetic)"},
             "preprocessing": {"intensity": {"kind": "range", "a_min": -200.0, "a_max": 1200.0}},
@@ -88,6 +93,17 @@ def build_dataset(cohort: Path, cases: list[str], folder: Path, task: dict) -> N
         label = read_image(cohort / case / "label.nii.gz")
         mapped = label.with_array(lookup[label.array])
         add_case(folder, image, mapped, names, case_id=case, provenance={"note": "synthetic phantom"})
+
+
+def set_postprocessing(folder: Path, postprocessing: dict) -> None:
+    """Training writes no post-processing; the demo models carry theirs in the spec, as data."""
+    from lesionseg.models.spec import load_spec
+
+    spec_path = folder / "spec.json"
+    spec = json.loads(spec_path.read_text(encoding="utf-8"))
+    spec["postprocessing"] = postprocessing
+    spec_path.write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
+    load_spec(spec_path)  # still valid against the schema
 
 
 def stamp_model_card(folder: Path, cases: int, seed: int) -> None:
@@ -141,6 +157,7 @@ def main() -> int:
         if target.exists():
             shutil.rmtree(target)
         shutil.copytree(output, target, ignore=shutil.ignore_patterns("checkpoint_*.pt", "tensorboard"))
+        set_postprocessing(target, task["postprocessing"])
         stamp_model_card(target, args.cases, args.seed)
         print(f"{model_id}: written to {target}")
     return 0

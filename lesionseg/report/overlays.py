@@ -57,6 +57,7 @@ def render_slice(
     title: str,
     background: np.ndarray | None = None,
     window: tuple[float, float] | None = None,
+    edges: tuple[str, str, str, str] = ("R", "L", "A", "P"),
 ) -> Path:
     """Write one slice (arrays ``[row=j, column=i]``) with reference (solid) and prediction (dashed) contours."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -98,7 +99,8 @@ def render_slice(
     ax.set_title(title, fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
-    for text, xy in (("R", (0.01, 0.5)), ("L", (0.99, 0.5)), ("A", (0.5, 0.99)), ("P", (0.5, 0.01))):
+    # patient directions at the left, right, top and bottom edges (axial by default)
+    for text, xy in zip(edges, ((0.01, 0.5), (0.99, 0.5), (0.5, 0.99), (0.5, 0.01)), strict=True):
         ax.text(*xy, text, transform=ax.transAxes, color="yellow", fontsize=9, ha="center", va="center")
     fig.tight_layout()
     with atomic_path(path) as tmp:
