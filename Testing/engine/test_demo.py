@@ -42,6 +42,7 @@ def test_demo_runs_from_dicom_to_a_report_with_a_valid_rtstruct(tmp_path):
     metrics = json.loads((report / "metrics.json").read_text())
     # The demo model was trained on phantoms; it must find the spleen of an unseen phantom.
     assert metrics["labels"]["1"]["dice"] >= 0.7, metrics["labels"]["1"]
+    # the prediction lies on the grid of the DICOM series it was made from
     prediction = read_image(output / "prediction.seg.nrrd")
-    assert prediction.same_grid(read_image(output / "study" / "image.nii.gz"))
+    assert prediction.same_grid(read_image(output / "study" / "dicom"))
     assert "SYNTHETIC" in (report / "report.md").read_text()

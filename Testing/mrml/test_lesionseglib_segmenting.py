@@ -85,7 +85,9 @@ def test_each_module_lists_its_models_with_version_and_weights_state(models, tmp
     organs = segmenting.model_entries(models, lesion=False)
     lesions = segmenting.model_entries(models, lesion=True)
     assert "tiny-spleen" in [e.spec.id for e in organs] and "tiny-mets" not in [e.spec.id for e in organs]
-    assert [e.spec.id for e in lesions] == ["tiny-mets"]
+    # the shipped demo models are listed beside the user's, each under its own module
+    assert [e.spec.id for e in lesions] == ["demo-lesion", "tiny-mets"]
+    assert "demo-spleen" in [e.spec.id for e in organs]
     line = segmenting.describe_entry(next(e for e in organs if e.spec.id == "tiny-spleen"))
     assert line == "tiny-spleen 0.0.1-selftest — weights verified"
     builtin = next(e for e in organs if e.spec.id == "spleen_ct_segmentation")
@@ -104,7 +106,7 @@ def test_each_module_lists_its_models_with_version_and_weights_state(models, tmp
 @pytest.mark.slow
 def test_a_cancelled_run_adds_nothing_and_leaves_no_files(scene, models, tmp_path):
     volume = volume_node_from_image(scene, bright_ct(), "CT")
-    entry = next(e for e in segmenting.model_entries(models, lesion=True))
+    entry = next(e for e in segmenting.model_entries(models, lesion=True) if e.spec.id == "tiny-mets")
     run = segmenting.SegmentationRun(volume, entry, "cpu", "ProstateMetSeg", sys.executable, models, tmp_path)
     run.start()
     run.cancel()
