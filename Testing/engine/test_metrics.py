@@ -306,3 +306,20 @@ def test_cohort_summary_skips_undefined_distances_and_fills_absent_labels_as_bot
     assert summary["labels"]["3"]["dice"]["mean"] == 1.0
     assert summary["lesions"]["totals"]["fn"] == 1 and summary["lesions"]["fp_per_case"] == 0.0
     json.dumps(summary, allow_nan=False)
+
+
+def test_prediction_stored_in_another_axis_order_is_evaluated_on_the_same_voxels():
+    from lesionseg.image import Image
+    from lesionseg.metrics import evaluate_case
+    from lesionseg.orientation import reorient
+
+    ref = Image(np.zeros((8, 9, 10), np.uint8), (0.8, 0.9, 2.5), (10.0, -20.0, 30.0))
+    ref.array[2:6, 3:7, 2:8] = 1
+    pred = ref.copy()
+    pred.array[2:6, 3:7, 2:5] = 0
+    expected = evaluate_case(pred, ref)["labels"]["1"]["dice"]
+    stored_ras = reorient(pred, "RAI")  # same voxels, other storage order (as a NIfTI tool might write)
+    assert evaluate_case(stored_ras, ref)["labels"]["1"]["dice"] == pytest.approx(expected)
+    shifted = Image(pred.array, pred.spacing, pred.origin + 1.0, pred.direction)
+    with pytest.raises(ValueError, match="does not lie on the reference"):
+        evaluate_case(shifted, ref)

@@ -28,6 +28,20 @@ def as_labelmap(image: Image, what: str) -> np.ndarray:
     return array
 
 
+def same_voxels_in_reference_order(pred: Image, ref: Image) -> Image:
+    """``pred`` re-indexed into ``ref``'s axis order when that puts it exactly on ``ref``'s grid.
+
+    A DICOM series and a NIfTI of the same scan often store the same voxels in different axis orders
+    (RAS vs LPS, feet first); re-indexing is lossless, so such a pair is evaluated as it is.
+    """
+    from lesionseg.orientation import orientation_code, reorient
+
+    if pred.same_grid(ref):
+        return pred
+    moved = reorient(pred, orientation_code(ref.direction))
+    return moved if moved.same_grid(ref) else pred
+
+
 def evaluate_case(
     pred: Image,
     ref: Image,
@@ -42,6 +56,7 @@ def evaluate_case(
     Labels evaluated: every non-zero value in either image plus every value named in ``label_names``.
     Lesions are the components of the voxels whose value is in ``lesion_labels`` (default: all foreground).
     """
+    pred = same_voxels_in_reference_order(pred, ref)
     require_same_grid(pred, ref, what="prediction")
     pred_arr = as_labelmap(pred, "prediction")
     ref_arr = as_labelmap(ref, "reference")
