@@ -67,6 +67,16 @@ class JobEvent:
             return cls(EventKind.OUTPUT, {"text": text})
 
 
+def drain(events: queue.Queue) -> list:
+    """Everything waiting in ``events``, without blocking."""
+    out = []
+    while True:
+        try:
+            out.append(events.get_nowait())
+        except queue.Empty:
+            return out
+
+
 def segment_command(
     model: str,
     input_path: str | Path,
@@ -266,12 +276,7 @@ class Job:
 
     def poll(self) -> list[JobEvent]:
         """New events since the last call; never blocks (call it from a GUI timer)."""
-        out = []
-        while True:
-            try:
-                out.append(self._events.get_nowait())
-            except queue.Empty:
-                return out
+        return drain(self._events)
 
     def cancel(self) -> None:
         """End the child and its whole process tree (SIGTERM, SIGKILL after the grace period)."""

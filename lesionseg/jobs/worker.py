@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 from typing import Any, TextIO
 
-from lesionseg.jobs.runner import EventKind, Job, JobEvent, JobState
+from lesionseg.jobs.runner import EventKind, Job, JobEvent, JobState, drain
 
 
 def serve(stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
@@ -98,12 +98,7 @@ class WorkerRequest:
             self._done.set()
 
     def poll(self) -> list[JobEvent]:
-        out = []
-        while True:
-            try:
-                out.append(self._events.get_nowait())
-            except queue.Empty:
-                return out
+        return drain(self._events)
 
     def wait(self, timeout_s: float | None = None) -> JobState:
         self._done.wait(timeout_s)
