@@ -34,8 +34,9 @@ DEVICE_ATTRIBUTE = "LesionSeg.Device"
 CREATED_ATTRIBUTE = "LesionSeg.Created"
 SOURCE_VOLUME_ATTRIBUTE = "LesionSeg.SourceVolume"
 
-# Words in a model's label names that make it a lesion model (ProstateMetSeg lists those; SpleenSeg the
-# spleen models). The model spec has a single task ("segmentation"), so the labels tell them apart.
+# A model is a lesion model (ProstateMetSeg lists those; SpleenSeg the others) when its spec names lesion
+# labels. Specs that predate ``lesion_labels`` (MONAI bundles, hand-written specs) are judged by these words
+# in their label names; the training module also uses them to propose a dataset's lesion labels.
 LESION_WORDS = ("lesion", "metasta", "tumor", "tumour", "nodal", "node")
 
 
@@ -101,6 +102,8 @@ def check_input_volume(volume_node: Any) -> Image:
 
 
 def is_lesion_model(spec: ModelSpec) -> bool:
+    if "lesion_labels" in spec.source:
+        return bool(spec.lesion_labels)
     return any(word in label.name.lower() for label in spec.labels for word in LESION_WORDS)
 
 

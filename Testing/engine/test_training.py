@@ -236,21 +236,34 @@ def test_two_process_data_parallel_training_ends_with_identical_weights(tmp_path
 
 @pytest.mark.slow
 def test_cascade_trains_two_stages_and_segments_through_both(tmp_path: Path, sphere_dataset: Path) -> None:
+    from lesionseg.inference import segment_image
     from lesionseg.models.spec import load_spec
-    from lesionseg.training.cascade import segment_cascade, train_cascade
 
     config = {**FAST, "training": {**FAST["training"], "epochs": 1}, "preprocessing": {"spacing": [2.0, 2.0, 2.0]},
               "cascade": {"coarse_factor": 2.0, "margin_mm": 8.0}}  # fmt: skip
-    stages = train_cascade(sphere_dataset, config, tmp_path / "cascade", device="cpu")
-    assert [s.last_epoch for s in stages] == [1, 1]
+    (tmp_path / "cascade.json").write_text(json.dumps(config))
+    command = [sys.executable, "-m", "lesionseg", "train", "--cascade", "--dataset", str(sphere_dataset),
+               "--config", str(tmp_path / "cascade.json"), "--output", str(tmp_path / "cascade"),
+               "--device", "cpu", "--progress", "jsonl"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    events = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert [e["stage"] for e in events if e["event"] == "progress"] == ["train-stage1", "train-stage2"]
+    assert events[-1]["event"] == "result" and events[-1]["output"] == str(tmp_path / "cascade")
     coarse, fine = (load_spec(tmp_path / "cascade" / n / "spec.json") for n in ("stage1", "stage2"))
     assert coarse.preprocessing.spacing == (4.0, 4.0, 4.0) and fine.preprocessing.spacing == (2.0, 2.0, 2.0)
     assert (coarse.id, fine.id) == ("spheres-test-stage1", "spheres-test-stage2")
+    # The pair is one model: stage 2's spec with the cascade option naming stage 1.
+    spec = load_spec(tmp_path / "cascade" / "spec.json")
+    assert spec.id == "spheres-test" and spec.weights_path == tmp_path / "cascade" / "stage2" / "model.pt"
+    assert spec.cascade.coarse_model == "stage1" and spec.cascade.margin_mm == 8.0
+    assert spec.lesion_labels == (LESION,)  # from the dataset's lesion_labels
     image, _ = sphere_case(9, size=32)
     events: list[dict] = []
-    labelmap, labels = segment_cascade(image, tmp_path / "cascade", device="cpu", progress=events.append)
-    loads = [e for e in events if e["event"] == "stage" and e["stage"] == "load"]
-    assert len(loads) == 2  # stage 1 found a region, so stage 2 ran on the crop around it
+    labelmap, labels = segment_image(image, tmp_path / "cascade", device="cpu", progress=events.append)
+    texts = " ".join(e.get("text", "") for e in events)
+    assert "refining a region" in texts or "found nothing" in texts
     assert labelmap.same_grid(image) and set(np.unique(labelmap.array)) <= {0, ORGAN, LESION}
     assert [label.name for label in labels] == ["organ", "lesion"]
-    assert train_cascade(sphere_dataset, config, tmp_path / "cascade", resume=True) == []
+    again = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "nothing to resume" in again.stdout, again.stderr[-2000:]

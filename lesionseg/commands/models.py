@@ -28,6 +28,11 @@ def _status(entry) -> str:
     return "present, verified" if entry.verified else "present, unverified (no hash)"
 
 
+def _kind(spec) -> str:
+    kind = "lesion" if spec.lesion_labels else "organ"
+    return f"{kind}, cascade" if spec.cascade else kind
+
+
 def run(args: argparse.Namespace) -> int:
     from lesionseg.models.registry import ModelRegistry
 
@@ -57,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
                 "weights_present": e.weights_present,
                 "verified": e.verified,
                 "weights_path": str(e.spec.weights_path),
+                "lesion_labels": list(e.spec.lesion_labels),
+                "cascade": None if e.spec.cascade is None else vars(e.spec.cascade),
                 "problem": e.problem,
             }
             for e in entries
@@ -65,9 +72,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"models folder: {registry.root}")
     for e in entries:
-        print(f"{e.spec.id:<32} {e.spec.version:<10} {e.origin:<9} weights: {_status(e)}")
+        print(f"{e.spec.id:<32} {e.spec.version:<10} {e.origin:<9} {_kind(e.spec):<15} weights: {_status(e)}")
         if e.problem:
             print(f"    {e.problem}")
     for folder, problem in registry.problems.items():
-        print(f"{folder:<32} {'?':<10} {'user':<9} unreadable: {problem}")
+        print(f"{folder:<32} {'?':<10} {'user':<9} {'?':<15} unreadable: {problem}")
     return 0

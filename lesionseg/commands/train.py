@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,7 +20,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--epochs", type=int, help="override the config's epoch count")
     parser.add_argument("--resume", action="store_true", help="continue from checkpoint_latest.pt in --output")
     parser.add_argument(
-        "--cascade", action="store_true", help="two stages: coarse on whole volumes, fine on crops (--output/stage1, 2)"
+        "--cascade",
+        action="store_true",
+        help="a two-step model: coarse on whole volumes (OUTPUT/stage1), fine on crops (OUTPUT/stage2), "
+        "chained by OUTPUT/spec.json",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
@@ -63,9 +67,11 @@ def run(args: argparse.Namespace) -> int:
         raise
     if os.environ.get("RANK", "0") != "0":
         return 0  # under torchrun only rank 0 reports; it wrote the model
+    # A cascade's model is the top folder, whose spec chains the two stage folders.
+    model_folder = Path(args.output) if args.cascade else result.output
     summary = {
         "event": "result",
-        "output": str(result.output),
+        "output": str(model_folder),
         "last_epoch": result.last_epoch,
         "best_epoch": result.best_epoch,
         "best_dice": result.best_dice,
@@ -75,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary), flush=True)
     else:
         print(
-            f"model written to {result.output} (epoch {result.last_epoch}, best Dice {result.best_dice})",
+            f"model written to {model_folder} (epoch {result.last_epoch}, best Dice {result.best_dice})",
             file=sys.stdout,
         )
     return 0

@@ -58,6 +58,7 @@ class LoadedModel:
     network: Any
     device: Any
     weights_verified: bool
+    coarse: "LoadedModel | None" = None  # a cascade's first stage (spec.cascade)
 
 
 def resolve_spec(model: str | Path | ModelSpec, models_dir: str | Path | None = None) -> ModelSpec:
@@ -76,9 +77,28 @@ def load_model(
     if spec.input_channels != 1:
         raise ValueError(f"model {spec.id!r} takes {spec.input_channels} input channels; segment feeds one image")
     torch_device = resolve_device(device)
+    coarse = None
+    if spec.cascade is not None:
+        coarse = _load_coarse_stage(spec, device)
     hashes = verify_weights(spec)
     network = load_network(spec, verify=False).to(torch_device)
-    return LoadedModel(spec, network, torch_device, bool(hashes["verified"]))
+    verified = bool(hashes["verified"]) and (coarse is None or coarse.weights_verified)
+    return LoadedModel(spec, network, torch_device, verified, coarse)
+
+
+def _load_coarse_stage(spec: ModelSpec, device: str) -> LoadedModel:
+    from lesionseg.models.spec import load_spec
+
+    folder = spec.coarse_folder
+    if folder is None or not (folder / "spec.json").is_file():
+        raise ValueError(
+            f"model {spec.id!r} is a cascade whose coarse stage {spec.cascade.coarse_model!r} has no spec.json "
+            f"in {spec.folder}; copy the whole model folder, stage folders included"
+        )
+    coarse_spec = load_spec(folder / "spec.json")
+    if coarse_spec.cascade is not None:
+        raise ValueError(f"model {spec.id!r}: its coarse stage {coarse_spec.id!r} is itself a cascade; use one level")
+    return load_model(coarse_spec, device)
 
 
 def _scale_intensity(volume, options: IntensitySpec):
@@ -276,10 +296,53 @@ def segment_image(
     if not model.weights_verified:
         reporter.warning(f"model {model.spec.id!r}: its weights have no hash to check against (unverified)")
     with subnormals_flushed(model.device):
-        labelmap = predict_labelmap(image, model, reporter, crop_body=crop_body)
+        if model.coarse is None:
+            labelmap = predict_labelmap(image, model, reporter, crop_body=crop_body)
+        else:
+            labelmap = _predict_two_steps(image, model, reporter, crop_body)
     labelmap = postprocess(labelmap, model.spec.postprocessing)
     reporter.update(1.0)
     return labelmap, list(model.spec.labels)
+
+
+def _predict_two_steps(image: Image, model: LoadedModel, reporter: Progress, crop_body: bool) -> Image:
+    """A cascade: the coarse stage on the whole image, then this model on the box around what it found."""
+    coarse_model = model.coarse
+    assert coarse_model is not None and model.spec.cascade is not None
+    reporter.stage("preprocess")
+
+    def forward(event: dict) -> None:
+        # The coarse pass is reported inside the preprocess band; its own messages say which stage spoke.
+        if event["event"] == "progress":
+            reporter.update(0.9 * event["percent"] / 100.0, cascade="coarse")
+        elif event["event"] in ("message", "warning"):
+            getattr(reporter, event["event"])(f"coarse stage: {event['text']}")
+
+    coarse = predict_labelmap(image, coarse_model, Progress(forward), crop_body=crop_body)
+    coarse = postprocess(coarse, coarse_model.spec.postprocessing)
+    box = region_around_labels(coarse, model.spec.cascade.margin_mm)
+    if box is None:
+        reporter.message("coarse stage found nothing; there is no region to refine")
+        return coarse
+    sizes = [int(s.stop - s.start) for s in box][::-1]
+    reporter.message(f"coarse stage: refining a region of {sizes} of {list(image.size)} voxels")
+    start_ijk = np.array([s.start for s in box][::-1], dtype=float)
+    crop = Image(np.ascontiguousarray(image.array[box]), image.spacing, image.world(start_ijk), image.direction)
+    fine = predict_labelmap(crop, model, reporter)
+    out = np.zeros(image.array.shape, dtype=fine.array.dtype)
+    out[box] = fine.array
+    return image.with_array(out)
+
+
+def region_around_labels(labelmap: Image, margin_mm: float) -> tuple[slice, slice, slice] | None:
+    """Array slices ``[k, j, i]`` of the box around every labelled voxel plus ``margin_mm``; None when empty."""
+    found = np.nonzero(labelmap.array)
+    if len(found[0]) == 0:
+        return None
+    margin = np.ceil(margin_mm / np.asarray(labelmap.spacing, dtype=float))[::-1].astype(int)  # (k, j, i)
+    low = np.maximum([f.min() for f in found] - margin, 0)
+    high = np.minimum([f.max() + 1 for f in found] + margin, labelmap.array.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(low, high, strict=True))
 
 
 def segment_file(

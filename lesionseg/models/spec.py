@@ -94,6 +94,12 @@ class WeightsSpec:
 
 
 @dataclass(frozen=True)
+class CascadeSpec:
+    coarse_model: str  # folder of the coarse stage, relative to the spec's folder
+    margin_mm: float
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     id: str
     version: str
@@ -107,6 +113,8 @@ class ModelSpec:
     labels: tuple[LabelInfo, ...]
     weights: WeightsSpec
     description: str = ""
+    lesion_labels: tuple[int, ...] = ()
+    cascade: CascadeSpec | None = None
     folder: Path | None = None  # where the weights file lives (None: not installed anywhere yet)
     builtin: bool = False
     source: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -114,6 +122,15 @@ class ModelSpec:
     @property
     def weights_path(self) -> Path | None:
         return None if self.folder is None else self.folder / self.weights.path
+
+    @property
+    def coarse_folder(self) -> Path | None:
+        """The cascade's coarse-stage folder, or None for a one-step model."""
+        if self.cascade is None:
+            return None
+        if self.folder is None:
+            raise ValueError(f"model {self.id!r} is a cascade but has no folder to find its coarse stage in")
+        return self.folder / self.cascade.coarse_model
 
     @property
     def num_classes(self) -> int:
@@ -142,6 +159,9 @@ def validate_spec_dict(data: Any, where: str = "model spec") -> None:
             f"{where}: label value {max(values)} needs at least {max(values) + 1} network output channels, "
             f"but out_channels is {out_channels}"
         )
+    stray = sorted(set(data.get("lesion_labels", [])) - set(values))
+    if stray:
+        raise ValueError(f"{where}: lesion_labels {stray} are not among the label values {values}; fix lesion_labels")
     in_channels = data["network"]["parameters"].get("in_channels")
     if in_channels is not None and int(in_channels) != int(data["input_channels"]):
         raise ValueError(f"{where}: input_channels {data['input_channels']} differs from the network's {in_channels}")
@@ -154,6 +174,7 @@ def spec_from_dict(data: dict[str, Any], folder: Path | None = None, where: str 
     inten = dict(pre["intensity"])
     infer = data["inference"]
     post = data.get("postprocessing", {})
+    cascade = data.get("cascade")
     return ModelSpec(
         id=data["id"],
         version=data["version"],
@@ -185,6 +206,8 @@ def spec_from_dict(data: dict[str, Any], folder: Path | None = None, where: str 
         ),
         labels=tuple(LabelInfo.from_dict(label) for label in data["labels"]),
         weights=WeightsSpec(**{k: v for k, v in data["weights"].items() if k != "note"}),
+        lesion_labels=tuple(int(v) for v in data.get("lesion_labels", [])),
+        cascade=CascadeSpec(str(cascade["coarse_model"]), float(cascade["margin_mm"])) if cascade else None,
         folder=folder,
         source=data,
     )

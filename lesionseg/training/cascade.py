@@ -1,10 +1,11 @@
 """Two-stage (cascade) models: a coarse stage finds the region, a fine stage segments a crop around it.
 
-Training writes ``OUTPUT/stage1`` and ``OUTPUT/stage2``, each an ordinary registry model folder, and
-``OUTPUT/cascade.json`` naming them and the crop margin.  Stage 1 is the config at ``coarse_factor``
-times its voxel size on whole volumes; stage 2 is the config unchanged, trained on the box around the
-ground-truth labels plus ``margin_mm``.  ``segment_cascade`` chains them: stage 1 on the whole image,
-stage 2 on the box around stage 1's labels plus the same margin, pasted back into the full grid.
+Training writes ``OUTPUT/stage1`` and ``OUTPUT/stage2``, each an ordinary model folder, then ``OUTPUT/spec.json``:
+stage 2's spec with its weights path pointing into ``stage2/`` and the spec option
+``cascade: {coarse_model: "stage1", margin_mm}``.  So ``OUTPUT`` is one registry model, and inference
+(:func:`lesionseg.inference.pipeline.segment_image`) chains the stages from the spec alone.  Stage 1 is the
+config at ``coarse_factor`` times its voxel size on whole volumes; stage 2 is the config unchanged, trained
+on the box around the ground-truth labels plus ``margin_mm``, the same margin inference crops with.
 """
 
 from __future__ import annotations
@@ -14,15 +15,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from lesionseg.image import Image
-from lesionseg.io.atomic import write_json_atomic
-from lesionseg.labels import LabelInfo
+from lesionseg.io.atomic import write_bytes_atomic, write_json_atomic
 from lesionseg.training.config import load_config
+from lesionseg.training.export import CARD, SPEC
 from lesionseg.training.loop import Progress, TrainResult, train
-
-CASCADE_FILE = "cascade.json"
 
 
 def stage_configs(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -81,35 +77,32 @@ def train_cascade(
         results.append(
             train(dataset_dir, None if stage_resume else stage, folder, epochs, stage_resume, device, tagged)
         )
-    write_json_atomic(
-        output / CASCADE_FILE,
-        {"format": "lesionseg-cascade/1", "stages": ["stage1", "stage2"], "margin_mm": config["cascade"]["margin_mm"]},
-    )
+    write_cascade_spec(output, config)
     return results
 
 
-def segment_cascade(
-    image: Image, cascade_dir: str | Path, device: str = "auto", progress: Any = None
-) -> tuple[Image, list[LabelInfo]]:
-    """Stage 1 on the whole image, stage 2 on the box around its labels; the labelmap is on ``image``'s grid."""
-    from lesionseg.inference.pipeline import segment_image
+def write_cascade_spec(output: Path, config: dict[str, Any]) -> Path:
+    """``OUTPUT/spec.json`` (written last: a folder with a spec is complete) and a model card for the pair."""
+    from lesionseg.models.spec import load_spec, validate_spec_dict
 
-    folder = Path(cascade_dir)
-    if not (folder / CASCADE_FILE).is_file():
-        raise FileNotFoundError(f"{folder} holds no {CASCADE_FILE}; train one with `lesionseg train --cascade`")
-    description = json.loads((folder / CASCADE_FILE).read_text(encoding="utf-8"))
-    first, second = (folder / name for name in description["stages"])
-    coarse, labels = segment_image(image, first, device, progress)
-    found = np.argwhere(coarse.array > 0)
-    if len(found) == 0:
-        return coarse, labels  # nothing found: nothing to refine
-    margin = [int(np.ceil(description["margin_mm"] / s)) for s in image.spacing[::-1]]  # in (k, j, i) order
-    low = np.maximum(found.min(0) - margin, 0)
-    high = np.minimum(found.max(0) + np.array(margin) + 1, image.array.shape)
-    box = tuple(slice(int(a), int(b)) for a, b in zip(low, high, strict=True))
-    start_ijk = low[::-1].astype(float)
-    crop = Image(image.array[box], image.spacing, image.world(start_ijk), image.direction)
-    fine, labels = segment_image(crop, second, device, progress)
-    out = np.zeros(image.array.shape, dtype=fine.array.dtype)
-    out[box] = fine.array
-    return image.with_array(out), labels
+    fine = json.loads((output / "stage2" / SPEC).read_text(encoding="utf-8"))
+    coarse = json.loads((output / "stage1" / SPEC).read_text(encoding="utf-8"))
+    spec = copy.deepcopy(fine)
+    spec["id"] = config["model"]["id"] or output.name
+    spec["description"] = f"{fine['description']} (two-step cascade)".strip()
+    spec["weights"]["path"] = f"stage2/{fine['weights']['path']}"
+    spec["cascade"] = {"coarse_model": "stage1", "margin_mm": float(config["cascade"]["margin_mm"])}
+    validate_spec_dict(spec, where="cascade spec")
+    card = (
+        f"# {spec['id']} {spec['version']}\n\n"
+        f"A two-step cascade. Stage 1 (`stage1/`, {coarse['network']['name']} at "
+        f"{coarse['preprocessing']['spacing']} mm) segments the whole volume; the image is cropped to the box around "
+        f"what it finds plus {spec['cascade']['margin_mm']} mm; stage 2 (`stage2/`, {fine['network']['name']} at "
+        f"{fine['preprocessing']['spacing']} mm) segments that crop. When stage 1 finds nothing, the result is "
+        "empty.\n\nEach stage's own card (`stage1/model-card.md`, `stage2/model-card.md`) gives its data and "
+        "validation figures.\n"
+    )
+    write_bytes_atomic(output / CARD, card.encode("utf-8"))
+    write_json_atomic(output / SPEC, spec)
+    load_spec(output / SPEC)  # the written spec must load
+    return output / SPEC

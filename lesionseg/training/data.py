@@ -70,6 +70,7 @@ def dataset_datalists(dataset_dir: str | Path, config: dict[str, Any]) -> dict[s
         "validation_ids": val_ids,
         "split": split_source,
         "labels": labels,
+        "lesion_labels": [v for v in dataset.lesion_labels() if v in labels],
         "manifest_sha256": dataset.manifest_sha256(),
         "name": doc.get("name", dataset.root.name),
         "root": str(dataset.root.resolve()),

@@ -61,6 +61,7 @@ def build_spec(
         },
         "postprocessing": {},
         "labels": [LabelInfo(v, labels[v], LabelInfo.default(v).color).to_dict() for v in sorted(labels) if v],
+        "lesion_labels": sorted(int(v) for v in dataset.get("lesion_labels", []) if v and v in labels),
         "weights": {
             "format": "state_dict",
             "path": WEIGHTS,
