@@ -117,3 +117,18 @@ def test_a_cancelled_run_adds_nothing_and_leaves_no_files(scene, models, tmp_pat
         run.load_result(scene)
     assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
     assert not run.work_dir.exists()
+
+
+def test_a_spec_with_lesion_labels_decides_the_module_whatever_its_label_names(tmp_path):
+    import json
+
+    for model_id, name, lesion_labels in (("named-organ", "liver", [1]), ("named-lesion", "metastasis", [])):
+        folder = write_threshold_model(tmp_path, model_id, name)
+        spec = json.loads((folder / "spec.json").read_text())
+        spec["lesion_labels"] = lesion_labels
+        (folder / "spec.json").write_text(json.dumps(spec))
+    write_threshold_model(tmp_path, "words-only", "nodal metastasis")  # no lesion_labels: its label names decide
+    lesions = {e.spec.id for e in segmenting.model_entries(tmp_path, lesion=True)}
+    organs = {e.spec.id for e in segmenting.model_entries(tmp_path, lesion=False)}
+    assert {"named-organ", "words-only"} <= lesions and "named-lesion" not in lesions
+    assert "named-lesion" in organs and not {"named-organ", "words-only"} & organs
