@@ -27,6 +27,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also write TensorBoard logs to OUTPUT/tensorboard (sets training.tensorboard; needs the package)",
+    )
     parser.add_argument("--progress", choices=("text", "jsonl"), default="text", help="jsonl: one JSON line per epoch")
     parser.set_defaults(func=run)
 
@@ -34,7 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from lesionseg.training import train
+    from lesionseg.cli import UserError
+    from lesionseg.training import load_config, train
+    from lesionseg.training.loop import tensorboard_writer_class
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -48,19 +55,28 @@ def run(args: argparse.Namespace) -> int:
 
     if args.config is None and not args.resume:
         args.config = "tiny"
+    config = args.config
+    if args.tensorboard:
+        tensorboard_writer_class()  # before a cascade writes its config: a missing package fails first
+        if args.cascade and args.resume:
+            raise UserError(
+                "--tensorboard cannot be added to a cascade on --resume (it keeps the config it started with); "
+                "resume without it, or start the cascade with --tensorboard"
+            )
+        if args.cascade:
+            config = load_config(args.config, overrides={"training.tensorboard": True})
     try:
         if args.cascade:
             from lesionseg.training.cascade import train_cascade
 
-            stages = train_cascade(
-                args.dataset, args.config, args.output, args.epochs, args.resume, args.device, report
-            )
+            stages = train_cascade(args.dataset, config, args.output, args.epochs, args.resume, args.device, report)
             if not stages:
                 print(f"both stages in {args.output} had finished; nothing to resume")
                 return 0
             result = stages[-1]
         else:
-            result = train(args.dataset, args.config, args.output, args.epochs, args.resume, args.device, report)
+            on = args.tensorboard or None  # None keeps the config's (or on --resume, the run's) setting
+            result = train(args.dataset, config, args.output, args.epochs, args.resume, args.device, report, on)
     except Exception as error:
         if args.progress == "jsonl":
             print(json.dumps({"event": "error", "type": type(error).__name__, "text": str(error)}), flush=True)

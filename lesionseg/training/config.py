@@ -78,6 +78,7 @@ DEFAULTS: dict[str, Any] = {
         "seed": 0,
         "deterministic": False,  # True: cuDNN's deterministic kernels (slower on GPU; CPU runs are repeatable anyway)
         "validation_fraction": 0.2,  # used when dataset.json holds no split
+        "tensorboard": False,  # True: also write TensorBoard logs to OUTPUT/tensorboard (needs the package)
     },
     "validation": {
         "interval": 1,

@@ -9,7 +9,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,12 @@ from lesionseg.training.data import dataset_datalists, deterministic_transforms,
 log = logging.getLogger(__name__)
 METRICS = "metrics.jsonl"
 CURVE = "learning_curve.png"
+TENSORBOARD_PIN = "tensorboard==2.21.0"  # the version requirements/test.txt pins
+# Drawing the curve costs about 0.4 s of matplotlib, as much as a whole small epoch: redraw it on a
+# validated epoch only when the last drawing took at most this share of the time since, and on any
+# other epoch only every CURVE_EVERY_S; the run's last epoch is always drawn.
+CURVE_SHARE = 0.1
+CURVE_EVERY_S = 30.0
 Progress = Callable[[dict[str, Any]], None]
 
 
@@ -147,6 +153,27 @@ def _write_curve(output: Path, history: list[dict[str, Any]]) -> None:
     plt.close(fig)
 
 
+@dataclass
+class _CurveSchedule:
+    """When to redraw ``learning_curve.png`` (see CURVE_SHARE)."""
+
+    output: Path
+    drawn_at: float = field(default_factory=time.monotonic)
+    cost_s: float = 0.0
+    epoch: int = 0  # the last epoch the PNG shows
+
+    def due(self, validated: bool) -> bool:
+        since = time.monotonic() - self.drawn_at
+        return since >= CURVE_EVERY_S or (validated and since * CURVE_SHARE >= self.cost_s)
+
+    def draw(self, history: list[dict[str, Any]]) -> None:
+        began = time.monotonic()
+        _write_curve(self.output, history)
+        self.drawn_at = time.monotonic()
+        self.cost_s = self.drawn_at - began
+        self.epoch = history[-1]["epoch"]
+
+
 def _validate(model: Any, loader: Any, config: dict[str, Any], device: Any, labels: dict[int, str], amp: bool) -> dict:
     """Sliding-window Dice per label on whole validation volumes (preprocessed space).
 
@@ -209,8 +236,12 @@ def train(
     resume: bool = False,
     device: str = "auto",
     progress: Progress | None = None,
+    tensorboard: bool | None = None,
 ) -> TrainResult:
-    """Train a model on a dataset folder and write it as a registry model folder in ``output``."""
+    """Train a model on a dataset folder and write it as a registry model folder in ``output``.
+
+    ``tensorboard`` overrides the config's ``training.tensorboard`` (also on resume) when given.
+    """
     import torch
     import torch.distributed as dist
     from monai.data import CacheDataset, ThreadDataLoader, set_track_meta
@@ -238,6 +269,10 @@ def train(
         if epochs < 1:
             raise ValueError(f"--epochs {epochs}: give at least 1")
         config["training"]["epochs"] = int(epochs)
+    if tensorboard is not None:
+        config["training"]["tensorboard"] = bool(tensorboard)
+    # Checked before any data is cached, on every rank, so a missing package fails in seconds.
+    summary_writer = tensorboard_writer_class() if config["training"]["tensorboard"] else None
     total_epochs = config["training"]["epochs"]
     if checkpoint is not None and int(checkpoint["epoch"]) >= total_epochs:
         raise ValueError(
@@ -322,7 +357,8 @@ def train(
         trained = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[torch_device.index] if torch_device.type == "cuda" else None
         )
-    writer = _tensorboard(output) if rank == 0 else None
+    writer = summary_writer(log_dir=str(output / "tensorboard")) if summary_writer and rank == 0 else None
+    curve = _CurveSchedule(output)
 
     def best_of(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
         validated = [h for h in entries if selection_score(config, h) is not None]
@@ -397,11 +433,10 @@ def train(
                     save_checkpoint(output / BEST, state)
                 save_checkpoint(latest, state)
                 _write_metrics(output, history)
-                _write_curve(output, history)
+                if curve.due(validate):
+                    curve.draw(history)
                 if writer is not None:
-                    writer.add_scalar("loss", entry["loss"], epoch)
-                    if validate:
-                        writer.add_scalar("dice_mean", entry["dice_mean"], epoch)
+                    _log_scalars(writer, entry)
             if progress is not None and rank == 0:
                 # The job runner's event vocabulary: "progress" with a percent, plus this epoch's metrics.
                 progress(
@@ -428,6 +463,9 @@ def train(
         if rank == 0:
             from lesionseg.training.export import write_model_folder
 
+            if history and curve.epoch != history[-1]["epoch"]:
+                curve.draw(history)
+
             weights = (
                 load_checkpoint(output / BEST)["model"]
                 if best is not None and (output / BEST).is_file()
@@ -446,6 +484,13 @@ def train(
                 {"world_size": world, "rank_weight_sha256": digests, "device": str(torch_device), "amp": amp},
             )
     finally:
+        if rank == 0 and history and curve.epoch != history[-1]["epoch"]:
+            # Interrupted (cancelled, out of budget, failed): still leave a curve of every finished epoch,
+            # without hiding the exception that got us here.
+            try:
+                curve.draw(history)
+            except Exception:
+                log.warning("could not draw %s", output / CURVE, exc_info=True)
         set_track_meta(True)
         if writer is not None:
             writer.close()
@@ -505,10 +550,26 @@ def _should_stop(
     return None
 
 
-def _tensorboard(output: Path) -> Any:
-    """A TensorBoard writer when the ``tensorboard`` package is installed; None otherwise."""
+def tensorboard_writer_class(module: str = "torch.utils.tensorboard") -> Any:
+    """torch's ``SummaryWriter``; a ValueError naming the pinned install when its package is missing."""
+    import importlib
+
     try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(log_dir=str(output / "tensorboard"))
+        return importlib.import_module(module).SummaryWriter
+    except ImportError as error:
+        raise ValueError(
+            f"training.tensorboard (--tensorboard) needs the tensorboard package ({error}); "
+            f"install it with: pip install {TENSORBOARD_PIN}, or train without --tensorboard"
+        ) from None
+
+
+def _log_scalars(writer: Any, entry: dict[str, Any]) -> None:
+    """One epoch's metrics.jsonl figures as TensorBoard scalars, stepped by epoch."""
+    epoch = entry["epoch"]
+    writer.add_scalar("loss", entry["loss"], epoch)
+    writer.add_scalar("lr", entry["lr"], epoch)
+    if entry.get("dice_mean") is not None:
+        writer.add_scalar("dice_mean", entry["dice_mean"], epoch)
+        for name, value in entry["dice"].items():
+            writer.add_scalar(f"dice/{name}", value, epoch)
+    writer.flush()  # a killed run keeps what it logged
