@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from support.training_data import LESION, ORGAN, sphere_case
+from support.training_data import LESION, ORGAN, one_torch_thread, sphere_case, sphere_dataset_folder  # noqa: F401
 
-from lesionseg.datasets import Dataset, add_case, init_dataset
+from lesionseg.datasets import Dataset
 from lesionseg.io import read_image, write_image
 from lesionseg.training import load_config, presets, train
 from lesionseg.training.checkpoint import BEST, LATEST
@@ -34,19 +34,7 @@ def tiny_config(**sections) -> dict:
 
 @pytest.fixture(scope="module")
 def sphere_dataset(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("train") / "spheres"
-    init_dataset(root, {ORGAN: "organ", LESION: "lesion"}, name="Spheres", lesion_labels=[LESION])
-    for seed in range(4):
-        add_case(root, *sphere_case(seed, size=32), case_id=f"s{seed}", provenance={"annotator": "test"})
-    return root
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    return sphere_dataset_folder(tmp_path_factory.mktemp("train") / "spheres", provenance={"annotator": "test"})
 
 
 def test_config_errors_name_the_key_and_what_is_allowed(tmp_path: Path) -> None:

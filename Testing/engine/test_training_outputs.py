@@ -9,10 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from support.training_data import LESION, ORGAN, sphere_case
+from support.training_data import LESION, ORGAN, one_torch_thread, sphere_case, sphere_dataset_folder  # noqa: F401
 
-from lesionseg.datasets import add_case, init_dataset
 from lesionseg.training import train
 from lesionseg.training.loop import CURVE, METRICS, TENSORBOARD_PIN, _write_curve, tensorboard_writer_class
 
@@ -30,19 +28,7 @@ class InterruptError(Exception):
 
 @pytest.fixture(scope="module")
 def sphere_dataset(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("outputs") / "spheres"
-    init_dataset(root, {ORGAN: "organ", LESION: "lesion"}, name="Spheres", lesion_labels=[LESION])
-    for seed in range(4):
-        add_case(root, *sphere_case(seed, size=32), case_id=f"s{seed}")
-    return root
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    return sphere_dataset_folder(tmp_path_factory.mktemp("outputs") / "spheres")
 
 
 def _metrics(output: Path) -> list[dict]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from lesionseg.image import Image
 
@@ -53,3 +54,24 @@ def write_sphere_cases(folder: Path, count: int, seed: int = 0, size: int = 32, 
         )
         out.append(case)
     return out
+
+
+def sphere_dataset_folder(root: Path, cases: int = 4, provenance: dict | None = None) -> Path:
+    """A curated dataset of ``cases`` 32³ sphere phantoms with an organ and a lesion label."""
+    from lesionseg.datasets import add_case, init_dataset
+
+    init_dataset(root, {ORGAN: "organ", LESION: "lesion"}, name="Spheres", lesion_labels=[LESION])
+    for seed in range(cases):
+        add_case(root, *sphere_case(seed, size=32), case_id=f"s{seed}", provenance=provenance)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tests that train run on one thread (stable timings beside other tests), then restore torch's setting."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
