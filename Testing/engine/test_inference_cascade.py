@@ -129,3 +129,21 @@ def test_bad_cascade_or_lesion_fields_are_named(tmp_path: Path, change: dict, wo
     with pytest.raises(ValueError, match=None) as error:
         segment_image(image, folder, device="cpu")
     assert words in str(error.value)
+
+
+def test_model_list_checks_both_stages_of_a_cascade(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    top = cascade_folder(models)
+    shutil.rmtree(models / "tmp")
+    entry = next(e for e in ModelRegistry(models).entries() if e.spec.id == "casc")
+    assert entry.verified is True and not entry.problem
+    weights = top / "stage1" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"oops")
+    entry = next(e for e in ModelRegistry(models).entries() if e.spec.id == "casc")
+    assert "stage1/model.safetensors: sha256" in entry.problem
+    shutil.rmtree(top / "stage1")
+    entry = next(e for e in ModelRegistry(models).entries() if e.spec.id == "casc")
+    assert entry.verified is False and entry.problem.startswith("coarse stage:")
+    image, _ = blobs_ct()
+    with pytest.raises(ValueError, match="copy the whole model folder"):
+        segment_image(image, "casc", device="cpu", models_dir=models)

@@ -107,7 +107,14 @@ class ModelRegistry:
             if present:
                 try:
                     verified = True if verify_weights(spec)["verified"] else None
+                    if (
+                        spec.cascade is not None
+                        and not verify_weights(load_spec(spec.coarse_folder / "spec.json"))["verified"]
+                    ):
+                        verified = None  # the pair is only as verified as its less verified stage
                 except WeightsError as error:
                     problem = str(error)
+                except (ValueError, OSError) as error:  # a cascade whose coarse stage is missing or unreadable
+                    verified, problem = False, f"coarse stage: {error}"
             out.append(ModelEntry(spec, "built-in" if spec.builtin else "user", present, verified, problem))
         return out
