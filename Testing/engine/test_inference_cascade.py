@@ -13,7 +13,7 @@ import pytest
 
 from lesionseg.image import Image
 from lesionseg.inference import segment_image
-from lesionseg.inference.pipeline import region_around_labels
+from lesionseg.inference.crop import region_around_labels
 from lesionseg.io import read_image, write_image
 from lesionseg.models import load_spec
 from lesionseg.models.registry import ModelRegistry

@@ -1,4 +1,4 @@
-"""The body crop: the box around the largest connected region denser than air, plus a margin.
+"""Crops: the body (the box around the largest region denser than air) and a cascade's region, each plus a margin.
 
 The crop is applied on the network's grid after resampling, so voxels inside the box are sampled exactly
 as without the crop; only the windows outside it are skipped (they would see air).
@@ -47,3 +47,14 @@ def box_on_grid(corners_lps: np.ndarray, grid: Image, margin_mm: float) -> tuple
     lo = np.maximum(np.floor(ijk.min(axis=0) - margin), 0).astype(int)
     hi = np.minimum(np.ceil(ijk.max(axis=0) + margin), np.array(grid.size) - 1).astype(int)
     return slice(lo[2], hi[2] + 1), slice(lo[1], hi[1] + 1), slice(lo[0], hi[0] + 1)
+
+
+def region_around_labels(labelmap: Image, margin_mm: float) -> tuple[slice, slice, slice] | None:
+    """Array slices ``[k, j, i]`` of the box around every labelled voxel plus ``margin_mm``; None when empty."""
+    found = np.nonzero(labelmap.array)
+    if len(found[0]) == 0:
+        return None
+    margin = np.ceil(margin_mm / np.asarray(labelmap.spacing, dtype=float))[::-1].astype(int)  # (k, j, i)
+    low = np.maximum([f.min() for f in found] - margin, 0)
+    high = np.minimum([f.max() + 1 for f in found] + margin, labelmap.array.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(low, high, strict=True))

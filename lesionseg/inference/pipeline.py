@@ -25,7 +25,7 @@ import numpy as np
 
 from lesionseg.image import Image
 from lesionseg.inference.axes import monai_reorientation, permute_axes, undo_permutation
-from lesionseg.inference.crop import body_box_world, box_on_grid
+from lesionseg.inference.crop import body_box_world, box_on_grid, region_around_labels
 from lesionseg.inference.devices import available_ram_bytes, free_memory_bytes, resolve_device
 from lesionseg.inference.memory import plan_memory
 from lesionseg.inference.postprocess import postprocess
@@ -77,28 +77,12 @@ def load_model(
     if spec.input_channels != 1:
         raise ValueError(f"model {spec.id!r} takes {spec.input_channels} input channels; segment feeds one image")
     torch_device = resolve_device(device)
-    coarse = None
-    if spec.cascade is not None:
-        coarse = _load_coarse_stage(spec, device)
+    coarse_spec = spec.coarse_spec()
+    coarse = None if coarse_spec is None else load_model(coarse_spec, device)
     hashes = verify_weights(spec)
     network = load_network(spec, verify=False).to(torch_device)
     verified = bool(hashes["verified"]) and (coarse is None or coarse.weights_verified)
     return LoadedModel(spec, network, torch_device, verified, coarse)
-
-
-def _load_coarse_stage(spec: ModelSpec, device: str) -> LoadedModel:
-    from lesionseg.models.spec import load_spec
-
-    folder = spec.coarse_folder
-    if folder is None or not (folder / "spec.json").is_file():
-        raise ValueError(
-            f"model {spec.id!r} is a cascade whose coarse stage {spec.cascade.coarse_model!r} has no spec.json "
-            f"in {spec.folder}; copy the whole model folder, stage folders included"
-        )
-    coarse_spec = load_spec(folder / "spec.json")
-    if coarse_spec.cascade is not None:
-        raise ValueError(f"model {spec.id!r}: its coarse stage {coarse_spec.id!r} is itself a cascade; use one level")
-    return load_model(coarse_spec, device)
 
 
 def _scale_intensity(volume, options: IntensitySpec):
@@ -332,17 +316,6 @@ def _predict_two_steps(image: Image, model: LoadedModel, reporter: Progress, cro
     out = np.zeros(image.array.shape, dtype=fine.array.dtype)
     out[box] = fine.array
     return image.with_array(out)
-
-
-def region_around_labels(labelmap: Image, margin_mm: float) -> tuple[slice, slice, slice] | None:
-    """Array slices ``[k, j, i]`` of the box around every labelled voxel plus ``margin_mm``; None when empty."""
-    found = np.nonzero(labelmap.array)
-    if len(found[0]) == 0:
-        return None
-    margin = np.ceil(margin_mm / np.asarray(labelmap.spacing, dtype=float))[::-1].astype(int)  # (k, j, i)
-    low = np.maximum([f.min() for f in found] - margin, 0)
-    high = np.minimum([f.max() + 1 for f in found] + margin, labelmap.array.shape)
-    return tuple(slice(int(a), int(b)) for a, b in zip(low, high, strict=True))
 
 
 def segment_file(

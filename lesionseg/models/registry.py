@@ -107,10 +107,8 @@ class ModelRegistry:
             if present:
                 try:
                     verified = True if verify_weights(spec)["verified"] else None
-                    if (
-                        spec.cascade is not None
-                        and not verify_weights(load_spec(spec.coarse_folder / "spec.json"))["verified"]
-                    ):
+                    coarse = spec.coarse_spec()
+                    if coarse is not None and not verify_weights(coarse)["verified"]:
                         verified = None  # the pair is only as verified as its less verified stage
                 except WeightsError as error:
                     problem = str(error)

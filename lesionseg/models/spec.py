@@ -132,6 +132,21 @@ class ModelSpec:
             raise ValueError(f"model {self.id!r} is a cascade but has no folder to find its coarse stage in")
         return self.folder / self.cascade.coarse_model
 
+    def coarse_spec(self) -> "ModelSpec | None":
+        """The cascade's coarse stage (itself a one-step model), or None for a one-step model."""
+        folder = self.coarse_folder
+        if folder is None:
+            return None
+        if not (folder / "spec.json").is_file():
+            raise ValueError(
+                f"model {self.id!r} is a cascade whose coarse stage {self.cascade.coarse_model!r} has no spec.json "
+                f"in {self.folder}; copy the whole model folder, stage folders included"
+            )
+        coarse = load_spec(folder / "spec.json")
+        if coarse.cascade is not None:
+            raise ValueError(f"model {self.id!r}: its coarse stage {coarse.id!r} is itself a cascade; use one level")
+        return coarse
+
     @property
     def num_classes(self) -> int:
         return int(self.network_parameters.get("out_channels", max(label.value for label in self.labels) + 1))

@@ -17,7 +17,7 @@ from typing import Any
 
 from lesionseg.io.atomic import write_bytes_atomic, write_json_atomic
 from lesionseg.training.config import load_config
-from lesionseg.training.export import CARD, SPEC
+from lesionseg.training.export import CARD, SPEC, model_id_from_config
 from lesionseg.training.loop import Progress, TrainResult, train
 
 
@@ -88,7 +88,7 @@ def write_cascade_spec(output: Path, config: dict[str, Any]) -> Path:
     fine = json.loads((output / "stage2" / SPEC).read_text(encoding="utf-8"))
     coarse = json.loads((output / "stage1" / SPEC).read_text(encoding="utf-8"))
     spec = copy.deepcopy(fine)
-    spec["id"] = config["model"]["id"] or output.name
+    spec["id"] = model_id_from_config(config, output)
     spec["description"] = f"{fine['description']} (two-step cascade)".strip()
     spec["weights"]["path"] = f"stage2/{fine['weights']['path']}"
     spec["cascade"] = {"coarse_model": "stage1", "margin_mm": float(config["cascade"]["margin_mm"])}

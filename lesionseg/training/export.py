@@ -18,7 +18,7 @@ TRAINING_RECORD = "training.json"
 CARD = "model-card.md"
 
 
-def _model_id(config: dict[str, Any], output: Path) -> str:
+def model_id_from_config(config: dict[str, Any], output: Path) -> str:
     wanted = config["model"]["id"] or output.name
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", wanted).strip("-.") or "trained-model"
     return slug[:64]
@@ -96,7 +96,7 @@ def write_model_folder(
     with atomic_path(output / WEIGHTS) as tmp:
         torch.save({k: v.detach().cpu() for k, v in weights.items()}, tmp)
     digest = hashlib.sha256((output / WEIGHTS).read_bytes()).hexdigest()
-    model_id = _model_id(config, output)
+    model_id = model_id_from_config(config, output)
     spec = build_spec(config, model_id, net_name, net_params, labels, digest, dataset)
     last = history[-1]
     record = {
