@@ -45,6 +45,7 @@ LESION_WORDS = ("lesion", "metasta", "tumor", "tumour", "nodal", "node")
 REQUIREMENTS = (
     ("torch", "torch"),
     ("monai", "monai>=1.4"),
+    ("einops", "einops>=0.7"),  # MONAI imports it lazily, for UNETR only
     ("safetensors", "safetensors>=0.4"),
     ("yaml", "pyyaml>=6"),
     ("SimpleITK", "SimpleITK>=2.3"),
