@@ -111,3 +111,9 @@ class SegmentationResultsLogic:
         if parameterNode is None or not parameterNode.outputSegmentation:
             return False, "Select the segmentation to export."
         return True, f"Export the output segmentation as {parameterNode.exportFormat}."
+
+    def lesionTableReadiness(self, parameterNode: Any) -> tuple[bool, str]:
+        """Whether List lesions can run now, and the tooltip that says why or why not."""
+        if parameterNode is None or not parameterNode.outputSegmentation or not parameterNode.inputVolume:
+            return False, "Select the input volume and the output segmentation."
+        return True, "List the lesions of the output segmentation."

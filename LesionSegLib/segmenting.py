@@ -320,14 +320,15 @@ def _set_terminology(node: Any, labels: Iterable[Any]) -> None:
 class SegmentingLogic:
     """Mixin for a module logic that segments: the model list, starting runs and downloads, loading results.
 
-    A module sets ``moduleName`` (it names result nodes) and ``lesionModels``. ``modelsDir`` (None: the
-    engine's default folder), ``pythonExecutable`` (None: PythonSlicer), ``workRoot`` (where the input is
-    written; None: the system temporary folder) and ``childEnvironment`` (None: this process's environment)
-    may be changed, e.g. by tests.
+    A module sets ``moduleName`` (it names result nodes), ``lesionModels`` and ``segmentAction``.
+    ``modelsDir`` (None: the engine's default folder), ``pythonExecutable`` (None: PythonSlicer),
+    ``workRoot`` (where the input is written; None: the system temporary folder) and ``childEnvironment``
+    (None: this process's environment) may be changed, e.g. by tests.
     """
 
     moduleName = ""
     lesionModels = False
+    segmentAction = "Segment the input volume."  # Segment's tooltip when it can run
     modelsDir: str | Path | None = None
     pythonExecutable: str | None = None
     workRoot: str | Path | None = None
@@ -350,6 +351,15 @@ class SegmentingLogic:
         parameterNode.inputVolume = volumeNode
         logging.info(f"{self.moduleName} input: {volumeNode.GetName()} ({description})")
         return description
+
+    def segmentReadiness(self, parameterNode: Any) -> tuple[bool, str]:
+        """Whether Segment can run on the parameter node's input now, and the tooltip that says why or why not."""
+        if parameterNode is None or not parameterNode.inputVolume:
+            return False, "Select an input volume."
+        problem = input_volume_problem(parameterNode.inputVolume)
+        if problem:
+            return False, problem
+        return True, self.segmentAction
 
     def modelEntries(self) -> list[ModelEntry]:
         return model_entries(self.modelsDir, self.lesionModels)

@@ -6,7 +6,6 @@ from typing import Annotated
 
 import numpy as np
 import slicer
-import vtk
 from slicer import vtkMRMLPlotChartNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -15,9 +14,7 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
-    ScriptedLoadableModuleWidget,
 )
-from slicer.util import VTKObservationMixin
 
 if sys.version_info < (3, 10):  # noqa: UP036 (this file runs in whatever Python the user's Slicer embeds)
     # Slicer 5.8 and older embed Python 3.9; the engine needs 3.10 or newer (Slicer 5.10 has 3.12).
@@ -40,9 +37,10 @@ except ModuleNotFoundError as error:
 from lesionseg.image import Image
 from lesionseg.labels import LabelInfo
 from lesionseg.models import models_dir
+from LesionSegLib.modulewidget import LesionSegModuleWidget
 from LesionSegLib.segmenting import slicer_python
 from LesionSegLib.tables import table_rows
-from LesionSegLib.widgets import SegmentMappingEditor, appendLog, ensurePythonPackages, showPlotInLayout
+from LesionSegLib.widgets import SegmentMappingEditor, ensurePythonPackages, showPlotInLayout
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -113,33 +111,22 @@ class LesionSegTrainingParameterNode:
 #
 
 
-class LesionSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class LesionSegTrainingWidget(LesionSegModuleWidget):
+    """The panel: LesionSegLib's LesionSegModuleWidget builds and binds it from Resources/UI/LesionSegTraining.ui."""
+
     POLL_MS = 500
+    volumeField = "caseVolume"
 
     def __init__(self, parent=None) -> None:
-        ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)  # needed for parameter node observation
-        self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
+        LesionSegModuleWidget.__init__(self, parent)
         self.run = None
 
-    def setup(self) -> None:
-        ScriptedLoadableModuleWidget.setup(self)
+    def createLogic(self):
+        return LesionSegTrainingLogic()
 
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/LesionSegTraining.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-
-        # The .ui connects the root's mrmlSceneChanged(vtkMRMLScene*) to every node selector.
-        uiWidget.setMRMLScene(slicer.mrmlScene)
-
-        self.logic = LesionSegTrainingLogic()
+    def setupPanels(self) -> None:
         self.labelMapping = SegmentMappingEditor(self.ui.caseLabelMappingTableWidget, _("Dataset label"))
         self.timer = qt_timer(self.POLL_MS, self.onTimer)
-
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
         self.ui.datasetFolderPathLineEdit.connect("currentPathChanged(QString)", self.onDatasetFolderChanged)
         self.ui.caseVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onCaseChanged)
@@ -152,36 +139,13 @@ class LesionSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
 
         self.ui.configPresetComboBox.addItems(self.logic.presets())
-        self.initializeParameterNode()
 
-    def cleanup(self) -> None:
-        self.removeObservers()
+    def stopBackgroundWork(self) -> None:
         self.timer.stop()
         if self.run is not None:
             self.run.cancel()
 
-    def enter(self) -> None:
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-
-    def onSceneStartClose(self, caller, event) -> None:
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.caseVolume:
-            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if firstVolumeNode:
-                self._parameterNode.caseVolume = firstVolumeNode
+    def refreshPanels(self) -> None:
         presets = self.logic.presets()
         if self._parameterNode.configPreset not in presets and presets:
             self._parameterNode.configPreset = presets[0]
@@ -189,23 +153,6 @@ class LesionSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.ui.configPresetComboBox.currentIndex = presets.index(self._parameterNode.configPreset)
         self.onCaseChanged()
         self.refreshDataset()
-
-    def setParameterNode(self, inputParameterNode: "LesionSegTrainingParameterNode | None") -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            # exit() may have removed the observer already; removing it twice only logs a warning.
-            if self.hasObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply):
-                self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            # Widgets carrying the "SlicerParameterName" property in the .ui are bound to the fields
-            # of the same name.
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-            self._checkCanApply()
-
-    def log(self, message: str) -> None:
-        appendLog(self.ui.logTextEdit, message)
 
     def onDatasetFolderChanged(self, path: str) -> None:
         if self._parameterNode and self._parameterNode.datasetFolder != path:
@@ -356,22 +303,21 @@ class LesionSegTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self._checkCanApply()
 
     def _checkCanApply(self, caller=None, event=None) -> None:
-        if self._parameterNode is None:
-            return
         # datasetFolder is bound by hand (see the parameter node); only push a real change to the
         # line edit, so typing in it is not interrupted.
-        if self.ui.datasetFolderPathLineEdit.currentPath != self._parameterNode.datasetFolder:
+        if self._parameterNode and self.ui.datasetFolderPathLineEdit.currentPath != self._parameterNode.datasetFolder:
             self.ui.datasetFolderPathLineEdit.currentPath = self._parameterNode.datasetFolder
+        LesionSegModuleWidget._checkCanApply(self, caller, event)
+
+    def buttonStates(self):
         running = self.run is not None
-        for button, (enabled, reason) in (
+        return [
             (self.ui.saveCaseButton, self.logic.saveCaseReadiness(self._parameterNode)),
             (self.ui.removeCaseButton, self.logic.removeCaseReadiness(self._parameterNode)),
             (self.ui.trainButton, self.logic.trainReadiness(self._parameterNode, running)),
             (self.ui.cancelButton, self.logic.cancelReadiness(running)),
             (self.ui.resumeButton, self.logic.resumeReadiness(self._parameterNode, running)),
-        ):
-            button.enabled = enabled
-            button.toolTip = reason
+        ]
 
 
 def qt_timer(intervalMs: int, callback):

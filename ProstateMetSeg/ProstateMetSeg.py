@@ -14,9 +14,7 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
-    ScriptedLoadableModuleWidget,
 )
-from slicer.util import VTKObservationMixin
 
 if sys.version_info < (3, 10):  # noqa: UP036 (this file runs in whatever Python the user's Slicer embeds)
     # Slicer 5.8 and older embed Python 3.9; the engine needs 3.10 or newer (Slicer 5.10 has 3.12).
@@ -37,9 +35,10 @@ except ModuleNotFoundError as error:
     import lesionseg.mrml
     import LesionSegLib.export
 from lesionseg.image import Image
+from LesionSegLib.modulewidget import SegmentationModuleWidget
 from LesionSegLib.results import SegmentationResultsLogic
-from LesionSegLib.segmenting import SegmentingLogic, input_volume_problem
-from LesionSegLib.widgets import ComparisonPanel, ExportPanel, LesionTablePanel, SegmentPanel, appendLog
+from LesionSegLib.segmenting import SegmentingLogic
+from LesionSegLib.widgets import LesionTablePanel
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -108,112 +107,25 @@ class ProstateMetSegParameterNode:
 #
 
 
-class ProstateMetSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    def __init__(self, parent=None) -> None:
-        ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)  # needed for parameter node observation
-        self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
+class ProstateMetSegWidget(SegmentationModuleWidget):
+    """The panel: LesionSegLib's SegmentationModuleWidget builds and binds it from Resources/UI/ProstateMetSeg.ui;
+    this module adds the lesion table."""
 
-    def setup(self) -> None:
-        ScriptedLoadableModuleWidget.setup(self)
+    def createLogic(self):
+        return ProstateMetSegLogic()
 
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/ProstateMetSeg.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = slicer.util.childWidgetVariables(uiWidget)
-
-        # The .ui connects the root's mrmlSceneChanged(vtkMRMLScene*) to every node selector.
-        uiWidget.setMRMLScene(slicer.mrmlScene)
-
-        self.logic = ProstateMetSegLogic()
-        self.comparisonPanel = ComparisonPanel(self.ui, self.logic, lambda: self._parameterNode)
-        self.exportPanel = ExportPanel(self.ui, self.logic, lambda: self._parameterNode, self.log)
+    def setupPanels(self) -> None:
+        super().setupPanels()
         self.lesionPanel = LesionTablePanel(self.ui, self.logic, lambda: self._parameterNode)
-        self.segmentPanel = SegmentPanel(
-            self.ui, self.logic, lambda: self._parameterNode, self.log, onResult=self.onSegmentationAdded
-        )
 
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-
-        self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputVolumeChanged)
-
-        self.initializeParameterNode()
-
-    def cleanup(self) -> None:
-        self.removeObservers()
-        # Closing the module panel must not leave a child process running.
-        if self.segmentPanel.run is not None:
-            self.segmentPanel.run.cancel()
-        self.segmentPanel.timer.stop()
-
-    def enter(self) -> None:
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-
-    def onSceneStartClose(self, caller, event) -> None:
-        self.setParameterNode(None)
-
-    def onSceneEndClose(self, caller, event) -> None:
-        if self.parent.isEntered:
-            self.initializeParameterNode()
-
-    def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.inputVolume:
-            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if firstVolumeNode:
-                self._parameterNode.inputVolume = firstVolumeNode
-        self.onInputVolumeChanged(self._parameterNode.inputVolume)
-        self.comparisonPanel.refreshMapping()
-        self.exportPanel.updateStatus()
-        self.segmentPanel.refreshModels()
+    def buttonStates(self):
+        return super().buttonStates() + [
+            (self.ui.lesionTableButton, self.logic.lesionTableReadiness(self._parameterNode)),
+        ]
 
     def onSegmentationAdded(self, segmentationNode) -> None:
         """After segmenting, list the lesions of the new result right away."""
         self.lesionPanel.update()
-
-    def log(self, message: str) -> None:
-        appendLog(self.ui.logTextEdit, message)
-
-    def setParameterNode(self, inputParameterNode: ProstateMetSegParameterNode | None) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            # exit() may have removed the observer already; removing it twice only logs a warning.
-            if self.hasObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply):
-                self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-        self._parameterNode = inputParameterNode
-        if self._parameterNode:
-            # Widgets carrying the "SlicerParameterName" property in the .ui are bound to the fields
-            # of the same name.
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
-            self._checkCanApply()
-
-    def onInputVolumeChanged(self, volumeNode) -> None:
-        if volumeNode is None:
-            self.ui.inputInfoLabel.text = ""
-            return
-        try:
-            self.ui.inputInfoLabel.text = self.logic.describeVolume(volumeNode)
-        except ValueError as error:
-            self.ui.inputInfoLabel.text = str(error)
-
-    def _checkCanApply(self, caller=None, event=None) -> None:
-        for button, (enabled, reason) in (
-            (self.ui.segmentButton, self.segmentPanel.readiness()),
-            (self.ui.compareButton, self.logic.compareReadiness(self._parameterNode)),
-            (self.ui.exportButton, self.logic.exportReadiness(self._parameterNode)),
-            (self.ui.lesionTableButton, self.logic.lesionTableReadiness(self._parameterNode)),
-        ):
-            button.enabled = enabled
-            button.toolTip = reason
 
 
 #
@@ -230,6 +142,7 @@ class ProstateMetSegLogic(ScriptedLoadableModuleLogic, SegmentationResultsLogic,
 
     moduleName = "ProstateMetSeg"
     lesionModels = True
+    segmentAction = _("Segment metastases in the input volume.")
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
@@ -240,21 +153,6 @@ class ProstateMetSegLogic(ScriptedLoadableModuleLogic, SegmentationResultsLogic,
 
     def getParameterNode(self):
         return ProstateMetSegParameterNode(super().getParameterNode())
-
-    def segmentReadiness(self, parameterNode: ProstateMetSegParameterNode | None) -> tuple[bool, str]:
-        """Whether Segment can run now, and the tooltip that says why or why not."""
-        if parameterNode is None or not parameterNode.inputVolume:
-            return False, _("Select an input volume.")
-        problem = input_volume_problem(parameterNode.inputVolume)
-        if problem:
-            return False, problem
-        return True, _("Segment metastases in the input volume.")
-
-    def lesionTableReadiness(self, parameterNode: ProstateMetSegParameterNode | None) -> tuple[bool, str]:
-        """Whether List lesions can run now, and the tooltip that says why or why not."""
-        if parameterNode is None or not parameterNode.outputSegmentation or not parameterNode.inputVolume:
-            return False, _("Select the input volume and the output segmentation.")
-        return True, _("List the lesions of the output segmentation.")
 
 
 #

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from support.slicer_modules import REPO
 
 from lesionseg.image import Image
 from lesionseg.jobs import JobState
-from lesionseg.mrml import ensure_segmentation_converters, volume_node_from_image
+from lesionseg.mrml import ensure_segmentation_converters, segmentation_node_from_labelmap, volume_node_from_image
 
 slicer = pytest.importorskip("slicer")
 pytest.importorskip("torch")
@@ -20,6 +21,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from LesionSegLib import segmenting  # noqa: E402
+from LesionSegLib.results import SegmentationResultsLogic  # noqa: E402
 from LesionSegLib.selftest import write_threshold_model  # noqa: E402
 
 
@@ -79,6 +81,48 @@ def test_bad_inputs_are_refused_with_what_to_choose_instead(scene):
     with pytest.raises(ValueError, match="no model 'nope'"):
         segmenting.SegmentingLogic().modelEntry("nope")
     assert segmenting.check_input_volume(volume_node_from_image(scene, ct, "CT")).same_grid(ct)
+
+
+class ModuleLogic(segmenting.SegmentingLogic, SegmentationResultsLogic):
+    """The two mixins the segmentation modules' logics combine, without the app's ScriptedLoadableModuleLogic."""
+
+    moduleName = "SpleenSeg"
+    segmentAction = "Segment the spleen in the input volume."
+
+
+def test_each_action_button_says_why_it_waits_and_what_it_will_do(scene):
+    # The modules' widgets copy these (enabled, tooltip) pairs onto their buttons on every parameter change.
+    # The parameter node is the module's wrapper in Slicer; here a plain object with the same fields.
+    logic = ModuleLogic()
+    ct = volume_node_from_image(scene, bright_ct(), "CT")
+    labels = bright_ct().with_array((bright_ct().array > 100).astype(np.uint8))
+    ai = segmentation_node_from_labelmap(scene, labels, "AI", {1: "Spleen"}, ct)
+    corrected = segmentation_node_from_labelmap(scene, labels, "Corrected", {1: "Spleen"}, ct)
+    node = SimpleNamespace(
+        inputVolume=None, outputSegmentation=None, referenceSegmentation=None, exportFormat="RTSTRUCT"
+    )
+    waits = {
+        "segment": logic.segmentReadiness(node),
+        "compare": logic.compareReadiness(node),
+        "export": logic.exportReadiness(node),
+        "lesions": logic.lesionTableReadiness(node),
+    }
+    assert all(not enabled and reason.startswith("Select") for enabled, reason in waits.values()), waits
+    assert logic.segmentReadiness(None) == (False, "Select an input volume.")
+
+    node.inputVolume = volume_node_from_image(scene, labels, "Mask", labelmap=True)
+    enabled, reason = logic.segmentReadiness(node)
+    assert not enabled and "'Mask' is a labelmap" in reason
+    node.inputVolume = ct
+    assert logic.segmentReadiness(node) == (True, "Segment the spleen in the input volume.")
+
+    node.outputSegmentation = node.referenceSegmentation = ai
+    enabled, reason = logic.compareReadiness(node)
+    assert not enabled and "different segmentation" in reason
+    node.referenceSegmentation = corrected
+    assert logic.compareReadiness(node)[0]
+    assert logic.exportReadiness(node) == (True, "Export the output segmentation as RTSTRUCT.")
+    assert logic.lesionTableReadiness(node)[0]
 
 
 def test_each_module_lists_its_models_with_version_and_weights_state(models, tmp_path):

@@ -7,11 +7,19 @@ import ast
 import py_compile
 
 import pytest
-from support.slicer_modules import LIBRARY, REPO, cmake_commands, cmake_variables, parse_module, ui_object_names
+from support.slicer_modules import (
+    LIBRARY,
+    REPO,
+    cmake_commands,
+    cmake_variables,
+    parse_module,
+    ui_object_names,
+    widget_classes,
+)
 
 # The two files allowed to need Slicer's app: the Qt panels, and the calls into SlicerRT and the DICOM database.
-APP_FILES = {"widgets.py", "dicomapp.py"}
-APP_ONLY = ("qt", "ctk", "slicer.app", "DICOMLib", "DicomRtImportExportPlugin")
+APP_FILES = {"widgets.py", "modulewidget.py", "dicomapp.py"}
+APP_ONLY = ("qt", "ctk", "slicer.app", "slicer.ScriptedLoadableModule", "DICOMLib", "DicomRtImportExportPlugin")
 
 
 def _library_files():
@@ -100,9 +108,11 @@ def _panel_widget_names() -> dict[str, set[str]]:
 
 
 def _panels_used(module: str) -> set[str]:
+    """Panels the module builds, itself or through the shared widget bases it derives from."""
     return {
         ast.unparse(node.func)
-        for node in ast.walk(parse_module(module))
+        for tree in [parse_module(module)] + widget_classes(module)[1:]
+        for node in ast.walk(tree)
         if isinstance(node, ast.Call) and ast.unparse(node.func).endswith("Panel")
     }
 

@@ -18,7 +18,10 @@ from support.slicer_modules import (
     classes,
     method,
     module_source,
+    parameter_node_fields,
     parse_module,
+    widget_classes,
+    widget_method,
 )
 
 
@@ -32,7 +35,7 @@ def test_module_file_holds_module_widget_logic_and_test_classes(module):
     found = classes(parse_module(module))
     expected_bases = {
         module: ["ScriptedLoadableModule"],
-        f"{module}Widget": ["ScriptedLoadableModuleWidget", "VTKObservationMixin"],
+        f"{module}Widget": ["SegmentationModuleWidget" if module in SEGMENTATION_MODULES else "LesionSegModuleWidget"],
         f"{module}Logic": ["ScriptedLoadableModuleLogic"]
         + (["SegmentationResultsLogic", "SegmentingLogic"] if module in SEGMENTATION_MODULES else []),
         f"{module}Test": ["ScriptedLoadableModuleTest"],
@@ -40,10 +43,31 @@ def test_module_file_holds_module_widget_logic_and_test_classes(module):
     for name, bases in expected_bases.items():
         assert name in found, f"{module}.py has no class {name}"
         assert base_names(found[name]) == bases, f"{name} derives from {base_names(found[name])}, expected {bases}"
-    widget = found[f"{module}Widget"]
+    # The widget's frame comes from LesionSegLib, whose root is Slicer's scripted-module widget.
+    chain = widget_classes(module)
+    assert [c.name for c in chain][-1] == "LesionSegModuleWidget"
+    assert base_names(chain[-1]) == ["ScriptedLoadableModuleWidget", "VTKObservationMixin"]
     for name in ("setup", "cleanup", "enter", "exit", "initializeParameterNode", "setParameterNode", "_checkCanApply"):
-        assert method(widget, name), f"{module}Widget lacks {name}()"
+        assert widget_method(module, name), f"{module}Widget lacks {name}()"
+    create = method(found[f"{module}Widget"], "createLogic")
+    assert create and ast.unparse(create.body[-1]) == f"return {module}Logic()", f"{module}Widget must create its logic"
     assert method(found[f"{module}Logic"], "getParameterNode"), f"{module}Logic lacks getParameterNode()"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_widgets_keep_the_parameter_node_frame_in_lesionseglib(module):
+    # Binding the .ui to the parameter node works alike in all three modules: one implementation.
+    widget = classes(parse_module(module))[f"{module}Widget"]
+    for name in ("setup", "cleanup", "enter", "exit", "initializeParameterNode", "setParameterNode", "log"):
+        assert not method(widget, name), f"{module}Widget redefines {name}(); LesionSegLib.modulewidget has it"
+    # What the shared setup binds is a parameter of this module: volumeField starts as the first volume.
+    volume_field = next(
+        (ast.literal_eval(n.value) for c in widget_classes(module) for n in c.body
+         if isinstance(n, ast.Assign) and ast.unparse(n.targets[0]) == "volumeField"),
+        None,
+    )  # fmt: skip
+    fields = parameter_node_fields(module)
+    assert volume_field in fields and fields[volume_field].base == "vtkMRMLScalarVolumeNode"
 
 
 def _assignments_to_parent(cls: ast.ClassDef) -> dict[str, ast.expr]:
@@ -201,7 +225,14 @@ def test_every_lesionseglib_name_a_module_uses_exists(module):
 def test_segmentation_modules_share_their_panels_through_lesionseglib(module):
     # Comparing and exporting work alike in both modules: one implementation, in LesionSegLib.
     names = {name for _submodule, name, _line in _library_references(parse_module(module))}
-    assert {"SegmentationResultsLogic", "SegmentingLogic", "ComparisonPanel", "ExportPanel", "SegmentPanel"} <= names
+    assert {"SegmentationResultsLogic", "SegmentingLogic", "SegmentationModuleWidget"} <= names
+    panels = {
+        ast.unparse(node.func)
+        for cls in widget_classes(module)
+        for node in ast.walk(cls)
+        if isinstance(node, ast.Call) and ast.unparse(node.func).endswith("Panel")
+    }
+    assert {"ComparisonPanel", "ExportPanel", "SegmentPanel"} <= panels
     found = classes(parse_module(module))
     for name in (
         "compareWithReference",
@@ -210,6 +241,8 @@ def test_segmentation_modules_share_their_panels_through_lesionseglib(module):
         "lesionTable",
         "startSegmentation",
         "loadSegmentationResult",
+        "segmentReadiness",
+        "lesionTableReadiness",
     ):
         assert not method(found[f"{module}Logic"], name), f"{module}Logic redefines {name}; use LesionSegLib's"
 

@@ -16,7 +16,6 @@ from support.slicer_modules import (
     Field,
     module_source,
     parameter_node_fields,
-    parse_module,
     parse_ui,
     ui_attribute_names,
     ui_object_names,
@@ -24,6 +23,8 @@ from support.slicer_modules import (
     ui_scene_connections,
     ui_sections,
     ui_widgets,
+    widget_classes,
+    widget_method,
 )
 
 
@@ -182,10 +183,15 @@ def test_training_panel_offers_the_key_parameters_progress_plot_table_and_log():
 
 @pytest.mark.parametrize("module", MODULES)
 def test_widget_loads_its_own_ui_file(module):
-    source = ast.unparse(parse_module(module))
-    assert f"slicer.util.loadUI(self.resourcePath('UI/{module}.ui'))" in source
+    # Slicer's ScriptedLoadableModuleWidget sets moduleName to the class name less "Widget", so the shared
+    # setup in LesionSegLib loads UI/<module>.ui for each module.
+    assert [c.name for c in widget_classes(module)][0] == f"{module}Widget"
+    _cls, setup = widget_method(module, "setup")
+    source = ast.unparse(setup)
+    assert "slicer.util.loadUI(self.resourcePath(f'UI/{self.moduleName}.ui'))" in source
     assert "uiWidget.setMRMLScene(slicer.mrmlScene)" in source
-    assert "self._parameterNode.connectGui(self.ui)" in source
+    _cls, bind = widget_method(module, "setParameterNode")
+    assert "self._parameterNode.connectGui(self.ui)" in ast.unparse(bind)
 
 
 @pytest.mark.parametrize("module", ["SpleenSeg", "ProstateMetSeg"])

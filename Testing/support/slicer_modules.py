@@ -94,11 +94,42 @@ def parameter_node_fields(module: str) -> dict[str, Field]:
     }
 
 
+MODULE_WIDGET_BASES = LIBRARY / "modulewidget.py"  # the module widgets' shared frame
+
+
+@cache
+def parse_library_file(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+
+
+def widget_classes(module: str) -> list[ast.ClassDef]:
+    """The module's ``<Module>Widget`` class, then each base it takes from LesionSegLib.modulewidget, nearest
+    first (following the bases the way Python's lookup would for single inheritance)."""
+    shared = classes(parse_library_file(MODULE_WIDGET_BASES))
+    chain = [classes(parse_module(module))[f"{module}Widget"]]
+    while True:
+        bases = [name for name in base_names(chain[-1]) if name in shared]
+        if not bases:
+            return chain
+        chain.append(shared[bases[0]])
+
+
+def widget_method(module: str, name: str) -> tuple[ast.ClassDef, ast.FunctionDef] | None:
+    """The class and definition Python would run for ``<Module>Widget.<name>``, if LesionSeg defines it."""
+    for cls in widget_classes(module):
+        found = method(cls, name)
+        if found:
+            return cls, found
+    return None
+
+
 def ui_attribute_names(module: str) -> set[str]:
-    """Every ``<something>.ui.<name>`` the module code reads."""
+    """Every ``<something>.ui.<name>`` the module code reads, including the shared widget bases it uses."""
+    trees = [parse_module(module)] + widget_classes(module)[1:]
     return {
         node.attr
-        for node in ast.walk(parse_module(module))
+        for tree in trees
+        for node in ast.walk(tree)
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and node.value.attr == "ui"
     }
 
