@@ -14,7 +14,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from lesionseg.inference.output import terminology_entry
 from lesionseg.io import read_image, write_image
 from lesionseg.jobs import EventKind, Job, JobState, segment_command
 from lesionseg.models import ModelEntry, ModelRegistry, ModelSpec
+from lesionseg.models.spec import check_threshold
 from lesionseg.orientation import orientation_code
 
 # Attributes on every result node: the training module reads them back as the case's provenance.
@@ -204,18 +205,25 @@ class SegmentationRun:
         work_root: str | Path | None = None,
         timeout_s: float | None = None,
         environment: Mapping[str, str] | None = None,
+        crop_body: bool = False,
+        threshold: float | None = None,
     ) -> None:
         image = check_input_volume(volume_node)
         problem = weights_problem(entry)
         if problem:
             raise ValueError(problem)
+        check_threshold(entry.spec, threshold)  # refused here, before anything is written or started
         self.volume_node, self.spec, self.device, self.module = volume_node, entry.spec, device, module
         self.work_dir = Path(tempfile.mkdtemp(prefix="LesionSeg-", dir=work_root))
         self.input_path = self.work_dir / "input.nrrd"
         self.output_path = self.work_dir / "labels.nrrd"
         self.input_image = image
         write_image(image, self.input_path)
-        extra: Sequence[str] = ["--models-dir", str(models_dir)] if models_dir else []
+        extra: list[str] = ["--models-dir", str(models_dir)] if models_dir else []
+        if crop_body:
+            extra.append("--crop-body")
+        if threshold is not None:
+            extra += ["--threshold", repr(float(threshold))]
         argv = segment_command(self.spec.id, self.input_path, self.output_path, device, python, extra)
         self.job = Job(argv, timeout_s, self.output_path, env=child_environment(environment))
         self.status = RunStatus(stage="waiting to start")
@@ -370,8 +378,27 @@ class SegmentingLogic:
                 return entry
         raise ValueError(f"no model {modelId!r} for {self.moduleName}; choose one from the model list")
 
-    def startSegmentation(self, volumeNode: Any, entry: ModelEntry, device: str = "auto") -> SegmentationRun:
-        """Write the volume for the child, start the job, and return the run to poll."""
+    def segmentOptions(self, parameterNode: Any) -> dict[str, Any]:
+        """The run options a parameter node holds: ``cropBody``, and ``lesionThreshold`` where the module has one
+        (0 there means the model's own default)."""
+        options: dict[str, Any] = {"cropBody": bool(getattr(parameterNode, "cropBody", False))}
+        threshold = float(getattr(parameterNode, "lesionThreshold", 0.0) or 0.0)
+        options["threshold"] = threshold if threshold > 0.0 else None
+        return options
+
+    def startSegmentation(
+        self,
+        volumeNode: Any,
+        entry: ModelEntry,
+        device: str = "auto",
+        cropBody: bool = False,
+        threshold: float | None = None,
+    ) -> SegmentationRun:
+        """Write the volume for the child, start the job, and return the run to poll.
+
+        ``cropBody`` skips the air around the body; ``threshold`` (models with one foreground label) is the
+        probability above which a voxel is foreground, None for the model's default.
+        """
         python = self.pythonExecutable or slicer_python()
         run = SegmentationRun(
             volumeNode,
@@ -383,6 +410,8 @@ class SegmentingLogic:
             self.workRoot,
             None,
             self.childEnvironment,
+            crop_body=cropBody,
+            threshold=threshold,
         )
         return run.start()
 
@@ -393,9 +422,17 @@ class SegmentingLogic:
         python = self.pythonExecutable or slicer_python()
         return download_job(modelId, python, self.modelsDir, self.childEnvironment).start()
 
-    def segmentBlocking(self, volumeNode: Any, modelId: str, device: str = "auto", timeout_s: float = 600) -> Any:
+    def segmentBlocking(
+        self,
+        volumeNode: Any,
+        modelId: str,
+        device: str = "auto",
+        timeout_s: float = 600,
+        cropBody: bool = False,
+        threshold: float | None = None,
+    ) -> Any:
         """Segment and wait (scripts and self-tests; the widget polls instead). Returns the new node."""
-        run = self.startSegmentation(volumeNode, self.modelEntry(modelId), device)
+        run = self.startSegmentation(volumeNode, self.modelEntry(modelId), device, cropBody, threshold)
         deadline = time.monotonic() + timeout_s
         while not run.finished:
             if time.monotonic() > deadline:

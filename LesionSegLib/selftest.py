@@ -84,8 +84,13 @@ def write_threshold_model(
     label_name: str,
     threshold_hu: float = 100.0,
     terminology: dict | None = None,
+    steepness: float = 400.0,
 ) -> Path:
-    """Install the threshold model as a user model ``<models_dir>/<model_id>/`` with its weights' SHA-256."""
+    """Install the threshold model as a user model ``<models_dir>/<model_id>/`` with its weights' SHA-256.
+
+    Its class-1 logit is ``steepness * (x - t)`` on the 0..1 scaled CT, so a low steepness gives probabilities
+    that a threshold can move through (one HU is 1/2000 of that scale).
+    """
     from safetensors.torch import save_file
 
     from lesionseg.models import file_hashes
@@ -94,7 +99,7 @@ def write_threshold_model(
     folder.mkdir(parents=True, exist_ok=True)
     spec = threshold_model_spec(model_id, label_name, threshold_hu, terminology)
     weights_path = folder / spec["weights"]["path"]
-    save_file({k: v.contiguous() for k, v in threshold_weights(threshold_hu).items()}, str(weights_path))
+    save_file({k: v.contiguous() for k, v in threshold_weights(threshold_hu, steepness).items()}, str(weights_path))
     spec["weights"]["sha256"] = file_hashes(weights_path)["sha256"]
     (folder / "spec.json").write_text(json.dumps(spec, indent=2), encoding="utf-8")
     return folder

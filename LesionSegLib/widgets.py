@@ -383,7 +383,10 @@ class SegmentPanel:
             return
         node = self.parameterNode()
         try:
-            self.run = self.logic.startSegmentation(node.inputVolume, self.currentEntry(), node.device)
+            options = self.logic.segmentOptions(node)
+            self.run = self.logic.startSegmentation(
+                node.inputVolume, self.currentEntry(), node.device, options["cropBody"], options["threshold"]
+            )
         except (ValueError, RuntimeError) as error:
             self.log(str(error))
             slicer.util.errorDisplay(str(error), windowTitle=_("Cannot segment"))
@@ -393,6 +396,10 @@ class SegmentPanel:
                 volume=node.inputVolume.GetName(), model=self.currentEntry().spec.id, device=node.device
             )
         )
+        if options["threshold"] is not None:
+            self.log(_("Detection threshold: {threshold:.2f}").format(threshold=options["threshold"]))
+        if options["cropBody"]:
+            self.log(_("Skipping the air around the body."))
         self.ui.segmentButton.text = _("Cancel")
         self.ui.modelComboBox.enabled = False
         self.ui.progressBar.setRange(0, 100)

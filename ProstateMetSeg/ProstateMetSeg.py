@@ -89,6 +89,8 @@ class ProstateMetSegParameterNode:
     device - Where the network runs: "auto" picks CUDA when PyTorch sees a GPU.
     minLesionVolumeMm3 - Predicted lesions smaller than this are dropped.
     exportFormat - RTSTRUCT, DICOM SEG or NRRD (.seg.nrrd).
+    lesionThreshold - Lesion probability above which a voxel is lesion; 0 uses the model's default.
+    cropBody - Segment only the box around the body, skipping the air around it.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -100,6 +102,8 @@ class ProstateMetSegParameterNode:
     device: Annotated[str, Choice(list(DEVICES))] = "auto"
     minLesionVolumeMm3: Annotated[int, WithinRange(0, 100000)] = DEFAULT_MIN_LESION_VOLUME_MM3
     exportFormat: Annotated[str, Choice(list(LesionSegLib.export.FORMATS))] = LesionSegLib.export.RTSTRUCT
+    lesionThreshold: Annotated[float, WithinRange(0.0, 0.95)] = 0.0
+    cropBody: bool = False
 
 
 #
@@ -384,6 +388,15 @@ class ProstateMetSegTest(ScriptedLoadableModuleTest):
             self.assertEqual(table.GetNumberOfRows(), 1)
             self.assertAlmostEqual(table.GetTable().GetColumnByName("volume_ml").GetValue(0), 0.64, places=6)
             self.assertEqual(table.GetTable().GetColumnByName("mean_hu").GetValue(0), 900)
+
+            # The detection threshold box is bound to the parameter node; at 0 it reads "model default".
+            spinBox = widget.ui.lesionThresholdSpinBox
+            self.assertEqual(spinBox.specialValueText, "model default")
+            spinBox.value = 0.0
+            self.assertIsNone(logic.segmentOptions(widget._parameterNode)["threshold"])
+            spinBox.value = 0.3
+            self.assertAlmostEqual(logic.segmentOptions(widget._parameterNode)["threshold"], 0.3)
+            spinBox.value = 0.0
         finally:
             widget.exit()
             logic.modelsDir = None

@@ -83,6 +83,7 @@ class SpleenSegParameterNode:
     modelId - Id of the model to run; the model list is filled from the engine's model registry.
     device - Where the network runs: "auto" picks CUDA when PyTorch sees a GPU.
     exportFormat - RTSTRUCT, DICOM SEG or NRRD (.seg.nrrd).
+    cropBody - Segment only the box around the body, skipping the air around it.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -92,6 +93,7 @@ class SpleenSegParameterNode:
     modelId: str = ""
     device: Annotated[str, Choice(list(DEVICES))] = "auto"
     exportFormat: Annotated[str, Choice(list(LesionSegLib.export.FORMATS))] = LesionSegLib.export.RTSTRUCT
+    cropBody: bool = False
 
 
 #

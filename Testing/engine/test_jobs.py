@@ -134,6 +134,16 @@ def test_warm_worker_second_request_is_faster_and_identical(inputs, tmp_path):
         first, second = read_image(tmp_path / "first.nii.gz"), read_image(tmp_path / "second.nii.gz")
         np.testing.assert_array_equal(first.array, second.array)
         np.testing.assert_array_equal(first.array, sphere_label(read_image(ct)))
+        # A threshold travels with the request: the hand-set model (gain 200 per unit of (HU + 1000) / 2000)
+        # is above probability 0.3 where HU > 100 + 10 * logit(0.3).
+        cut = worker.submit(str(fast), ct, tmp_path / "cut.nii.gz", device="cpu", threshold=0.3)
+        assert cut.wait(120) is JobState.SUCCEEDED, cut.error_text
+        hu = read_image(ct).array
+        level = 100.0 + 10.0 * np.log(0.3 / 0.7)
+        clear = np.abs(hu - level) > 0.05
+        expected = (hu > level).astype(np.uint8)
+        np.testing.assert_array_equal(read_image(tmp_path / "cut.nii.gz").array[clear], expected[clear])
+        assert (expected & ~first.array.astype(bool)).any()  # the cut found voxels the argmax did not
         bad = worker.submit(str(fast), tmp_path / "nope.nii.gz", tmp_path / "x.nii.gz", device="cpu")
         assert bad.wait(60) is JobState.FAILED and bad.error_type == "FileNotFoundError"
     finally:

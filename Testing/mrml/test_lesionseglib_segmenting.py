@@ -13,7 +13,12 @@ from support.slicer_modules import REPO
 
 from lesionseg.image import Image
 from lesionseg.jobs import JobState
-from lesionseg.mrml import ensure_segmentation_converters, segmentation_node_from_labelmap, volume_node_from_image
+from lesionseg.mrml import (
+    ensure_segmentation_converters,
+    labelmap_from_segmentation_node,
+    segmentation_node_from_labelmap,
+    volume_node_from_image,
+)
 
 slicer = pytest.importorskip("slicer")
 pytest.importorskip("torch")
@@ -176,3 +181,43 @@ def test_a_spec_with_lesion_labels_decides_the_module_whatever_its_label_names(t
     organs = {e.spec.id for e in segmenting.model_entries(tmp_path, lesion=False)}
     assert {"named-organ", "words-only"} <= lesions and "named-lesion" not in lesions
     assert "named-lesion" in organs and not {"named-organ", "words-only"} & organs
+
+
+def test_run_options_come_from_the_parameter_node_and_zero_threshold_means_the_models_own():
+    logic = segmenting.SegmentingLogic()
+    assert logic.segmentOptions(SimpleNamespace(cropBody=True, lesionThreshold=0.3)) == {
+        "cropBody": True,
+        "threshold": 0.3,
+    }
+    assert logic.segmentOptions(SimpleNamespace(cropBody=False, lesionThreshold=0.0))["threshold"] is None
+    # SpleenSeg's parameter node has no threshold field
+    assert logic.segmentOptions(SimpleNamespace(cropBody=False)) == {"cropBody": False, "threshold": None}
+
+
+@pytest.mark.slow
+def test_threshold_and_body_crop_reach_the_background_segmentation(scene, tmp_path):
+    """A soft threshold model (lesion probability 0.3 at 215 HU, 0.5 at 300 HU) run from the logic, as Segment does."""
+    models = tmp_path / "models"
+    write_threshold_model(models, "soft-mets", "bone metastasis", threshold_hu=300.0, steepness=20.0)
+    ct = bright_ct()
+    volume = volume_node_from_image(scene, ct, "CT")
+    logic = segmenting.SegmentingLogic()
+    logic.moduleName, logic.lesionModels, logic.modelsDir = "ProstateMetSeg", True, models
+    logic.pythonExecutable, logic.workRoot = sys.executable, tmp_path
+    entry = logic.modelEntry("soft-mets")
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        logic.startSegmentation(volume, entry, "cpu", threshold=1.5)
+    assert not list(tmp_path.glob("LesionSeg-*")), "a refused run must not write its input"
+
+    results = {}
+    for threshold in (None, 0.3):
+        run = logic.startSegmentation(volume, entry, "cpu", cropBody=threshold is not None, threshold=threshold)
+        log = wait(run)
+        assert run.state is JobState.SUCCEEDED, run.failure()
+        node = run.load_result(scene)
+        labels, _ = labelmap_from_segmentation_node(node, volume, {"bone metastasis": 1})
+        results[threshold] = (labels.array, log)
+    np.testing.assert_array_equal(results[None][0], (ct.array > 300).astype(np.uint8))  # the argmax: 500 HU only
+    np.testing.assert_array_equal(results[0.3][0], (ct.array > 215).astype(np.uint8))  # 250 HU joins at 0.3
+    assert any("body crop" in line for line in results[0.3][1]), results[0.3][1]
+    assert not any("body crop" in line for line in results[None][1])

@@ -148,6 +148,24 @@ def test_prostate_minimum_lesion_volume_defaults_to_100_mm3():
     assert parameter_node_fields("ProstateMetSeg")["minLesionVolumeMm3"].validators == ("WithinRange",)
 
 
+def test_prostate_detection_threshold_starts_at_the_models_own_setting():
+    """0 is "model default" (no --threshold); the box stops below 1, where nothing would be foreground."""
+    spin = {w.name: w for w in ui_widgets("ProstateMetSeg")}["lesionThresholdSpinBox"]
+    assert spin.cls == "QDoubleSpinBox" and spin.string("SlicerParameterName") == "lesionThreshold"
+    assert spin.string("specialValueText") == "model default"
+    bounds = [float(spin.prop(name).findtext("double")) for name in ("minimum", "value", "maximum")]
+    assert bounds == [0.0, 0.0, 0.95]
+    source = module_source_text("ProstateMetSeg")
+    assert "lesionThreshold: Annotated[float, WithinRange(0.0, 0.95)] = 0.0" in source
+
+
+@pytest.mark.parametrize("module", ["SpleenSeg", "ProstateMetSeg"])
+def test_segmentation_modules_offer_the_body_crop(module):
+    box = {w.name: w for w in ui_widgets(module)}["cropBodyCheckBox"]
+    assert box.cls == "QCheckBox" and box.string("SlicerParameterName") == "cropBody"
+    assert parameter_node_fields(module)["cropBody"].base == "bool"
+
+
 def test_training_dataset_folder_is_a_directory_path_edit():
     widgets = {w.name: w for w in ui_widgets("LesionSegTraining")}
     folder = widgets["datasetFolderPathLineEdit"]

@@ -19,6 +19,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--progress", choices=["jsonl"], help="print JSON-lines events on stdout")
     parser.add_argument("--crop-body", action="store_true", help="skip the air around the body (CT: > -500 HU)")
     parser.add_argument(
+        "--threshold",
+        type=float,
+        metavar="P",
+        help="models with one foreground label: foreground where its probability exceeds P "
+        "(default: the spec's inference.threshold, else the most probable class); lower finds more",
+    )
+    parser.add_argument(
         "--models-dir", help="user models folder (default $LESIONSEG_MODELS_DIR or ~/.lesionseg/models)"
     )
     parser.set_defaults(func=run)
@@ -60,7 +67,14 @@ def run(args: argparse.Namespace) -> int:
     sink = emit_jsonl if args.progress == "jsonl" else TextBar()
     try:
         result = segment_file(
-            args.model, args.input, args.output, args.device, sink, crop_body=args.crop_body, models_dir=args.models_dir
+            args.model,
+            args.input,
+            args.output,
+            args.device,
+            sink,
+            crop_body=args.crop_body,
+            models_dir=args.models_dir,
+            threshold=args.threshold,
         )
     except Exception as error:
         if args.progress == "jsonl":

@@ -7,7 +7,8 @@ ScaleIntensityRange → SlidingWindowInferer → softmax → Invertd → argmax)
 2. resample to the spec's spacing with separable linear interpolation (:mod:`.resample`), scale intensities;
 3. optionally crop to the body on that grid, and flip for the Decathlon quirk when the spec compensates it;
 4. sliding window (:mod:`.window`), softmax of the stitched logits;
-5. resample the probabilities back onto the reoriented input grid, in slabs, and take the argmax there;
+5. resample the probabilities back onto the reoriented input grid, in slabs, and take the argmax there
+   (or, for a model with one foreground label and a threshold, keep voxels whose probability exceeds it);
 6. undo the reorientation, so the labelmap lies on the input's grid whatever its orientation;
 7. post-process (largest component, minimum volume, holes).
 """
@@ -42,7 +43,7 @@ from lesionseg.inference.resample import (
 from lesionseg.inference.window import count_windows, sliding_window
 from lesionseg.labels import LabelInfo
 from lesionseg.models.network import load_network
-from lesionseg.models.spec import IntensitySpec, ModelSpec
+from lesionseg.models.spec import IntensitySpec, ModelSpec, check_probability, check_threshold
 from lesionseg.models.weights import verify_weights
 
 log = logging.getLogger(__name__)
@@ -113,9 +114,16 @@ def _grid_image(reference: Image, spacing: np.ndarray, shape_ijk: tuple, start_i
 
 
 def _invert_to_labels(
-    scores, maps_kji: list[AxisMap], binary: bool, progress: Callable[[float], None] | None = None
+    scores,
+    maps_kji: list[AxisMap],
+    binary: bool,
+    progress: Callable[[float], None] | None = None,
+    cut: float = 0.0,
 ) -> np.ndarray:
-    """Resample class scores from the network grid to the input grid in slabs; argmax per voxel."""
+    """Resample class scores from the network grid to the input grid in slabs; argmax per voxel.
+
+    For a binary model ``scores`` holds p1 - p0 and a voxel is foreground above ``cut`` (0: the argmax).
+    """
     import torch
 
     kmap, jmap, imap = maps_kji
@@ -129,16 +137,24 @@ def _invert_to_labels(
         slab = scores[:, first : last + 1]
         slab = interpolate_axis(slab, 1, local)
         slab = interpolate_axis(interpolate_axis(slab, 2, jmap), 3, imap)
-        labels = (slab[0] > 0) if binary else slab.argmax(dim=0)
+        labels = (slab[0] > cut) if binary else slab.argmax(dim=0)
         out[k0:k1] = labels.to(torch.uint8).cpu().numpy()
         if progress:
             progress(k1 / n_out)
     return out
 
 
-def predict_labelmap(image: Image, model: LoadedModel, progress: Progress, crop_body: bool = False) -> Image:
-    """Labelmap (uint8) on ``image``'s grid, before post-processing."""
+def predict_labelmap(
+    image: Image, model: LoadedModel, progress: Progress, crop_body: bool = False, threshold: float | None = None
+) -> Image:
+    """Labelmap (uint8) on ``image``'s grid, before post-processing.
+
+    ``threshold`` (one-foreground-label models only): foreground where its probability exceeds it, instead of
+    the argmax; None takes the spec's ``inference.threshold``, and the argmax when that is unset.
+    """
     import torch
+
+    threshold = check_threshold(model.spec, threshold)
 
     spec, device = model.spec, model.device
     pre, inf = spec.preprocessing, spec.inference
@@ -231,7 +247,9 @@ def predict_labelmap(image: Image, model: LoadedModel, progress: Progress, crop_
     else:
         scores = probabilities
     del probabilities
-    labels = _invert_to_labels(scores, backward, binary, lambda fraction: progress.update(0.8 * fraction))
+    # p1 - p0 = 2 p1 - 1 for two classes, so "p1 > t" is "p1 - p0 > 2t - 1" (interpolation keeps this exact).
+    cut = 0.0 if threshold is None else 2.0 * threshold - 1.0
+    labels = _invert_to_labels(scores, backward, binary, lambda fraction: progress.update(0.8 * fraction), cut)
     labelmap = Image(labels, reoriented.spacing, reoriented.origin, reoriented.direction)
     restored = permute_axes(labelmap, *undo_permutation(*permutation))
     if not restored.same_grid(image):
@@ -265,13 +283,18 @@ def segment_image(
     progress: EventSink | Callable[[dict], None] | None = None,
     crop_body: bool = False,
     models_dir: str | Path | None = None,
+    threshold: float | None = None,
 ) -> tuple[Image, list[LabelInfo]]:
     """Segment an engine image; returns the labelmap on ``image``'s grid and the model's labels.
 
     ``spec_or_model`` is a model id, a model or bundle folder, a ModelSpec, or a LoadedModel (reused as is).
     ``progress`` receives the event dictionaries described in :mod:`lesionseg.inference.progress`.
+    ``threshold`` (one-foreground-label models): the probability above which a voxel is foreground; for a
+    cascade it applies to the refinement stage.
     """
     reporter = progress if isinstance(progress, Progress) else Progress(progress)
+    if isinstance(spec_or_model, LoadedModel | ModelSpec):
+        check_threshold(spec_or_model.spec if isinstance(spec_or_model, LoadedModel) else spec_or_model, threshold)
     if not isinstance(spec_or_model, LoadedModel):
         reporter.stage("load")
         spec_or_model = load_model(spec_or_model, device, models_dir)
@@ -281,15 +304,17 @@ def segment_image(
         reporter.warning(f"model {model.spec.id!r}: its weights have no hash to check against (unverified)")
     with subnormals_flushed(model.device):
         if model.coarse is None:
-            labelmap = predict_labelmap(image, model, reporter, crop_body=crop_body)
+            labelmap = predict_labelmap(image, model, reporter, crop_body=crop_body, threshold=threshold)
         else:
-            labelmap = _predict_two_steps(image, model, reporter, crop_body)
+            labelmap = _predict_two_steps(image, model, reporter, crop_body, threshold)
     labelmap = postprocess(labelmap, model.spec.postprocessing)
     reporter.update(1.0)
     return labelmap, list(model.spec.labels)
 
 
-def _predict_two_steps(image: Image, model: LoadedModel, reporter: Progress, crop_body: bool) -> Image:
+def _predict_two_steps(
+    image: Image, model: LoadedModel, reporter: Progress, crop_body: bool, threshold: float | None = None
+) -> Image:
     """A cascade: the coarse stage on the whole image, then this model on the box around what it found."""
     coarse_model = model.coarse
     assert coarse_model is not None and model.spec.cascade is not None
@@ -312,7 +337,7 @@ def _predict_two_steps(image: Image, model: LoadedModel, reporter: Progress, cro
     reporter.message(f"coarse stage: refining a region of {sizes} of {list(image.size)} voxels")
     start_ijk = np.array([s.start for s in box][::-1], dtype=float)
     crop = Image(np.ascontiguousarray(image.array[box]), image.spacing, image.world(start_ijk), image.direction)
-    fine = predict_labelmap(crop, model, reporter)
+    fine = predict_labelmap(crop, model, reporter, threshold=threshold)
     out = np.zeros(image.array.shape, dtype=fine.array.dtype)
     out[box] = fine.array
     return image.with_array(out)
@@ -326,6 +351,7 @@ def segment_file(
     progress: EventSink | None = None,
     crop_body: bool = False,
     models_dir: str | Path | None = None,
+    threshold: float | None = None,
 ) -> dict[str, Any]:
     """Read an image (file or DICOM folder), segment it, write the labelmap atomically; returns the result event."""
     import time
@@ -335,6 +361,8 @@ def segment_file(
 
     started = time.perf_counter()
     labelmap_format(output_path)  # refuse a bad output name before any work
+    if threshold is not None:
+        check_probability(threshold)
     reporter = Progress(progress, min_interval_s=0.05)
     reporter.stage("load")
     image = read_image(input_path)
@@ -342,7 +370,7 @@ def segment_file(
     if not isinstance(model, LoadedModel):
         model = load_model(model, device, models_dir)
     reporter.update(1.0)
-    labelmap, labels = segment_image(image, model, device, reporter, crop_body=crop_body)
+    labelmap, labels = segment_image(image, model, device, reporter, crop_body=crop_body, threshold=threshold)
     reporter.stage("write")
     written = write_labelmap(labelmap, labels, output_path)
     reporter.finish()
@@ -355,5 +383,6 @@ def segment_file(
         "model_version": model.spec.version,
         "labels": [dict(label.to_dict(), present=label.value in present) for label in labels],
         "device": str(model.device),
+        "threshold": check_threshold(model.spec, threshold),
         "seconds": round(time.perf_counter() - started, 3),
     }

@@ -3,7 +3,7 @@
 Protocol (JSON lines): the worker prints ``{"event": "ready"}``, then reads requests on stdin::
 
     {"id": "r1", "command": "segment", "model": ID_OR_DIR, "input": PATH, "output": PATH,
-     "device": "auto", "crop_body": false, "models_dir": null}
+     "device": "auto", "crop_body": false, "threshold": null, "models_dir": null}
     {"command": "shutdown"}
 
 and answers each with the same events as ``segment --progress jsonl``, every one tagged ``"request": id``,
@@ -58,7 +58,13 @@ def serve(stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
 
                 verify_weights(cache[key].spec)  # the file may have changed since it was loaded
             result = segment_file(
-                cache[key], request["input"], request["output"], key[1], tagged, bool(request.get("crop_body"))
+                cache[key],
+                request["input"],
+                request["output"],
+                key[1],
+                tagged,
+                bool(request.get("crop_body")),
+                threshold=request.get("threshold"),
             )
             tagged({**result, "cached_model": True})
         except Exception as error:  # one bad request must not end the worker
@@ -148,7 +154,13 @@ class WarmWorker:
                 self._requests[event.data["request"]]._deliver(event)
 
     def submit(
-        self, model: str, input_path, output_path, device: str = "auto", crop_body: bool = False
+        self,
+        model: str,
+        input_path,
+        output_path,
+        device: str = "auto",
+        crop_body: bool = False,
+        threshold: float | None = None,
     ) -> WorkerRequest:
         if self.job._process is None or self.job.state.finished:
             raise RuntimeError("the worker is not running; start() it first")
@@ -163,6 +175,7 @@ class WarmWorker:
             "output": str(Path(output_path)),
             "device": device,
             "crop_body": crop_body,
+            "threshold": threshold,
         }
         stdin = self.job._process.stdin
         stdin.write(json.dumps(message) + "\n")

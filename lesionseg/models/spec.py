@@ -73,6 +73,7 @@ class InferenceSpec:
     flip_tta: bool = False
     activation: str = "softmax"
     amp: bool = True
+    threshold: float | None = None  # foreground probability cut for one-label models; None: argmax
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,28 @@ class ModelSpec:
         return replace(self, folder=None if folder is None else Path(folder))
 
 
+def check_probability(threshold: float) -> None:
+    """Refuse a threshold that is not a probability, before any work is done."""
+    if not 0.0 < float(threshold) < 1.0:
+        raise ValueError(
+            f"threshold {threshold} is not a probability strictly between 0 and 1; "
+            "give e.g. 0.3 to find more (and less certain) regions, or 0.7 for fewer"
+        )
+
+
+def check_threshold(spec: ModelSpec, threshold: float | None) -> float | None:
+    """The probability cut to use: ``threshold`` if given, else the spec's; None means the argmax."""
+    if threshold is None:
+        return spec.inference.threshold
+    check_probability(threshold)
+    if spec.num_classes != 2:
+        raise ValueError(
+            f"model {spec.id!r} has {spec.num_classes - 1} foreground labels; a threshold applies only to models "
+            "with one foreground label, so leave it out for this model"
+        )
+    return float(threshold)
+
+
 def validate_spec_dict(data: Any, where: str = "model spec") -> None:
     """Raise ValueError naming the offending field when ``data`` breaks the schema or its own labels."""
     import jsonschema
@@ -177,6 +200,12 @@ def validate_spec_dict(data: Any, where: str = "model spec") -> None:
     stray = sorted(set(data.get("lesion_labels", [])) - set(values))
     if stray:
         raise ValueError(f"{where}: lesion_labels {stray} are not among the label values {values}; fix lesion_labels")
+    channels = int(out_channels) if out_channels is not None else max(values) + 1
+    if data["inference"].get("threshold") is not None and channels != 2:
+        raise ValueError(
+            f"{where}: inference.threshold needs a model with one foreground label, but this one has "
+            f"{channels - 1}; remove inference.threshold (such models take the most probable label)"
+        )
     in_channels = data["network"]["parameters"].get("in_channels")
     if in_channels is not None and int(in_channels) != int(data["input_channels"]):
         raise ValueError(f"{where}: input_channels {data['input_channels']} differs from the network's {in_channels}")
@@ -213,6 +242,7 @@ def spec_from_dict(data: dict[str, Any], folder: Path | None = None, where: str 
             flip_tta=bool(infer.get("flip_tta", False)),
             activation=infer.get("activation", "softmax"),
             amp=bool(infer.get("amp", True)),
+            threshold=None if infer.get("threshold") is None else float(infer["threshold"]),
         ),
         postprocessing=PostprocessSpec(
             keep_largest_component=bool(post.get("keep_largest_component", False)),
