@@ -10,11 +10,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint format setup system-tools clean
 
-$(STAMP): requirements/test.txt pyproject.toml
+$(STAMP): requirements/test.txt requirements/slicer-5.10.txt pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "$(TORCH_SPEC)"
 	$(PIP) install --quiet -r requirements/test.txt
+	$(PIP) install --quiet --no-deps --upgrade --target $(VENV)/slicer-5.10 -r requirements/slicer-5.10.txt
 	$(PIP) install --quiet --no-deps --no-build-isolation -e .
 	@$(PY) -c "import torch; assert not torch.version.cuda or '$(ALLOW_CUDA)', 'a CUDA torch build was installed: ' + torch.__version__" 
 	touch $(STAMP)

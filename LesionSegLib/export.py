@@ -61,17 +61,32 @@ def instance_uids(volume_node: Any) -> list[str]:
     return value.split() if value else []
 
 
+def dicomseg_packages_problem() -> str:
+    """Why this Python cannot write DICOM SEG (the engine builds it with highdicom), or "" when it can."""
+    import importlib.util
+
+    if importlib.util.find_spec("highdicom") is not None:
+        return ""
+    return (
+        "DICOM SEG export needs the highdicom package, which this Slicer does not have. Install it from the "
+        "Python console with slicer.util.pip_install('highdicom') (on Slicer 5.10 this also upgrades the bundled "
+        "pydicom 2.4 to 3), or export RTSTRUCT or .seg.nrrd instead."
+    )
+
+
 def plan_export(
     volume_node: Any,
     segmentation_node: Any,
     format: str,
     slicerrt_available: bool,
     file_for_instance: Callable[[str], str] | None,
+    dicomseg_problem: str | None = None,
 ) -> ExportPlan:
     """Decide how to export ``segmentation_node`` (drawn on ``volume_node``) as ``format``.
 
     ``file_for_instance`` maps a SOP instance UID to its file (Slicer: ``slicer.dicomDatabase.fileForInstance``;
-    None when there is no DICOM database).
+    None when there is no DICOM database). ``dicomseg_problem`` says why DICOM SEG cannot be written here
+    (None: :func:`dicomseg_packages_problem` decides).
     """
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
@@ -82,6 +97,10 @@ def plan_export(
     if format == SEG_NRRD:
         return ExportPlan(format, ROUTE_SEG_NRRD)
     fallback = [SEG_NRRD]
+    if format == DICOM_SEG:
+        problem = dicomseg_packages_problem() if dicomseg_problem is None else dicomseg_problem
+        if problem:
+            return ExportPlan(format, None, problem=problem, alternatives=[RTSTRUCT, SEG_NRRD])
     if volume_node is None:
         return ExportPlan(
             format, None, problem="choose the CT volume the segmentation was made on", alternatives=fallback

@@ -154,8 +154,11 @@ class SegmentationModuleWidget(LesionSegModuleWidget):
         ]
 
     def stopBackgroundWork(self) -> None:
+        # Both children end with the module: a segmentation, and a model download in progress.
         if self.segmentPanel.run is not None:
             self.segmentPanel.run.cancel()
+        if self.segmentPanel.download is not None:
+            self.segmentPanel.download.cancel()
         self.segmentPanel.timer.stop()
 
     def onSegmentationAdded(self, segmentationNode) -> None:

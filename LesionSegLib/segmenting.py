@@ -52,7 +52,7 @@ REQUIREMENTS = (
     ("SimpleITK", "SimpleITK>=2.3"),
     ("nibabel", "nibabel>=5.0"),
     ("nrrd", "pynrrd>=1.0"),
-    ("pydicom", "pydicom>=3.0"),
+    ("pydicom", "pydicom>=2.4"),  # the engine reads and writes with Slicer 5.10's bundled 2.4.4 too
     ("jsonschema", "jsonschema>=4.0"),
     ("scipy", "scipy>=1.11"),
     ("skimage", "scikit-image>=0.22"),
@@ -64,6 +64,15 @@ def missing_requirements() -> list[tuple[str, str]]:
     import importlib.util
 
     return [(name, requirement) for name, requirement in REQUIREMENTS if importlib.util.find_spec(name) is None]
+
+
+def packages_problem() -> str:
+    """What to install before segmenting in this Slicer (a fresh one lacks most of REQUIREMENTS); empty if none."""
+    missing = missing_requirements()
+    if not missing:
+        return ""
+    names = ", ".join(requirement for _name, requirement in missing)
+    return f"Segmenting needs Python packages this Slicer does not have yet ({names}); click Segment to install them."
 
 
 def input_volume_problem(volume_node: Any) -> str:
@@ -371,6 +380,17 @@ class SegmentingLogic:
 
     def modelEntries(self) -> list[ModelEntry]:
         return model_entries(self.modelsDir, self.lesionModels)
+
+    def listModels(self) -> tuple[list[ModelEntry], str]:
+        """The module's models and, when there are none to show, why: a bad models folder, or packages
+        (jsonschema, ...) that a fresh Slicer lacks and that Segment offers to install."""
+        try:
+            entries = self.modelEntries()
+        except ValueError as error:
+            return [], str(error)
+        except ImportError:
+            return [], packages_problem() or "The model list could not be read; restart Slicer and try again."
+        return entries, "" if entries else "No model found; add one to the LesionSeg models folder."
 
     def modelEntry(self, modelId: str) -> ModelEntry:
         for entry in self.modelEntries():

@@ -180,7 +180,11 @@ class ExportPanel:
 
     def onExport(self, _checked: bool = False) -> None:
         node = self.parameterNode()
-        plan = self.plan()
+        try:
+            plan = self.plan()
+        except ValueError as error:  # e.g. a segmentation without segments
+            slicer.util.errorDisplay(str(error), windowTitle=_("Cannot export"))
+            return
         if plan is not None and not plan.possible and export.SEG_NRRD in plan.alternatives:
             if not slicer.util.confirmOkCancelDisplay(
                 plan.problem + "\n\n" + _("Save the segmentation as a .seg.nrrd file in the chosen folder instead?"),
@@ -253,12 +257,12 @@ def ensurePythonPackages(log: Callable[[str], None]) -> bool:
         names = ", ".join(requirement for _name, requirement in missing)
         if not slicer.util.confirmOkCancelDisplay(
             _(
-                "Segmenting needs Python packages that this Slicer does not have yet: {names}.\n\n"
+                "LesionSeg needs Python packages that this Slicer does not have yet: {names}.\n\n"
                 "Install them now? This downloads several hundred MB and can take minutes."
             ).format(names=names),
             _("Install Python packages"),
         ):
-            log(_("Packages not installed; segmenting needs {names}.").format(names=names))
+            log(_("Packages not installed; LesionSeg needs {names}.").format(names=names))
             return False
         with slicer.util.WaitCursor():
             if any(name == "torch" for name, _requirement in missing):
@@ -301,6 +305,7 @@ class SegmentPanel:
     ) -> None:
         self.ui, self.logic, self.parameterNode, self.log, self.onResult = ui, logic, parameterNode, log, onResult
         self.entries: list[Any] = []
+        self.listProblem = ""
         self.run: Any = None
         self.download: Any = None
         self.timer = qt.QTimer()
@@ -316,11 +321,10 @@ class SegmentPanel:
 
     def refreshModels(self) -> None:
         """Fill the model selector from the registry, keeping the parameter node's choice."""
-        try:
-            self.entries = self.logic.modelEntries()
-        except ValueError as error:
-            self.entries = []
-            self.log(str(error))
+        self.entries, problem = self.logic.listModels()
+        if problem and problem != self.listProblem:
+            self.log(problem)
+        self.listProblem = problem
         combo = self.ui.modelComboBox
         wasBlocked = combo.blockSignals(True)
         combo.clear()
@@ -333,7 +337,7 @@ class SegmentPanel:
         combo.blockSignals(wasBlocked)
         combo.enabled = bool(self.entries) and not self.busy
         if not self.entries:
-            self.ui.modelInfoLabel.text = _("No model found; add one to the LesionSeg models folder.")
+            self.ui.modelInfoLabel.text = problem
         self.onModelChanged()
 
     def currentEntry(self) -> Any:
@@ -364,6 +368,8 @@ class SegmentPanel:
             return False, _("Wait for the model download to finish.")
         enabled, reason = self.logic.segmentReadiness(self.parameterNode())
         entry = self.currentEntry()
+        if entry is None and segmenting.packages_problem():
+            return True, segmenting.packages_problem()  # Segment installs them, then lists the models
         if enabled and entry is None:
             return False, _("No model to run; add one to the LesionSeg models folder.")
         if enabled and segmenting.weights_problem(entry):
@@ -380,6 +386,12 @@ class SegmentPanel:
             self._finishRun()
             return
         if not ensurePythonPackages(self.log):
+            return
+        if self.currentEntry() is None:
+            # The packages were just installed: list the models, and let the user choose before running one.
+            self.refreshModels()
+            if self.entries:
+                self.log(_("Models listed; choose one and click Segment."))
             return
         node = self.parameterNode()
         try:

@@ -204,6 +204,9 @@ class LesionSegTrainingWidget(LesionSegModuleWidget):
         return rows[row]["case"] if 0 <= row < len(rows) else ""
 
     def onSaveCase(self, _checked: bool = False) -> None:
+        # Cases are written as NIfTI through nibabel, which a fresh Slicer lacks.
+        if not ensurePythonPackages(self.log):
+            return
         node = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Could not save the case."), waitCursor=True):
             labels = self.logic.datasetLabelNames(node.datasetFolder)

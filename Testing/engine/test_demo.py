@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
+import pydicom
 import pytest
 
 from lesionseg.io import read_image
@@ -46,3 +49,33 @@ def test_demo_runs_from_dicom_to_a_report_with_a_valid_rtstruct(tmp_path):
     prediction = read_image(output / "prediction.seg.nrrd")
     assert prediction.same_grid(read_image(output / "study" / "dicom"))
     assert "SYNTHETIC" in (report / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_demo_runs_with_the_pydicom_that_slicer_5_10_bundles(tmp_path):
+    """Slicer 5.10 ships pydicom 2.4.4 (3.0 came with 5.12): writing the CT series, reading it back and writing
+    the RTSTRUCT must work with it, and pydicom 3 must read what it wrote."""
+    bundled = Path(sys.prefix) / "slicer-5.10"
+    if not (bundled / "pydicom").is_dir():
+        pytest.fail(f"{bundled} is missing; run `make setup`, which installs requirements/slicer-5.10.txt there")
+    env = {**os.environ, "PYTHONPATH": str(bundled)}
+    probe = [sys.executable, "-c", "import pydicom; print(pydicom.__version__)"]
+    assert subprocess.run(probe, env=env, capture_output=True, text=True, check=True).stdout.strip() == "2.4.4"
+    output = tmp_path / "demo"
+    done = subprocess.run(
+        [sys.executable, "-m", "lesionseg", "demo", "--output", str(output), "--device", "cpu"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    validation = json.loads((output / "demo.json").read_text())["rtstruct_validation"]
+    assert validation["ran"] and validation["errors"] == 0, validation
+    assert json.loads((output / "report" / "metrics.json").read_text())["labels"]["1"]["dice"] >= 0.7
+    rtstruct = pydicom.dcmread(output / "RS_demo.dcm")
+    assert rtstruct.Modality == "RTSTRUCT"
+    assert rtstruct.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    slices = sorted((output / "study" / "dicom").iterdir())
+    assert slices and all(path.read_bytes()[128:132] == b"DICM" for path in slices)
+    assert pydicom.dcmread(slices[0]).Modality == "CT"

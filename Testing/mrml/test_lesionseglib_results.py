@@ -236,6 +236,27 @@ def test_dicom_seg_goes_through_the_engine_on_the_ct_files(scene, dicom_ct, tmp_
     ]
 
 
+def test_dicom_seg_without_highdicom_names_the_install_and_offers_rtstruct(scene, dicom_ct):
+    volume, segmentation, database, _files = dicom_ct
+    assert export.dicomseg_packages_problem() == ""  # highdicom is installed here
+    plan = export.plan_export(volume, segmentation, export.DICOM_SEG, True, database.get, "no highdicom")
+    assert not plan.possible and plan.problem == "no highdicom"
+    assert plan.alternatives == [export.RTSTRUCT, export.SEG_NRRD]
+
+
+def test_a_slicer_without_highdicom_is_told_how_to_get_dicom_seg():
+    """Slicer 5.10 bundles no highdicom; the problem text names the package, the command and the other formats."""
+    script = (
+        "import sys\n"
+        "sys.modules['highdicom'] = None  # absent, as in Slicer 5.10\n"
+        "from LesionSegLib import export\n"
+        "print(export.dicomseg_packages_problem())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "pip_install('highdicom')" in done.stdout and "RTSTRUCT or .seg.nrrd" in done.stdout
+
+
 def test_a_volume_without_dicom_origin_is_offered_a_seg_nrrd_instead(scene, ct_and_pair, tmp_path):
     ct, volume, ai, ref, ai_node, ref_node = ct_and_pair
     plan = export.plan_export(volume, ai_node, export.RTSTRUCT, True, {}.get)

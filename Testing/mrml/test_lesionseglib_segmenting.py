@@ -221,3 +221,31 @@ def test_threshold_and_body_crop_reach_the_background_segmentation(scene, tmp_pa
     np.testing.assert_array_equal(results[0.3][0], (ct.array > 215).astype(np.uint8))  # 250 HU joins at 0.3
     assert any("body crop" in line for line in results[0.3][1]), results[0.3][1]
     assert not any("body crop" in line for line in results[None][1])
+
+
+def test_a_slicer_without_jsonschema_lists_no_models_and_offers_the_install(tmp_path):
+    """Slicer 5.10 does not bundle jsonschema: the panel must open, say what is missing, and let Segment install."""
+    import subprocess
+
+    script = (
+        "import sys\n"
+        "sys.modules['jsonschema'] = None  # absent, as in a fresh Slicer\n"
+        "from LesionSegLib import segmenting\n"
+        "logic = segmenting.SegmentingLogic()\n"
+        "logic.moduleName, logic.lesionModels = 'ProstateMetSeg', True\n"
+        f"logic.modelsDir = {str(tmp_path)!r}\n"
+        "entries, problem = logic.listModels()\n"
+        "print(len(entries)); print(problem)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    count, problem = done.stdout.strip().splitlines()
+    assert count == "0"
+    assert "jsonschema>=4.0" in problem and "click Segment to install" in problem
+    # with the package present the same call lists the shipped demo lesion model and says nothing
+    logic = segmenting.SegmentingLogic()
+    logic.moduleName, logic.lesionModels, logic.modelsDir = "ProstateMetSeg", True, tmp_path
+    entries, problem = logic.listModels()
+    assert "demo-lesion" in [e.spec.id for e in entries] and problem == ""

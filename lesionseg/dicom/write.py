@@ -203,7 +203,23 @@ def write_ct_series(
         file_ds = pydicom.FileDataset(None, d, file_meta=meta, preamble=b"\0" * 128)
         number = nk - k if reverse_file_order else k + 1
         path = folder / f"{file_prefix}{number:04d}.dcm"
-        with atomic_path(path) as tmp:
-            file_ds.save_as(tmp, enforce_file_format=True)
+        save_dicom_file(file_ds, path)
         paths.append(path)
     return paths
+
+
+def save_dicom_file(dataset: Dataset, path: str | Path) -> Path:
+    """Write ``dataset`` atomically as a DICOM Part 10 file (preamble, file meta), with pydicom 2.4 or 3.
+
+    Slicer 5.10 bundles pydicom 2.4.4, which lacks 3.0's ``enforce_file_format``; its ``write_like_original=False``
+    writes the same conformant file. The transfer syntax in the file meta decides the encoding either way.
+    """
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        if int(pydicom.__version__.split(".")[0]) >= 3:
+            dataset.save_as(tmp, enforce_file_format=True)
+        else:
+            syntax = dataset.file_meta.TransferSyntaxUID
+            dataset.is_little_endian, dataset.is_implicit_VR = syntax.is_little_endian, syntax.is_implicit_VR
+            dataset.save_as(tmp, write_like_original=False)
+    return path

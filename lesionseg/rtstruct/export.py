@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from lesionseg.dicom.write import save_dicom_file
 from lesionseg.image import Image
-from lesionseg.io.atomic import atomic_path
 from lesionseg.labels import LabelInfo
 from lesionseg.rtstruct.build import INTERPRETED_TYPES, MAX_CONTOUR_BYTES, Contour, Roi, build_rtstruct, format_ds
 from lesionseg.rtstruct.contours import mask_polygons, pieces, split_rows
@@ -118,6 +118,4 @@ def export_rtstruct(
         rois.append(Roi(info, types[info.value], algorithm, contours))
     dataset = build_rtstruct(reference, rois)
     output = Path(output)
-    with atomic_path(output) as tmp:
-        dataset.save_as(tmp, enforce_file_format=True)
-    return output
+    return save_dicom_file(dataset, output)
