@@ -34,6 +34,7 @@ MODEL_VERSION_ATTRIBUTE = "LesionSeg.ModelVersion"
 DEVICE_ATTRIBUTE = "LesionSeg.Device"
 CREATED_ATTRIBUTE = "LesionSeg.Created"
 SOURCE_VOLUME_ATTRIBUTE = "LesionSeg.SourceVolume"
+THRESHOLD_ATTRIBUTE = "LesionSeg.Threshold"  # the probability cut; empty for the most probable class
 
 # A model is a lesion model (ProstateMetSeg lists those; SpleenSeg the others) when its spec names lesion
 # labels. Specs that predate ``lesion_labels`` (MONAI bundles, hand-written specs) are judged by these words
@@ -187,8 +188,10 @@ def download_job(
     return Job([*argv, "download", model_id], env=child_environment(environment))
 
 
-def result_name(volume_node: Any, module: str, spec: ModelSpec) -> str:
-    return f"{volume_node.GetName()} – {module} {spec.version}"
+def result_name(volume_node: Any, module: str, spec: ModelSpec, threshold: float | None = None) -> str:
+    """The result node's name; runs at different detection thresholds stay apart in the data tree."""
+    name = f"{volume_node.GetName()} – {module} {spec.version}"
+    return name if threshold is None else f"{name} (threshold {threshold:.2f})"
 
 
 @dataclass
@@ -221,7 +224,8 @@ class SegmentationRun:
         problem = weights_problem(entry)
         if problem:
             raise ValueError(problem)
-        check_threshold(entry.spec, threshold)  # refused here, before anything is written or started
+        # refused here, before anything is written or started; the spec's own cut counts when none is given
+        self.threshold = check_threshold(entry.spec, threshold)
         self.volume_node, self.spec, self.device, self.module = volume_node, entry.spec, device, module
         self.work_dir = Path(tempfile.mkdtemp(prefix="LesionSeg-", dir=work_root))
         self.input_path = self.work_dir / "input.nrrd"
@@ -306,7 +310,11 @@ class SegmentationRun:
         if not labels.same_grid(self.input_image):
             raise RuntimeError("the segmentation came back on another grid than the input volume; nothing was added")
         node = lesionseg.mrml.segmentation_node_from_labelmap(
-            scene, labels, result_name(self.volume_node, self.module, self.spec), self.spec.labels, self.volume_node
+            scene,
+            labels,
+            result_name(self.volume_node, self.module, self.spec, self.threshold),
+            self.spec.labels,
+            self.volume_node,
         )
         _set_terminology(node, self.spec.labels)
         for key, value in (
@@ -315,6 +323,7 @@ class SegmentationRun:
             (DEVICE_ATTRIBUTE, self.device),
             (CREATED_ATTRIBUTE, time.strftime("%Y-%m-%dT%H:%M:%S%z")),
             (SOURCE_VOLUME_ATTRIBUTE, self.volume_node.GetID() or ""),
+            (THRESHOLD_ATTRIBUTE, "" if self.threshold is None else repr(self.threshold)),
         ):
             node.SetAttribute(key, value)
         self.cleanup()

@@ -26,6 +26,7 @@ from LesionSegLib.segmenting import (
     LESION_WORDS,
     MODEL_ID_ATTRIBUTE,
     MODEL_VERSION_ATTRIBUTE,
+    THRESHOLD_ATTRIBUTE,
     child_environment,
     input_volume_problem,
 )
@@ -131,6 +132,9 @@ def case_provenance(volume_node: Any, segmentation_node: Any, annotator: str, no
     if model:
         provenance["source_model"] = model
         provenance["source_model_version"] = segmentation_node.GetAttribute(MODEL_VERSION_ATTRIBUTE) or ""
+        threshold = segmentation_node.GetAttribute(THRESHOLD_ATTRIBUTE)
+        if threshold:
+            provenance["source_threshold"] = float(threshold)
     provenance.update(_dicom_uids(volume_node))
     instances = volume_node.GetAttribute("DICOM.instanceUIDs")
     if instances:

@@ -217,6 +217,10 @@ def test_threshold_and_body_crop_reach_the_background_segmentation(scene, tmp_pa
         node = run.load_result(scene)
         labels, _ = labelmap_from_segmentation_node(node, volume, {"bone metastasis": 1})
         results[threshold] = (labels.array, log)
+        # the cut is in the node's name and attributes, so results at two thresholds stay apart
+        suffix = "" if threshold is None else " (threshold 0.30)"
+        assert node.GetName() == f"CT – ProstateMetSeg {entry.spec.version}{suffix}"
+        assert node.GetAttribute(segmenting.THRESHOLD_ATTRIBUTE) == ("" if threshold is None else "0.3")
     np.testing.assert_array_equal(results[None][0], (ct.array > 300).astype(np.uint8))  # the argmax: 500 HU only
     np.testing.assert_array_equal(results[0.3][0], (ct.array > 215).astype(np.uint8))  # 250 HU joins at 0.3
     assert any("body crop" in line for line in results[0.3][1]), results[0.3][1]

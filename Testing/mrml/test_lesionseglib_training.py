@@ -48,6 +48,7 @@ def test_saving_cases_records_provenance_and_fills_the_case_table(scene, tmp_pat
     # An AI result that the annotator corrected: the segmentation carries the model's attributes.
     segmentation.SetAttribute(segmenting.MODEL_ID_ATTRIBUTE, "tiny-spleen")
     segmentation.SetAttribute(segmenting.MODEL_VERSION_ATTRIBUTE, "0.0.1")
+    segmentation.SetAttribute(segmenting.THRESHOLD_ATTRIBUTE, "0.3")
     volume.SetAttribute("DICOM.instanceUIDs", "1.2.3.1 1.2.3.2")
     hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
     study = hierarchy.CreateStudyItem(hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), "P"), "S")
@@ -58,6 +59,7 @@ def test_saving_cases_records_provenance_and_fills_the_case_table(scene, tmp_pat
     first = training.save_case(folder, volume, segmentation, "Dr. Rivera", note="checked twice")
     assert first.case_id == "case_0001" and first.version == 1 and first.labels_present == (1, 2)
     assert first.provenance["source_model"] == "tiny-spleen" and first.provenance["source_model_version"] == "0.0.1"
+    assert first.provenance["source_threshold"] == 0.3
     assert first.provenance["annotator"] == "Dr. Rivera" and first.provenance["ai_assisted"] is True
     assert first.provenance["series_uid"] == "1.2.3" and first.provenance["study_uid"] == "1.2"
     assert first.provenance["instance_count"] == 2
