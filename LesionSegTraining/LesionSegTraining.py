@@ -129,6 +129,7 @@ class LesionSegTrainingWidget(LesionSegModuleWidget):
         self.timer = qt_timer(self.POLL_MS, self.onTimer)
 
         self.ui.datasetFolderPathLineEdit.connect("currentPathChanged(QString)", self.onDatasetFolderChanged)
+        self.ui.datasetFolderPathLineEdit.connect("validInputChanged(bool)", self.onDatasetFolderValidityChanged)
         self.ui.caseVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onCaseChanged)
         self.ui.caseSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onCaseChanged)
         self.ui.configPresetComboBox.connect("currentIndexChanged(int)", self.onPresetChanged)
@@ -158,6 +159,11 @@ class LesionSegTrainingWidget(LesionSegModuleWidget):
         if self._parameterNode and self._parameterNode.datasetFolder != path:
             self._parameterNode.datasetFolder = path
             self.refreshDataset()
+
+    def onDatasetFolderValidityChanged(self, valid: bool) -> None:
+        # CTK signals currentPathChanged only for non-empty text: an emptied field arrives here instead.
+        if not valid and not self.ui.datasetFolderPathLineEdit.currentPath:
+            self.onDatasetFolderChanged("")
 
     def onPresetChanged(self, index: int) -> None:
         if self._parameterNode and index >= 0:
@@ -191,6 +197,8 @@ class LesionSegTrainingWidget(LesionSegModuleWidget):
         if LesionSegLib.training.dataset_exists(folder):
             self._parameterNode.casesTable = self.logic.casesTable(folder, self._parameterNode.casesTable)
             self.ui.casesTableView.setMRMLTableNode(self._parameterNode.casesTable)
+        else:  # another folder, or none: the previous dataset's cases are not this one's
+            self.ui.casesTableView.setMRMLTableNode(None)
         self.refreshLabelMapping(self._parameterNode.caseSegmentation)
         self._checkCanApply()
 
