@@ -368,8 +368,9 @@ class SegmentPanel:
             return False, _("Wait for the model download to finish.")
         enabled, reason = self.logic.segmentReadiness(self.parameterNode())
         entry = self.currentEntry()
-        if entry is None and segmenting.packages_problem():
-            return True, segmenting.packages_problem()  # Segment installs them, then lists the models
+        packages = segmenting.packages_problem() if entry is None else ""
+        if packages:
+            return True, packages  # Segment installs them, then lists the models
         if enabled and entry is None:
             return False, _("No model to run; add one to the LesionSeg models folder.")
         if enabled and segmenting.weights_problem(entry):

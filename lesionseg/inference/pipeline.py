@@ -293,13 +293,12 @@ def segment_image(
     cascade it applies to the refinement stage.
     """
     reporter = progress if isinstance(progress, Progress) else Progress(progress)
-    if isinstance(spec_or_model, LoadedModel | ModelSpec):
-        check_threshold(spec_or_model.spec if isinstance(spec_or_model, LoadedModel) else spec_or_model, threshold)
     if not isinstance(spec_or_model, LoadedModel):
         reporter.stage("load")
         spec_or_model = load_model(spec_or_model, device, models_dir)
         reporter.update(1.0)
     model = spec_or_model
+    check_threshold(model.spec, threshold)  # before any inference, a cascade's coarse pass included
     if not model.weights_verified:
         reporter.warning(f"model {model.spec.id!r}: its weights have no hash to check against (unverified)")
     with subnormals_flushed(model.device):
