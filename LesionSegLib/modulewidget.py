@@ -84,10 +84,7 @@ class LesionSegModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._releaseParameterNode()
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
@@ -104,12 +101,17 @@ class LesionSegModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 setattr(self._parameterNode, self.volumeField, firstVolumeNode)
         self.refreshPanels()
 
-    def setParameterNode(self, inputParameterNode: Any | None) -> None:
+    def _releaseParameterNode(self) -> None:
+        """Unbind the GUI from the parameter node and stop observing it (on exit, and before binding another)."""
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            # exit() may have removed the observer already; removing it twice only logs a warning.
+            self._parameterNodeGuiTag = None
+            # exit() may have released it already; removing an observer twice only logs a warning.
             if self.hasObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply):
                 self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+
+    def setParameterNode(self, inputParameterNode: Any | None) -> None:
+        self._releaseParameterNode()
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             # Widgets carrying the "SlicerParameterName" property in the .ui are bound to the fields
