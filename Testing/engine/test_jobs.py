@@ -6,6 +6,7 @@ import os
 import sys
 import textwrap
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -150,3 +151,34 @@ def test_warm_worker_second_request_is_faster_and_identical(inputs, tmp_path):
         worker.close()
     assert not alive(worker.job.pid)
     assert Path(tmp_path / "first.nii.gz").exists()
+
+
+@dataclass
+class StartupInfoStandIn:
+    """Stand-in for Windows' subprocess.STARTUPINFO (absent on this platform): it only records its fields."""
+
+    dwFlags: int = 0
+    wShowWindow: int = 0
+
+
+def test_background_jobs_on_windows_start_without_a_console_window():
+    from lesionseg.jobs.runner import child_process_options
+
+    options = child_process_options("nt", StartupInfoStandIn)
+    # The Win32 values: CREATE_NEW_PROCESS_GROUP (cancel ends the tree), CREATE_NO_WINDOW, and a STARTUPINFO
+    # with STARTF_USESHOWWINDOW and SW_HIDE, as Slicer's launchConsoleProcess passes.
+    assert options["creationflags"] == 0x00000200 | 0x08000000
+    assert options["startupinfo"] == StartupInfoStandIn(dwFlags=1, wShowWindow=0)
+    assert "start_new_session" not in options
+    if sys.platform == "win32":
+        import subprocess
+
+        assert subprocess.CREATE_NO_WINDOW == 0x08000000 and subprocess.CREATE_NEW_PROCESS_GROUP == 0x00000200
+        assert subprocess.STARTF_USESHOWWINDOW == 1 and subprocess.SW_HIDE == 0
+        assert isinstance(child_process_options()["startupinfo"], subprocess.STARTUPINFO)
+
+
+def test_background_jobs_elsewhere_start_in_their_own_session():
+    from lesionseg.jobs.runner import child_process_options
+
+    assert child_process_options("posix") == {"start_new_session": True}

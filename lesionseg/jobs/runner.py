@@ -105,6 +105,30 @@ def segment_command(
     ]
 
 
+# Win32 values (winbase.h / winuser.h); subprocess defines them only on Windows.
+CREATE_NEW_PROCESS_GROUP = 0x00000200
+CREATE_NO_WINDOW = 0x08000000
+STARTF_USESHOWWINDOW = 0x00000001
+SW_HIDE = 0
+
+
+def child_process_options(os_name: str = os.name, startupinfo_type: Any = None) -> dict[str, Any]:
+    """The Popen keywords that put a child in its own process group and, on Windows, keep it windowless.
+
+    Slicer is a GUI application with no console, so Windows gives every console child (PythonSlicer,
+    taskkill) a console window of its own unless told not to. Slicer's ``launchConsoleProcess`` hides it
+    with a STARTUPINFO asking for SW_HIDE; CREATE_NO_WINDOW also stops the console from being created.
+    ``startupinfo_type`` is ``subprocess.STARTUPINFO`` (default), which exists on Windows only.
+    """
+    if os_name != "nt":
+        return {"start_new_session": True}
+    startupinfo_type = startupinfo_type or subprocess.STARTUPINFO  # type: ignore[attr-defined]
+    return {
+        "creationflags": CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW,
+        "startupinfo": startupinfo_type(dwFlags=STARTF_USESHOWWINDOW, wShowWindow=SW_HIDE),
+    }
+
+
 def kill_process_tree(process: subprocess.Popen, grace_s: float = 1.0) -> None:
     """End a child started by this module and everything in its process group."""
     if process.poll() is not None and os.name != "nt":
@@ -112,7 +136,13 @@ def kill_process_tree(process: subprocess.Popen, grace_s: float = 1.0) -> None:
             os.killpg(process.pid, signal.SIGKILL)  # the leader is gone; its group may not be
         return
     if os.name == "nt":
-        subprocess.run(["taskkill", "/T", "/F", "/PID", str(process.pid)], capture_output=True, check=False)
+        subprocess.run(  # taskkill is a console program too: no window for it either
+            ["taskkill", "/T", "/F", "/PID", str(process.pid)],
+            capture_output=True,
+            check=False,
+            creationflags=CREATE_NO_WINDOW,
+            startupinfo=child_process_options()["startupinfo"],
+        )
         return
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGTERM)
@@ -178,11 +208,7 @@ class Job:
     def start(self) -> "Job":
         if self._process is not None:
             raise RuntimeError("this job was already started")
-        kwargs: dict[str, Any] = {}
-        if os.name == "nt":
-            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
-        else:
-            kwargs["start_new_session"] = True
+        kwargs = child_process_options()
         env = dict(os.environ if self.env is None else self.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
         self._process = subprocess.Popen(
