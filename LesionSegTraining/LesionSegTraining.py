@@ -9,7 +9,7 @@ import slicer
 from slicer import vtkMRMLPlotChartNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, Decimals, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -43,6 +43,7 @@ from LesionSegLib.tables import table_rows
 from LesionSegLib.widgets import SegmentMappingEditor, ensurePythonPackages, showPlotInLayout
 
 DEVICES = ("auto", "cpu", "cuda")
+LEARNING_RATE_DECIMALS = 8
 
 
 #
@@ -99,7 +100,8 @@ class LesionSegTrainingParameterNode:
     configPreset: str = ""
     modelName: str = ""
     epochs: Annotated[int, WithinRange(0, 100000)] = 0
-    learningRate: Annotated[float, WithinRange(0.0, 1.0)] = 0.0
+    # Eight decimals: fine-tuning rates such as 2.5e-5 or 1e-6 must survive the spin box, which rounds to them.
+    learningRate: Annotated[float, WithinRange(0.0, 1.0), Decimals(LEARNING_RATE_DECIMALS)] = 0.0
     device: Annotated[str, Choice(list(DEVICES))] = "auto"
     casesTable: vtkMRMLTableNode
     historyTable: vtkMRMLTableNode

@@ -16,6 +16,7 @@ from support.slicer_modules import (
     Field,
     module_source,
     parameter_node_fields,
+    parse_module,
     parse_ui,
     ui_attribute_names,
     ui_object_names,
@@ -259,3 +260,34 @@ def test_prostate_lesion_section_has_a_table_view_and_its_actions():
     assert "lesionsCollapsibleButton" in [s.name for s in ui_sections("ProstateMetSeg")]
     assert widgets["lesionTableView"].cls == "qMRMLTableView"
     assert widgets["lesionTableButton"].cls == widgets["saveLesionCsvButton"].cls == "QPushButton"
+
+
+def _module_constant(module: str, name: str) -> object:
+    for node in parse_module(module).body:
+        if isinstance(node, ast.Assign) and [ast.unparse(t) for t in node.targets] == [name]:
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"{module}.py defines no constant {name}")
+
+
+def test_learning_rate_accepts_fine_tuning_rates_like_2_5e_5():
+    # A QDoubleSpinBox rounds every value to its decimals, so the rates a user types must survive that rounding;
+    # Slicer's connector also sets the decimals from a Decimals(...) annotation, which must agree with the .ui.
+    widget = {w.name: w for w in ui_widgets("LesionSegTraining")}["learningRateSpinBox"]
+    assert widget.cls == "QDoubleSpinBox" and widget.string("SlicerParameterName") == "learningRate"
+    decimals = int(widget.prop("decimals").findtext("number"))
+    for rate in (2.5e-5, 1e-6, 3e-4, 0.01):
+        assert round(rate, decimals) == pytest.approx(rate, rel=1e-9), f"{rate} shows as {round(rate, decimals)}"
+    assert float(widget.prop("singleStep").findtext("double")) <= 1e-5
+    field = parameter_node_fields("LesionSegTraining")["learningRate"]
+    assert field.base == "float" and "Decimals" in field.validators
+    annotation = next(
+        node.annotation
+        for cls in ast.walk(parse_module("LesionSegTraining"))
+        if isinstance(cls, ast.ClassDef)
+        for node in cls.body
+        if isinstance(node, ast.AnnAssign) and ast.unparse(node.target) == "learningRate"
+    )
+    call = next(c for c in annotation.slice.elts if isinstance(c, ast.Call) and ast.unparse(c.func) == "Decimals")
+    argument = call.args[0]
+    value = _module_constant("LesionSegTraining", argument.id) if isinstance(argument, ast.Name) else argument.value
+    assert value == decimals
