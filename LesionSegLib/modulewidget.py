@@ -17,6 +17,7 @@ import vtk
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
 from slicer.util import VTKObservationMixin
 
+from LesionSegLib.segmenting import default_input_volume
 from LesionSegLib.widgets import ComparisonPanel, ExportPanel, SegmentPanel, appendLog
 
 
@@ -26,7 +27,7 @@ class LesionSegModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     Hooks for a module: ``createLogic`` (required), ``setupPanels`` (connect the module's own widgets),
     ``refreshPanels`` (after a parameter node is bound), ``buttonStates`` (button, (enabled, tooltip))
     pairs, and ``stopBackgroundWork`` (closing the module must not leave a child process running).
-    ``volumeField`` names the parameter that starts as the scene's first volume.
+    ``volumeField`` names the parameter that starts as the scene's first CT volume (not a labelmap).
     """
 
     volumeField = "inputVolume"
@@ -96,9 +97,11 @@ class LesionSegModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
         if not getattr(self._parameterNode, self.volumeField):
-            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if firstVolumeNode:
-                setattr(self._parameterNode, self.volumeField, firstVolumeNode)
+            # Not GetFirstNodeByClass("vtkMRMLScalarVolumeNode"): it returns labelmaps too, which the
+            # selector cannot show.
+            volumeNode = default_input_volume(slicer.mrmlScene)
+            if volumeNode:
+                setattr(self._parameterNode, self.volumeField, volumeNode)
         self.refreshPanels()
 
     def _releaseParameterNode(self) -> None:

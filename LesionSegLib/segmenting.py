@@ -105,6 +105,22 @@ def input_volume_problem(volume_node: Any) -> str:
     return ""
 
 
+def default_input_volume(scene: Any) -> Any:
+    """The volume a panel preselects: the scene's first CT its volume selector can show, or None.
+
+    The selectors list exactly ``vtkMRMLScalarVolumeNode`` (``showChildNodeTypes`` is false), so labelmaps,
+    vector and tensor volumes, which are subclasses of it, are passed over, and so are hidden nodes; a volume
+    the models can use comes before one they cannot (e.g. a 2D image).
+    """
+    shown = []
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
+        node = scene.GetNthNodeByClass(index, "vtkMRMLScalarVolumeNode")
+        if node.GetClassName() == "vtkMRMLScalarVolumeNode" and not node.GetHideFromEditors():
+            shown.append(node)
+    usable = [node for node in shown if not input_volume_problem(node)]
+    return (usable or shown or [None])[0]
+
+
 def check_input_volume(volume_node: Any) -> Image:
     """The volume as the engine sees it, or a ValueError that names what is wrong and what to choose."""
     problem = input_volume_problem(volume_node)

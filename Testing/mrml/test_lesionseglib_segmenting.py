@@ -253,3 +253,26 @@ def test_a_slicer_without_jsonschema_lists_no_models_and_offers_the_install(tmp_
     logic.moduleName, logic.lesionModels, logic.modelsDir = "ProstateMetSeg", True, tmp_path
     entries, problem = logic.listModels()
     assert "demo-lesion" in [e.spec.id for e in entries] and problem == ""
+
+
+def test_opening_a_panel_preselects_the_ct_not_a_labelmap(scene):
+    ct = bright_ct()
+    labels = ct.with_array((ct.array > 100).astype(np.uint8))
+    # A labelmap loaded first (e.g. a reference drawn earlier), then the CT, then another labelmap.
+    first_labelmap = volume_node_from_image(scene, labels, "reference labels", labelmap=True)
+    assert segmenting.default_input_volume(scene) is None  # the selector could not show it
+    volume = volume_node_from_image(scene, ct, "CT")
+    volume_node_from_image(scene, labels, "later labels", labelmap=True)
+    assert first_labelmap.IsA("vtkMRMLScalarVolumeNode")  # why GetFirstNodeByClass returned it
+    assert scene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode") is first_labelmap
+    assert segmenting.default_input_volume(scene) is volume
+
+    # A hidden volume and a 2D image are passed over when a usable CT exists.
+    flat = volume_node_from_image(scene, Image(np.zeros((1, 9, 9), np.int16), (1, 1, 1), (0, 0, 0), np.eye(3)), "2D")
+    scene.RemoveNode(volume)
+    assert segmenting.default_input_volume(scene) is flat
+    hidden = volume_node_from_image(scene, ct, "hidden CT")
+    hidden.SetHideFromEditors(True)
+    assert segmenting.default_input_volume(scene) is flat
+    shown = volume_node_from_image(scene, ct, "CT again")
+    assert segmenting.default_input_volume(scene) is shown
