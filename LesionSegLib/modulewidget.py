@@ -87,6 +87,13 @@ class LesionSegModuleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def exit(self) -> None:
         self._releaseParameterNode()
 
+    def onReload(self) -> None:
+        """Developer mode's Reload: read LesionSegLib and the engine from source again, then the module file."""
+        from LesionSegLib.reloading import forget_packages
+
+        forget_packages()
+        ScriptedLoadableModuleWidget.onReload(self)
+
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
 

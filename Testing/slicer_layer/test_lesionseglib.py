@@ -153,3 +153,54 @@ def test_library_never_imports_the_repository_test_helpers():
     for path in _library_files():
         for _statement, names, _lazy in _imports(ast.parse(path.read_text(encoding="utf-8"))):
             assert not any(_touches(n, "support") or _touches(n, "Testing") for n in names), path.name
+
+
+def _write_package(root, name: str, value: int) -> None:
+    package = root / name
+    (package / "sub").mkdir(parents=True, exist_ok=True)
+    (package / "__init__.py").write_text(f"VALUE = {value}\n", encoding="utf-8")
+    (package / "sub" / "__init__.py").write_text("", encoding="utf-8")
+    (package / "sub" / "leaf.py").write_text(f"VALUE = {value}\n", encoding="utf-8")
+
+
+def test_reload_in_developer_mode_reads_the_shared_packages_from_source_again(tmp_path, monkeypatch):
+    import importlib
+    import os
+    import sys
+
+    from LesionSegLib.reloading import RELOADED_PACKAGES, forget_packages
+
+    assert RELOADED_PACKAGES == ("LesionSegLib", "lesionseg")
+    # Real packages on disk, named apart from the ones under test; a look-alike name must stay.
+    _write_package(tmp_path, "EditedLib", 1)
+    _write_package(tmp_path, "EditedLibOther", 1)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        assert importlib.import_module("EditedLib.sub.leaf").VALUE == 1
+        importlib.import_module("EditedLibOther")
+        _write_package(tmp_path, "EditedLib", 2)
+        for path in tmp_path.rglob("*.py"):  # same-second edits must still look newer to the bytecode cache
+            os.utime(path, (path.stat().st_atime, path.stat().st_mtime + 10))
+        assert importlib.import_module("EditedLib.sub.leaf").VALUE == 1  # what Slicer's Reload alone gives
+
+        removed = forget_packages(("EditedLib",))
+        assert removed == ["EditedLib", "EditedLib.sub", "EditedLib.sub.leaf"]
+        assert "EditedLibOther" in sys.modules
+        assert importlib.import_module("EditedLib.sub.leaf").VALUE == 2
+        assert importlib.import_module("EditedLib").VALUE == 2
+    finally:
+        for name in [n for n in sys.modules if n.split(".")[0] in ("EditedLib", "EditedLibOther")]:
+            del sys.modules[name]
+
+
+def test_reload_forgets_the_shared_packages_before_slicer_reloads_the_module_file():
+    # Slicer's ScriptedLoadableModuleWidget.onReload executes the module file again; that file imports
+    # LesionSegLib and the engine, which must be gone from sys.modules by then.
+    frame = next(c for c in widget_classes("SpleenSeg") if c.name == "LesionSegModuleWidget")
+    reload = next(n for n in frame.body if isinstance(n, ast.FunctionDef) and n.name == "onReload")
+    calls = [ast.unparse(n.func) for n in ast.walk(reload) if isinstance(n, ast.Call)]
+    assert calls == ["forget_packages", "ScriptedLoadableModuleWidget.onReload"]
+    for module in ("SpleenSeg", "ProstateMetSeg", "LesionSegTraining"):
+        chain = widget_classes(module)
+        owners = [c.name for c in chain if any(isinstance(n, ast.FunctionDef) and n.name == "onReload" for n in c.body)]
+        assert owners == ["LesionSegModuleWidget"], f"{module}Widget's Reload is not the shared one: {owners}"
