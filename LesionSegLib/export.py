@@ -2,17 +2,22 @@
 
 Three ways out, chosen by :func:`plan_export`:
 
-* RTSTRUCT through SlicerRT's DICOM plugin when SlicerRT is installed (the app-side call lives in the
-  module logic; :func:`prepare_slicerrt_export` readies the scene for it);
-* RTSTRUCT or DICOM SEG through the engine's writers, on the CT's own DICOM files;
-* ``.seg.nrrd`` when the CT has no DICOM origin, since every DICOM object needs a series to reference.
+* RTSTRUCT or DICOM SEG through the engine's writers, on the CT's own DICOM files, for a CT loaded from
+  DICOM: the object references the original slices and copies patient and study from them;
+* RTSTRUCT through SlicerRT's DICOM plugin for a CT with no DICOM series, when SlicerRT is installed: it
+  writes the CT as a new series beside the structure set, with patient and study tags taken from subject
+  hierarchy (:func:`prepare_slicerrt_export` and :func:`dicom_export_tags` ready it; the app-side call
+  lives in :mod:`LesionSegLib.dicomapp`);
+* ``.seg.nrrd`` for any volume.
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 import shutil
+import string
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -85,8 +90,9 @@ def plan_export(
     """Decide how to export ``segmentation_node`` (drawn on ``volume_node``) as ``format``.
 
     ``file_for_instance`` maps a SOP instance UID to its file (Slicer: ``slicer.dicomDatabase.fileForInstance``;
-    None when there is no DICOM database). ``dicomseg_problem`` says why DICOM SEG cannot be written here
-    (None: :func:`dicomseg_packages_problem` decides).
+    None when there is no DICOM database). ``slicerrt_available`` only matters for an RTSTRUCT of a CT with
+    no DICOM series. ``dicomseg_problem`` says why DICOM SEG cannot be written here (None:
+    :func:`dicomseg_packages_problem` decides).
     """
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
@@ -107,12 +113,21 @@ def plan_export(
         )
     uids = instance_uids(volume_node)
     if not uids:
+        if format == RTSTRUCT and slicerrt_available:
+            # SlicerRT writes the CT itself as a new series, so the structure set has a series to reference.
+            return ExportPlan(format, ROUTE_SLICERRT)
+        also = (
+            " (or install SlicerRT, which writes the CT as a new DICOM series beside the RTSTRUCT)"
+            if format == RTSTRUCT
+            else ""
+        )
         return ExportPlan(
             format,
             None,
             problem=(
                 f"{volume_node.GetName()!r} was not loaded from DICOM, so there is no DICOM series for a {format} "
-                "to reference. Save the segmentation as .seg.nrrd instead, or load the CT through the DICOM module."
+                "to reference. Save the segmentation as .seg.nrrd instead, or load the CT through the DICOM "
+                f"module{also}."
             ),
             alternatives=fallback,
         )
@@ -135,10 +150,9 @@ def plan_export(
             ),
             alternatives=fallback,
         )
-    if format == RTSTRUCT:
-        route = ROUTE_SLICERRT if slicerrt_available else ROUTE_ENGINE_RTSTRUCT
-    else:
-        route = ROUTE_ENGINE_DICOMSEG
+    # The engine's writers, not SlicerRT, for a CT from DICOM: SlicerRT would write a second copy of the CT
+    # with new UIDs, and takes the patient from its exportables' tags rather than from the slices.
+    route = ROUTE_ENGINE_RTSTRUCT if format == RTSTRUCT else ROUTE_ENGINE_DICOMSEG
     return ExportPlan(format, route, reference_files=files)
 
 
@@ -241,24 +255,111 @@ def _item(hierarchy: Any, node: Any) -> int:
     return item
 
 
+def _default_patient_item(hierarchy: Any) -> int:
+    """A patient item with the identity Slicer's DICOM export dialog gives one it creates: "Anonymous" and
+    a random six-letter ID (a CT with no DICOM series has no patient to copy)."""
+    import random
+
+    name = "Anonymous"
+    patient_id = "".join(random.choice(string.ascii_uppercase) for _ in range(6))
+    prefix = vtk_subject_hierarchy_constants().GetDICOMAttributePrefix()
+    item = hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), f"{name} ({patient_id})")
+    hierarchy.SetItemAttribute(item, prefix + "PatientName", name)
+    hierarchy.SetItemAttribute(item, prefix + "PatientID", patient_id)
+    return item
+
+
+def _default_study_item(hierarchy: Any, patient_item: int, now: datetime.datetime | None = None) -> int:
+    """A study item as Slicer's DICOM export dialog creates one: a new StudyInstanceUID, today's date and time."""
+    from pydicom.uid import generate_uid
+
+    now = now or datetime.datetime.now()
+    date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    description = "No study description"
+    uid = str(generate_uid())
+    constants = vtk_subject_hierarchy_constants()
+    prefix = constants.GetDICOMAttributePrefix()
+    item = hierarchy.CreateStudyItem(patient_item, f"{description} ({date})")
+    # SlicerRT reads the study UID from the item's DICOM UID, the dialog from its attribute: set both.
+    hierarchy.SetItemUID(item, constants.GetDICOMUIDName(), uid)
+    for name, value in (
+        ("StudyInstanceUID", uid),
+        ("StudyDescription", description),
+        ("StudyDate", date),
+        ("StudyTime", time),
+    ):
+        hierarchy.SetItemAttribute(item, prefix + name, value)
+    return item
+
+
+def vtk_subject_hierarchy_constants() -> Any:
+    """Slicer's ``vtkMRMLSubjectHierarchyConstants`` (tag names, attribute prefix, levels)."""
+    from slicer import vtkMRMLSubjectHierarchyConstants
+
+    return vtkMRMLSubjectHierarchyConstants
+
+
+def _is_level(hierarchy: Any, item: int, level: str) -> bool:
+    return (
+        item != hierarchy.GetSceneItemID()
+        and item != hierarchy.GetInvalidItemID()
+        and (hierarchy.GetItemLevel(item) == level)
+    )
+
+
+def dicom_export_tags(scene: Any, item: int) -> dict[str, str]:
+    """The patient and study tags of a DICOM exportable for subject hierarchy ``item``, as Slicer's DICOM
+    export dialog fills them: every standard patient and study tag (empty where the hierarchy holds none),
+    then every other ``DICOM.`` attribute of the item's patient and study.
+
+    The item must sit under a study under a patient; :func:`prepare_slicerrt_export` places it so.
+    """
+    from slicer import vtkMRMLSubjectHierarchyNode
+
+    constants = vtk_subject_hierarchy_constants()
+    hierarchy = vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    study = hierarchy.GetItemParent(item)
+    patient = hierarchy.GetItemParent(study) if study != hierarchy.GetInvalidItemID() else study
+    if not _is_level(hierarchy, study, constants.GetDICOMLevelStudy()) or not _is_level(
+        hierarchy, patient, constants.GetDICOMLevelPatient()
+    ):
+        raise ValueError(
+            f"{hierarchy.GetItemName(item)!r} is not under a study under a patient in subject hierarchy, so it "
+            "has no patient and study to export; place it under one in the Data module"
+        )
+    prefix = constants.GetDICOMAttributePrefix()
+    tags: dict[str, str] = {}
+    for owner, names in ((patient, constants.GetDICOMPatientTagNames()), (study, constants.GetDICOMStudyTagNames())):
+        for name in names:
+            tags[name] = hierarchy.GetItemAttribute(owner, prefix + name) or ""
+        for attribute in hierarchy.GetItemAttributeNames(owner):
+            if attribute.startswith(prefix) and len(attribute) > len(prefix):
+                tags[attribute[len(prefix) :]] = hierarchy.GetItemAttribute(owner, attribute) or ""
+    if not tags["StudyInstanceUID"]:
+        # Studies loaded by the DICOM module carry the UID as the item's DICOM UID only.
+        tags["StudyInstanceUID"] = hierarchy.GetItemUID(study, constants.GetDICOMUIDName()) or ""
+    return tags
+
+
 def prepare_slicerrt_export(scene: Any, volume_node: Any, segmentation_node: Any) -> tuple[Any, int, int]:
     """A copy of the segmentation with ROI-safe names, under the CT's study in subject hierarchy.
 
     Returns (copy, CT item, copy item). SlicerRT exports both items together (it fails without the CT,
     SlicerRT#184), and only when they share a study; the user's own segmentation is left untouched.
-    The caller removes the copy after the export.
+    A CT that is not under a study under a patient gets a default patient and study, as Slicer's DICOM
+    export dialog makes them. The caller removes the copy after the export.
     """
     from slicer import vtkMRMLSubjectHierarchyNode
 
+    constants = vtk_subject_hierarchy_constants()
     hierarchy = vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
     volume_item = _item(hierarchy, volume_node)
     study_item = hierarchy.GetItemParent(volume_item)
-    if study_item == hierarchy.GetSceneItemID() or hierarchy.GetItemLevel(study_item) != "Study":
-        # A CT loaded by the DICOM module sits under its study; one that does not gets a study of its
-        # own so that SlicerRT can write both objects into one.
-        patient_item = hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), volume_node.GetName())
-        study_item = hierarchy.CreateStudyItem(patient_item, volume_node.GetName())
+    if not _is_level(hierarchy, study_item, constants.GetDICOMLevelStudy()):
+        study_item = _default_study_item(hierarchy, _default_patient_item(hierarchy))
         hierarchy.SetItemParent(volume_item, study_item)
+    elif not _is_level(hierarchy, hierarchy.GetItemParent(study_item), constants.GetDICOMLevelPatient()):
+        hierarchy.SetItemParent(study_item, _default_patient_item(hierarchy))
     copy = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", segmentation_node.GetName() + " (RTSTRUCT export)")
     copy.GetSegmentation().DeepCopy(segmentation_node.GetSegmentation())
     copy.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)

@@ -332,8 +332,9 @@ class SegmentPanel:
             combo.addItem(segmenting.describe_entry(entry))
         node = self.parameterNode()
         ids = [entry.spec.id for entry in self.entries]
-        if node is not None and node.modelId in ids:
-            combo.setCurrentIndex(ids.index(node.modelId))
+        # A phantom-trained demo model is never preselected: with no model for patients, nothing is (-1).
+        chosen = segmenting.preselected_model_id(self.entries, node.modelId if node is not None else "")
+        combo.setCurrentIndex(ids.index(chosen) if chosen else -1)
         combo.blockSignals(wasBlocked)
         combo.enabled = bool(self.entries) and not self.busy
         if not self.entries:

@@ -199,7 +199,7 @@ def dicom_ct(scene, tmp_path):
     return volume, segmentation, database, files
 
 
-def test_without_slicerrt_rtstruct_goes_through_the_engine_on_the_ct_files_with_short_roi_names(
+def test_rtstruct_of_a_ct_from_dicom_goes_through_the_engine_on_the_ct_files_with_short_roi_names(
     scene, dicom_ct, tmp_path
 ):
     volume, segmentation, database, files = dicom_ct
@@ -208,7 +208,8 @@ def test_without_slicerrt_rtstruct_goes_through_the_engine_on_the_ct_files_with_
     assert (
         plan.possible and plan.route == export.ROUTE_ENGINE_RTSTRUCT and plan.reference_files == [str(p) for p in files]
     )
-    assert logic.planExport(volume, segmentation, export.RTSTRUCT, True, database.get).route == export.ROUTE_SLICERRT
+    # With SlicerRT installed too: SlicerRT would write a second CT series with new UIDs and lose the patient.
+    assert logic.planExport(volume, segmentation, export.RTSTRUCT, True, database.get) == plan
 
     written = logic.exportSegmentation(plan, volume, segmentation, tmp_path / "out", False, say=lambda _m: None)
     rtstruct = pydicom.dcmread(written[0])
@@ -259,9 +260,9 @@ def test_a_slicer_without_highdicom_is_told_how_to_get_dicom_seg():
 
 def test_a_volume_without_dicom_origin_is_offered_a_seg_nrrd_instead(scene, ct_and_pair, tmp_path):
     ct, volume, ai, ref, ai_node, ref_node = ct_and_pair
-    plan = export.plan_export(volume, ai_node, export.RTSTRUCT, True, {}.get)
+    plan = export.plan_export(volume, ai_node, export.RTSTRUCT, False, {}.get)
     assert not plan.possible and plan.alternatives == [export.SEG_NRRD]
-    assert "not loaded from DICOM" in plan.problem and ".seg.nrrd" in plan.problem
+    assert "not loaded from DICOM" in plan.problem and ".seg.nrrd" in plan.problem and "SlicerRT" in plan.problem
     with pytest.raises(ValueError, match="not loaded from DICOM"):
         export.export_with_engine(plan, ai_node, volume, tmp_path)
 
