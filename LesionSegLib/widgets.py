@@ -170,11 +170,18 @@ class ExportPanel:
             self.ui.exportStatusLabel.text = plan.problem
         else:
             self.ui.exportStatusLabel.text = {
-                export.ROUTE_SLICERRT: _("RTSTRUCT through SlicerRT, on the CT's DICOM series."),
-                export.ROUTE_ENGINE_RTSTRUCT: _(
-                    "RTSTRUCT by LesionSeg (SlicerRT is not installed), on the CT's DICOM series."
+                export.ROUTE_SLICERRT: _(
+                    "RTSTRUCT through SlicerRT. This CT has no DICOM series, so SlicerRT also writes it as a new "
+                    "CT series (new UIDs), with the patient and study of the Data module's subject hierarchy."
                 ),
-                export.ROUTE_ENGINE_DICOMSEG: _("DICOM SEG on the CT's DICOM series."),
+                export.ROUTE_ENGINE_RTSTRUCT: _(
+                    "RTSTRUCT on the CT's DICOM series: it references the original slices and keeps their patient "
+                    "and study."
+                ),
+                export.ROUTE_ENGINE_DICOMSEG: _(
+                    "DICOM SEG on the CT's DICOM series: it references the original slices and keeps their patient "
+                    "and study."
+                ),
                 export.ROUTE_SEG_NRRD: _("Segmentation file (.seg.nrrd) in the chosen folder."),
             }[plan.route]
 
