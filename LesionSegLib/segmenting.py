@@ -35,6 +35,7 @@ DEVICE_ATTRIBUTE = "LesionSeg.Device"
 CREATED_ATTRIBUTE = "LesionSeg.Created"
 SOURCE_VOLUME_ATTRIBUTE = "LesionSeg.SourceVolume"
 THRESHOLD_ATTRIBUTE = "LesionSeg.Threshold"  # the probability cut; empty for the most probable class
+WARNINGS_ATTRIBUTE = "LesionSeg.Warnings"  # what the run warned about (e.g. input not like CT), one per line
 
 # A model is a lesion model (ProstateMetSeg lists those; SpleenSeg the others) when its spec names lesion
 # labels. Specs that predate ``lesion_labels`` (MONAI bundles, hand-written specs) are judged by these words
@@ -136,13 +137,40 @@ def is_lesion_model(spec: ModelSpec) -> bool:
 
 
 def model_entries(models_dir: str | Path | None = None, lesion: bool = False) -> list[ModelEntry]:
-    """The registry's models for one module: lesion models, or the others; sorted by id."""
+    """The registry's models for one module (lesion models, or the others): models for patients first, then the
+    phantom-trained demo models, each by id."""
     entries = ModelRegistry(models_dir).entries()
-    return sorted((e for e in entries if is_lesion_model(e.spec) == lesion), key=lambda e: e.spec.id)
+    return sorted((e for e in entries if is_lesion_model(e.spec) == lesion), key=lambda e: (e.spec.demo, e.spec.id))
+
+
+def preselected_model_id(entries: Iterable[ModelEntry], chosen: str = "") -> str:
+    """The model a panel's list starts on: the user's earlier choice while it is listed, else the first model for
+    patients; never a demo model the user has not chosen ("" then: the panel asks for a choice)."""
+    entries = list(entries)
+    if chosen and any(e.spec.id == chosen for e in entries):
+        return chosen
+    return next((e.spec.id for e in entries if not e.spec.demo), "")
+
+
+NOT_STATED = "not stated in its spec"
+
+
+def model_summary(entry: ModelEntry) -> str:
+    """What the panel shows of the chosen model before Segment: description, intended use, licence."""
+    spec = entry.spec
+    lines = [f"{spec.id} {spec.version}" + (f": {spec.description}" if spec.description else "")]
+    lines.append(f"Intended use: {spec.intended_use or NOT_STATED}")
+    lines.append(f"Licence: {spec.license or NOT_STATED}")
+    return "\n".join(lines)
 
 
 def describe_entry(entry: ModelEntry) -> str:
-    """One line for the model selector: id, version and the state of its weights."""
+    """One line for the model selector: id, version, the state of its weights, and whether it is a demo."""
+    demo = " (demo: synthetic phantoms only)" if entry.spec.demo else ""
+    return _describe_weights(entry) + demo
+
+
+def _describe_weights(entry: ModelEntry) -> str:
     if entry.problem:
         state = f"weights corrupt: {entry.problem}"
     elif not entry.weights_present:
@@ -257,6 +285,7 @@ class SegmentationRun:
         self.job = Job(argv, timeout_s, self.output_path, env=child_environment(environment))
         self.status = RunStatus(stage="waiting to start")
         self.started = 0.0
+        self.warnings: list[str] = []  # the run's warnings: shown in the log and kept on the result node
 
     def start(self) -> SegmentationRun:
         self.started = time.monotonic()
@@ -289,6 +318,8 @@ class SegmentationRun:
             text = data.get("text") or data.get("message") or ""
             if text:
                 self.status.log.append(("Warning: " if kind is EventKind.WARNING else "") + str(text))
+            if text and kind is EventKind.WARNING:
+                self.warnings.append(str(text))
         elif kind is EventKind.OUTPUT:
             self.status.log.append(str(data.get("text", "")))
         elif kind is EventKind.ERROR:
@@ -296,6 +327,11 @@ class SegmentationRun:
         elif kind is EventKind.RESULT:
             seconds = data.get("seconds") or data.get("elapsed_s")
             self.status.log.append("Segmentation written" + (f" in {seconds:.1f} s" if seconds else ""))
+            # The result event repeats the run's warnings: show any whose warning event was not seen.
+            for text in data.get("warnings") or []:
+                if str(text) not in self.warnings:
+                    self.warnings.append(str(text))
+                    self.status.log.append(f"Warning: {text}")
         elif kind is EventKind.FINISHED:
             self.status.stage = {
                 JobState.SUCCEEDED.value: "done",
@@ -340,6 +376,7 @@ class SegmentationRun:
             (CREATED_ATTRIBUTE, time.strftime("%Y-%m-%dT%H:%M:%S%z")),
             (SOURCE_VOLUME_ATTRIBUTE, self.volume_node.GetID() or ""),
             (THRESHOLD_ATTRIBUTE, "" if self.threshold is None else repr(self.threshold)),
+            (WARNINGS_ATTRIBUTE, "\n".join(self.warnings)),
         ):
             node.SetAttribute(key, value)
         self.cleanup()

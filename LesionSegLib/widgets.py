@@ -357,14 +357,17 @@ class SegmentPanel:
         node = self.parameterNode()
         if entry is None:
             self.ui.downloadModelButton.enabled = False
+            if self.entries:
+                self.ui.modelInfoLabel.text = _(
+                    "Choose a model. Demo models were trained on synthetic phantoms: not for clinical use."
+                )
             self.updateSegmentButton()
             return
         if node is not None and node.modelId != entry.spec.id:
             node.modelId = entry.spec.id
         problem = segmenting.weights_problem(entry)
-        self.ui.modelInfoLabel.text = problem or _("{id}, version {version}: ready.").format(
-            id=entry.spec.id, version=entry.spec.version
-        )
+        # Description, intended use and licence come from the spec, shown before anything runs.
+        self.ui.modelInfoLabel.text = segmenting.model_summary(entry) + "\n" + (problem or _("Ready."))
         self.ui.downloadModelButton.enabled = bool(problem) and bool(entry.spec.weights.url) and not self.busy
         self.updateSegmentButton()
 
@@ -379,6 +382,8 @@ class SegmentPanel:
         packages = segmenting.packages_problem() if entry is None else ""
         if packages:
             return True, packages  # Segment installs them, then lists the models
+        if enabled and entry is None and self.entries:
+            return False, _("Choose the model to run.")
         if enabled and entry is None:
             return False, _("No model to run; add one to the LesionSeg models folder.")
         if enabled and segmenting.weights_problem(entry):

@@ -208,16 +208,23 @@ class ProstateMetSegTest(ScriptedLoadableModuleTest):
             # Only lesion models are listed; the built-in spleen model is SpleenSeg's.
             ids = [e.spec.id for e in widget.segmentPanel.entries]
             self.assertNotIn("spleen_ct_segmentation", ids)
-            self.assertTrue(widget.ui.segmentButton.enabled, widget.ui.segmentButton.toolTip)
             if segmenting.packages_problem():
                 # A fresh Slicer: the model list needs packages it lacks, and Segment offers to install them.
+                self.assertTrue(widget.ui.segmentButton.enabled, widget.ui.segmentButton.toolTip)
                 self.assertEqual(ids, [])
                 self.assertIn("click Segment to install", widget.ui.segmentButton.toolTip)
                 self.assertFalse(widget.ui.modelComboBox.enabled)
             else:
-                # The extension ships a demo lesion model (synthetic phantoms), ready to run on the volume.
+                # The extension ships a demo lesion model (synthetic phantoms): listed, never preselected, and
+                # ready to run once chosen, with its intended use shown first.
                 self.assertIn("demo-lesion", ids)
                 self.assertTrue(widget.ui.modelComboBox.enabled)
+                self.assertEqual(widget.ui.modelComboBox.currentIndex, -1)
+                self.assertFalse(widget.ui.segmentButton.enabled)
+                self.assertIn("Choose", widget.ui.segmentButton.toolTip)
+                widget.ui.modelComboBox.currentIndex = ids.index("demo-lesion")
+                self.assertIn("not for clinical use", widget.ui.modelInfoLabel.text)
+                self.assertTrue(widget.ui.segmentButton.enabled, widget.ui.segmentButton.toolTip)
             for button in (widget.ui.compareButton, widget.ui.exportButton, widget.ui.lesionTableButton):
                 self.assertFalse(button.enabled, button.text)
                 self.assertIn("Select", button.toolTip)

@@ -135,8 +135,8 @@ def test_each_module_lists_its_models_with_version_and_weights_state(models, tmp
     lesions = segmenting.model_entries(models, lesion=True)
     assert "tiny-spleen" in [e.spec.id for e in organs] and "tiny-mets" not in [e.spec.id for e in organs]
     # the shipped demo models are listed beside the user's, each under its own module
-    assert [e.spec.id for e in lesions] == ["demo-lesion", "tiny-mets"]
-    assert "demo-spleen" in [e.spec.id for e in organs]
+    assert [e.spec.id for e in lesions] == ["tiny-mets", "demo-lesion"]  # models for patients first
+    assert [e.spec.id for e in organs] == ["spleen_ct_segmentation", "tiny-spleen", "demo-spleen"]
     line = segmenting.describe_entry(next(e for e in organs if e.spec.id == "tiny-spleen"))
     assert line == "tiny-spleen 0.0.1-selftest — weights verified"
     builtin = next(e for e in organs if e.spec.id == "spleen_ct_segmentation")
@@ -276,3 +276,36 @@ def test_opening_a_panel_preselects_the_ct_not_a_labelmap(scene):
     assert segmenting.default_input_volume(scene) is flat
     shown = volume_node_from_image(scene, ct, "CT again")
     assert segmenting.default_input_volume(scene) is shown
+
+
+def test_a_demo_model_is_never_preselected_and_shows_its_intended_use_before_segment(tmp_path):
+    organs = segmenting.model_entries(tmp_path, lesion=False)
+    lesions = segmenting.model_entries(tmp_path, lesion=True)
+    assert [e.spec.id for e in organs] == ["spleen_ct_segmentation", "demo-spleen"]
+    assert [e.spec.id for e in lesions] == ["demo-lesion"]
+    # An empty choice falls on the first model for patients; with only a demo model, on nothing.
+    assert segmenting.preselected_model_id(organs) == "spleen_ct_segmentation"
+    assert segmenting.preselected_model_id(lesions) == ""
+    assert segmenting.preselected_model_id(lesions, "a model since removed") == ""
+    # A demo model the user chose stays chosen.
+    assert segmenting.preselected_model_id(lesions, "demo-lesion") == "demo-lesion"
+    assert segmenting.preselected_model_id(organs, "demo-spleen") == "demo-spleen"
+
+    for entry in (*lesions, organs[1]):
+        assert entry.spec.demo
+        summary = segmenting.model_summary(entry)
+        assert "Intended use: Synthetic phantoms only, not for clinical use" in summary
+        assert "Licence: Apache-2.0" in summary
+        assert segmenting.describe_entry(entry).endswith("(demo: synthetic phantoms only)")
+    monai = organs[0]
+    assert not monai.spec.demo and not segmenting.describe_entry(monai).endswith(")")
+    summary = segmenting.model_summary(monai).splitlines()
+    assert summary[0].startswith("spleen_ct_segmentation 0.5.9: MONAI Model Zoo")
+    assert summary[1].startswith("Intended use: ") and "not to be used for diagnostic purposes" in summary[1]
+    assert summary[2].startswith("Licence: Apache-2.0") and "CC BY-SA 4.0" in summary[2]
+
+    # A user's spec that says nothing about them says so.
+    write_threshold_model(tmp_path, "own-model", "spleen")
+    own = next(e for e in segmenting.model_entries(tmp_path) if e.spec.id == "own-model")
+    assert "Intended use: not stated in its spec" in segmenting.model_summary(own)
+    assert segmenting.preselected_model_id(segmenting.model_entries(tmp_path)) == "own-model"

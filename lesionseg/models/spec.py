@@ -114,8 +114,14 @@ class ModelSpec:
     labels: tuple[LabelInfo, ...]
     weights: WeightsSpec
     description: str = ""
+    intended_use: str = ""
+    license: str = ""
+    demo: bool = False  # trained on synthetic phantoms: never preselected, listed last
     lesion_labels: tuple[int, ...] = ()
     cascade: CascadeSpec | None = None
+    # DICOM Modality of the training images (one code for every input channel; None: any).  A later per-channel
+    # ``inputs`` list will name one per channel; callers ask expected_modality(channel), so they need not change.
+    modality: str | None = None
     folder: Path | None = None  # where the weights file lives (None: not installed anywhere yet)
     builtin: bool = False
     source: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -151,6 +157,12 @@ class ModelSpec:
     @property
     def num_classes(self) -> int:
         return int(self.network_parameters.get("out_channels", max(label.value for label in self.labels) + 1))
+
+    def expected_modality(self, channel: int = 0) -> str | None:
+        """The DICOM Modality the model expects on input ``channel`` (None: not stated, anything goes)."""
+        if not 0 <= channel < self.input_channels:
+            raise IndexError(f"model {self.id!r} has {self.input_channels} input channel(s), not {channel + 1}")
+        return self.modality
 
     def with_folder(self, folder: Path | None) -> "ModelSpec":
         return replace(self, folder=None if folder is None else Path(folder))
@@ -224,9 +236,13 @@ def spec_from_dict(data: dict[str, Any], folder: Path | None = None, where: str 
         version=data["version"],
         task=data["task"],
         description=data.get("description", ""),
+        intended_use=data.get("intended_use", ""),
+        license=data.get("license", ""),
+        demo=bool(data.get("demo", False)),
         network_name=data["network"]["name"],
         network_parameters=dict(data["network"]["parameters"]),
         input_channels=int(data["input_channels"]),
+        modality=data.get("modality"),
         preprocessing=PreprocessSpec(
             orientation=pre["orientation"],
             spacing=None if pre["spacing"] is None else tuple(float(s) for s in pre["spacing"]),
