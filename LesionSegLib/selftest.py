@@ -1,13 +1,16 @@
-"""A tiny, real model for the modules' self-tests (Qt-free; needs torch, monai and safetensors).
+"""What the modules' self-tests share (Qt-free): a tiny, real model, and the runner of their scenarios.
 
 The network is MONAI's SegResNet with its weights set so that it labels every voxel brighter than
 ``threshold_hu`` as class 1: its answer is known for any CT, so a self-test can run the whole
-segmentation path (job, child process, inference, result node) and check the exact voxels.
+segmentation path (job, child process, inference, result node) and check the exact voxels. Writing it
+needs torch, monai and safetensors.
 """
 
 from __future__ import annotations
 
 import json
+import unittest
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 # The intensity window the model scales CT into 0..1 with; the threshold sits inside it.
@@ -103,3 +106,23 @@ def write_threshold_model(
     spec["weights"]["sha256"] = file_hashes(weights_path)["sha256"]
     (folder / "spec.json").write_text(json.dumps(spec, indent=2), encoding="utf-8")
     return folder
+
+
+def run_scenarios(test: unittest.TestCase, names: Sequence[str], say: Callable[[str], None] = print) -> list[str]:
+    """Run the scenarios ``names`` of ``test`` one after another, each after ``setUp``; returns those skipped.
+
+    This is what a module's ``runTest`` (Slicer's "Reload and Test") does. A scenario that cannot run here
+    calls ``skipTest(reason)``: unittest's runner, as ``slicer.testing.runUnitTest`` uses, counts it as
+    skipped; here it is said, with its reason, and the next scenario still runs. Any failure propagates.
+    """
+    skipped: list[str] = []
+    for name in names:
+        test.setUp()
+        try:
+            getattr(test, name)()
+        except unittest.SkipTest as reason:
+            say(f"Skipped {name}: {reason}")
+            skipped.append(name)
+        finally:
+            test.tearDown()
+    return skipped

@@ -515,14 +515,18 @@ class LesionSegTrainingTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        self.setUp()
-        self.test_choosing_a_case_fills_the_inputs_and_the_actions_say_what_they_need()
-        self.setUp()
-        self.test_saving_and_removing_cases_keeps_versions_and_provenance()
-        self.setUp()
-        self.test_training_in_the_background_plots_the_curves_and_registers_the_model()
-        self.setUp()
-        self.test_case_segmentation_round_trips_through_the_bridge()
+        from LesionSegLib.selftest import run_scenarios
+
+        run_scenarios(
+            self,
+            [
+                "test_choosing_a_case_fills_the_inputs_and_the_actions_say_what_they_need",
+                "test_saving_and_removing_cases_keeps_versions_and_provenance",
+                "test_training_in_the_background_plots_the_curves_and_registers_the_model",
+                "test_case_segmentation_round_trips_through_the_bridge",
+            ],
+            self.delayDisplay,
+        )
 
     def _makeCase(self, name: str):
         k, j, i = np.indices((6, 10, 12))
@@ -616,8 +620,7 @@ class LesionSegTrainingTest(ScriptedLoadableModuleTest):
         from LesionSegLib import segmenting
 
         if segmenting.missing_requirements():
-            self.delayDisplay(f"Skipped: this Slicer lacks {segmenting.missing_requirements()}")
-            return
+            self.skipTest(f"this Slicer lacks {segmenting.missing_requirements()}")
         folder = os.path.join(slicer.util.tempDirectory(), "dataset")
         modelsDir = slicer.util.tempDirectory()
         for number in range(3):

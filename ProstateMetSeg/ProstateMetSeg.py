@@ -169,18 +169,21 @@ class ProstateMetSegTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        self.setUp()
-        self.test_choosing_a_ct_fills_the_inputs_and_the_actions_wait_for_a_segmentation()
-        self.setUp()
-        self.test_flipped_lesion_labelmap_keeps_its_voxels_and_volume_through_the_bridge()
-        self.setUp()
-        self.test_lesion_table_lists_lesions_over_the_minimum_and_a_click_centres_the_views()
-        self.setUp()
-        self.test_exporting_a_volume_without_dicom_origin_offers_a_seg_nrrd()
-        self.setUp()
-        self.test_exporting_a_ct_loaded_from_dicom_writes_rtstruct_and_dicom_seg_on_its_series()
-        self.setUp()
-        self.test_segmenting_metastases_adds_a_new_node_and_lists_its_lesions()
+        from LesionSegLib.selftest import run_scenarios
+
+        run_scenarios(
+            self,
+            [
+                "test_choosing_a_ct_fills_the_inputs_and_the_actions_wait_for_a_segmentation",
+                "test_flipped_lesion_labelmap_keeps_its_voxels_and_volume_through_the_bridge",
+                "test_lesion_table_lists_lesions_over_the_minimum_and_a_click_centres_the_views",
+                "test_exporting_a_volume_without_dicom_origin_offers_a_seg_nrrd",
+                "test_exporting_a_ct_loaded_from_dicom_writes_on_its_series_and_keeps_the_patient",
+                "test_exporting_rtstruct_of_a_ct_without_dicom_series_through_slicerrt_keeps_the_hierarchy_patient",
+                "test_segmenting_metastases_adds_a_new_node_and_lists_its_lesions",
+            ],
+            self.delayDisplay,
+        )
 
     def test_choosing_a_ct_fills_the_inputs_and_the_actions_wait_for_a_segmentation(self):
         self.delayDisplay("Choosing a CT volume")
@@ -326,7 +329,7 @@ class ProstateMetSegTest(ScriptedLoadableModuleTest):
         self.assertTrue(written[0].name.endswith(".seg.nrrd"))
         self.delayDisplay("Test passed")
 
-    def test_exporting_a_ct_loaded_from_dicom_writes_rtstruct_and_dicom_seg_on_its_series(self):
+    def test_exporting_a_ct_loaded_from_dicom_writes_on_its_series_and_keeps_the_patient(self):
         self.delayDisplay("Export of a segmentation on a CT loaded through the DICOM module")
         import pydicom
         from DICOMLib import DICOMUtils
@@ -338,7 +341,21 @@ class ProstateMetSegTest(ScriptedLoadableModuleTest):
         labels[2:6, 5:12, 6:14] = 1
         image = Image(values, (0.9, 0.9, 2.5), (-60.0, 40.0, -120.0), np.eye(3))
         seriesFolder = slicer.util.tempDirectory()
-        write_ct_series(image, seriesFolder, uid_seed="ProstateMetSegSelfTest")
+        files = write_ct_series(
+            image,
+            seriesFolder,
+            patient_id="PMS-0042",
+            patient_name="Lindqvist^Per",
+            uid_seed="ProstateMetSegSelfTest",
+            extra={"PatientBirthDate": "19510822", "PatientSex": "M", "AccessionNumber": "A-5521"},
+        )
+        source = pydicom.dcmread(str(files[0]), stop_before_pixels=True)
+        # The export folder already holds another patient's series (think of a Desktop): it must stay out
+        # of the database, which gets only the files the export wrote.
+        exportFolder = slicer.util.tempDirectory()
+        write_ct_series(
+            image, os.path.join(exportFolder, "other"), patient_id="OTHER-1", uid_seed="ProstateMetSegSelfTestOther"
+        )
         with DICOMUtils.TemporaryDICOMDatabase() as database:
             self.assertTrue(DICOMUtils.importDicom(seriesFolder, database))
             study = database.studiesForPatient(database.patients()[0])[0]
@@ -350,24 +367,86 @@ class ProstateMetSegTest(ScriptedLoadableModuleTest):
                 slicer.mrmlScene, grid.with_array(labels), "Mets", {1: "Bone metastasis of the left ilium"}, volume
             )
             logic = ProstateMetSegLogic()
-            for exportFormat in (LesionSegLib.export.RTSTRUCT, LesionSegLib.export.DICOM_SEG):
-                plan = logic.planExport(volume, segmentation, exportFormat)
-                self.assertTrue(plan.possible, plan.problem)
+
+            # RTSTRUCT: LesionSeg's writer on the CT's own slices, whether or not SlicerRT is installed.
+            plan = logic.planExport(volume, segmentation, LesionSegLib.export.RTSTRUCT)
+            self.assertEqual(plan.route, LesionSegLib.export.ROUTE_ENGINE_RTSTRUCT, plan.problem)
+            written = logic.exportSegmentation(plan, volume, segmentation, exportFolder, True, logging.info)
+            self.assertEqual(len(written), 1)
+            rtstruct = pydicom.dcmread(str(written[0]))
+            self.assertEqual(rtstruct.Modality, "RTSTRUCT")
+            for keyword in (
+                "PatientName",
+                "PatientID",
+                "PatientBirthDate",
+                "PatientSex",
+                "StudyInstanceUID",
+                "AccessionNumber",
+                "FrameOfReferenceUID",
+            ):
+                self.assertEqual(str(rtstruct.get(keyword, "")), str(source.get(keyword, "")), keyword)
+            names = [roi.ROIName for roi in rtstruct.StructureSetROISequence]
+            self.assertTrue(all(len(name) <= 16 for name in names), names)
+            self.assertEqual(len(database.patients()), 1)  # the other patient's series was not imported
+            self.assertTrue(database.fileForInstance(str(rtstruct.SOPInstanceUID)))
+            self.assertEqual(len(database.seriesForStudy(study)), 2)  # the CT and its structure set
+
+            # DICOM SEG needs highdicom, which Slicer 5.10 does not ship: there the export is refused and
+            # says what to install.
+            plan = logic.planExport(volume, segmentation, LesionSegLib.export.DICOM_SEG)
+            if LesionSegLib.export.dicomseg_packages_problem():
+                self.assertFalse(plan.possible)
+                self.assertIn("highdicom", plan.problem)
+                self.assertIn(LesionSegLib.export.RTSTRUCT, plan.alternatives)
+            else:
                 folder = slicer.util.tempDirectory()
                 written = logic.exportSegmentation(plan, volume, segmentation, folder, False, logging.info)
-                modalities = {str(pydicom.dcmread(str(path), stop_before_pixels=True).Modality) for path in written}
-                expected = "RTSTRUCT" if exportFormat == LesionSegLib.export.RTSTRUCT else "SEG"
-                self.assertIn(expected, modalities)
-                if expected == "RTSTRUCT":
-                    rtstruct = next(
-                        p for p in written if pydicom.dcmread(str(p), stop_before_pixels=True).Modality == "RTSTRUCT"
-                    )
-                    names = [roi.ROIName for roi in pydicom.dcmread(str(rtstruct)).StructureSetROISequence]
-                    self.assertTrue(all(len(name) <= 16 for name in names), names)
+                seg = pydicom.dcmread(str(written[0]), stop_before_pixels=True)
+                self.assertEqual((seg.Modality, str(seg.PatientID)), ("SEG", "PMS-0042"))
             # The user's segmentation keeps its full name whatever the export shortened.
             self.assertEqual(
                 segmentation.GetSegmentation().GetNthSegment(0).GetName(), "Bone metastasis of the left ilium"
             )
+        self.delayDisplay("Test passed")
+
+    def test_exporting_rtstruct_of_a_ct_without_dicom_series_through_slicerrt_keeps_the_hierarchy_patient(self):
+        self.delayDisplay("RTSTRUCT through SlicerRT for a CT that has no DICOM series")
+        import pydicom
+
+        from LesionSegLib import dicomapp
+
+        if not dicomapp.slicerrt_available():
+            self.skipTest("SlicerRT is not loaded (run_slicer_selftests.sh loads it from SLICERRT_MODULE_PATHS)")
+        labels = np.zeros((6, 12, 12), np.uint8)
+        labels[2:4, 3:8, 3:8] = 1
+        image = Image((labels * 200 + 20).astype(np.int16), (1.0, 1.0, 2.0), (-6.0, -6.0, -80.0), np.eye(3))
+        volume = lesionseg.mrml.volume_node_from_image(slicer.mrmlScene, image, "ProstateMetSegResampledCT")
+        segmentation = lesionseg.mrml.segmentation_node_from_labelmap(
+            slicer.mrmlScene, image.with_array(labels), "Mets", {1: "Bone metastasis"}, volume
+        )
+        # The patient and study a user gives the CT in the Data module (or that a DICOM-loaded study carries).
+        studyUid = "1.2.826.0.1.3680043.8.498.90210.7"
+        hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+        patient = hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), "Lindqvist")
+        for name, value in (("PatientName", "Lindqvist^Per"), ("PatientID", "PMS-0042"), ("PatientSex", "M")):
+            hierarchy.SetItemAttribute(patient, "DICOM." + name, value)
+        study = hierarchy.CreateStudyItem(patient, "Staging CT")
+        hierarchy.SetItemUID(study, "DICOM", studyUid)
+        hierarchy.SetItemParent(hierarchy.GetItemByDataNode(volume), study)
+
+        logic = ProstateMetSegLogic()
+        plan = logic.planExport(volume, segmentation, LesionSegLib.export.RTSTRUCT)
+        self.assertEqual(plan.route, LesionSegLib.export.ROUTE_SLICERRT, plan.problem)
+        written = logic.exportSegmentation(plan, volume, segmentation, slicer.util.tempDirectory(), False, logging.info)
+        headers = [pydicom.dcmread(str(path), stop_before_pixels=True) for path in written]
+        self.assertEqual(sorted({str(h.Modality) for h in headers}), ["CT", "RTSTRUCT"])
+        for header in headers:
+            self.assertEqual(
+                (str(header.PatientName), str(header.PatientID), str(header.PatientSex), str(header.StudyInstanceUID)),
+                ("Lindqvist^Per", "PMS-0042", "M", studyUid),
+            )
+        ctSeries = {str(h.SeriesInstanceUID) for h in headers if h.Modality == "CT"}
+        self.assertEqual(len(ctSeries), 1)  # the new CT series SlicerRT wrote, which the RTSTRUCT references
         self.delayDisplay("Test passed")
 
     def test_segmenting_metastases_adds_a_new_node_and_lists_its_lesions(self):
@@ -376,8 +455,7 @@ class ProstateMetSegTest(ScriptedLoadableModuleTest):
         from LesionSegLib.selftest import write_threshold_model
 
         if segmenting.missing_requirements():
-            self.delayDisplay(f"Skipped: this Slicer lacks {segmenting.missing_requirements()}")
-            return
+            self.skipTest(f"this Slicer lacks {segmenting.missing_requirements()}")
         values = np.full((12, 26, 26), 40, np.int16)
         values[2:7, 3:11, 3:11] = 900  # a sclerotic bone metastasis: 320 voxels of 2 mm³
         values[9:11, 18:21, 18:21] = 900  # a small one: 18 voxels = 36 mm³, under 100 mm³

@@ -145,16 +145,19 @@ class SpleenSegTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        self.setUp()
-        self.test_choosing_a_ct_lists_the_models_and_readies_segment()
-        self.setUp()
-        self.test_segmenting_a_small_volume_adds_a_new_named_node_on_the_input_grid()
-        self.setUp()
-        self.test_oblique_ct_keeps_every_voxel_in_place_through_the_bridge()
-        self.setUp()
-        self.test_comparing_with_a_corrected_segmentation_fills_the_metrics_table()
-        self.setUp()
-        self.test_exporting_a_volume_without_dicom_origin_offers_a_seg_nrrd()
+        from LesionSegLib.selftest import run_scenarios
+
+        run_scenarios(
+            self,
+            [
+                "test_choosing_a_ct_lists_the_models_and_readies_segment",
+                "test_segmenting_a_small_volume_adds_a_new_named_node_on_the_input_grid",
+                "test_oblique_ct_keeps_every_voxel_in_place_through_the_bridge",
+                "test_comparing_with_a_corrected_segmentation_fills_the_metrics_table",
+                "test_exporting_a_volume_without_dicom_origin_offers_a_seg_nrrd",
+            ],
+            self.delayDisplay,
+        )
 
     def _installTinyModel(self) -> str:
         """A real, tiny model (thresholds CT at 100 HU) as a user model in a fresh models folder."""
@@ -169,8 +172,7 @@ class SpleenSegTest(ScriptedLoadableModuleTest):
         from LesionSegLib import segmenting
 
         if segmenting.missing_requirements():  # the tiny model's weights are written with torch and safetensors
-            self.delayDisplay(f"Skipped: this Slicer lacks {segmenting.missing_requirements()}")
-            return
+            self.skipTest(f"this Slicer lacks {segmenting.missing_requirements()}")
         ramp = np.arange(6 * 7 * 8, dtype=np.int16).reshape(6, 7, 8) - 100
         image = Image(ramp, spacing=(0.8, 0.8, 2.5), origin=(120.5, 95.25, -310.0), direction=np.diag([-1, -1, 1]))
         volume = lesionseg.mrml.volume_node_from_image(slicer.mrmlScene, image, "SpleenSegTestCT")
@@ -227,8 +229,7 @@ class SpleenSegTest(ScriptedLoadableModuleTest):
         from LesionSegLib import segmenting
 
         if segmenting.missing_requirements():
-            self.delayDisplay(f"Skipped: this Slicer lacks {segmenting.missing_requirements()}")
-            return
+            self.skipTest(f"this Slicer lacks {segmenting.missing_requirements()}")
         values = np.full((10, 24, 20), 30, np.int16)
         values[3:7, 6:15, 5:12] = 180  # brighter than the tiny model's 100 HU threshold
         image = Image(values, (0.9, 1.2, 2.5), (40.0, -15.0, 80.0), np.diag([-1.0, 1.0, -1.0]))
@@ -355,10 +356,13 @@ class SpleenSegTest(ScriptedLoadableModuleTest):
             slicer.mrmlScene, image.with_array(labels), "SpleenSegExportSeg", {1: "Spleen"}, volume
         )
         logic = SpleenSegLogic()
-        plan = logic.planExport(volume, segmentation, LesionSegLib.export.RTSTRUCT)
+        # Without SlicerRT nothing can write this CT as a DICOM series for the RTSTRUCT to reference.
+        plan = logic.planExport(volume, segmentation, LesionSegLib.export.RTSTRUCT, slicerrtAvailable=False)
         self.assertFalse(plan.possible)
         self.assertIn("not loaded from DICOM", plan.problem)
         self.assertEqual(plan.alternatives, [LesionSegLib.export.SEG_NRRD])
+        withSlicerRT = logic.planExport(volume, segmentation, LesionSegLib.export.RTSTRUCT, slicerrtAvailable=True)
+        self.assertEqual(withSlicerRT.route, LesionSegLib.export.ROUTE_SLICERRT)
 
         folder = slicer.util.tempDirectory()
         nrrd = logic.planExport(volume, segmentation, LesionSegLib.export.SEG_NRRD)
@@ -372,7 +376,10 @@ class SpleenSegTest(ScriptedLoadableModuleTest):
             widget._parameterNode.inputVolume = volume
             widget._parameterNode.outputSegmentation = segmentation
             widget.exportPanel.updateStatus()
-            self.assertIn("not loaded from DICOM", widget.ui.exportStatusLabel.text)
+            from LesionSegLib import dicomapp
+
+            expected = "new CT series" if dicomapp.slicerrt_available() else "not loaded from DICOM"
+            self.assertIn(expected, widget.ui.exportStatusLabel.text)
         finally:
             widget.exit()
         self.delayDisplay("Test passed")

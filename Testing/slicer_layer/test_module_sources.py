@@ -100,18 +100,21 @@ def test_module_describes_itself_with_translatable_text(module):
 
 @pytest.mark.parametrize("module", MODULES)
 def test_self_test_runs_every_scenario_after_setup(module):
+    """runTest (Slicer's "Reload and Test") hands every scenario, in order, to LesionSegLib.selftest.run_scenarios,
+    which calls setUp before each and lets a skipped one skip alone."""
     test_class = classes(parse_module(module))[f"{module}Test"]
     scenarios = [n.name for n in test_class.body if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")]
     assert scenarios, f"{module}Test has no test_* scenario"
     calls = [
-        ast.unparse(node.value.func)
+        node.value
         for node in method(test_class, "runTest").body
         if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)
     ]
-    expected = []
-    for name in scenarios:
-        expected += ["self.setUp", f"self.{name}"]
-    assert calls == expected, f"{module}Test.runTest must call setUp() before each scenario, got {calls}"
+    assert [ast.unparse(call.func) for call in calls] == ["run_scenarios"], f"{module}Test.runTest: {calls}"
+    arguments = calls[0].args
+    assert ast.unparse(arguments[0]) == "self" and isinstance(arguments[1], ast.List)
+    listed = [element.value for element in arguments[1].elts if isinstance(element, ast.Constant)]
+    assert listed == scenarios, f"{module}Test.runTest must list every scenario in order, got {listed}"
     assert "slicer.mrmlScene.Clear" in ast.unparse(method(test_class, "setUp"))
 
 
