@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import lesionseg.mrml
+from lesionseg.dicom.names import UTF8, fit_names
 from lesionseg.dicomseg import export_dicomseg
 from lesionseg.io.atomic import atomic_path
 from lesionseg.labels import LabelInfo
@@ -39,10 +40,6 @@ ROUTE_SLICERRT = "slicerrt"
 ROUTE_ENGINE_RTSTRUCT = "engine-rtstruct"
 ROUTE_ENGINE_DICOMSEG = "engine-dicomseg"
 ROUTE_SEG_NRRD = "seg-nrrd"
-
-# DICOM's ROIObservationLabel is a short string (SH): 16 characters at most. SlicerRT writes segment names
-# there, and longer ones make an invalid object.
-ROI_LABEL_LIMIT = 16
 
 
 @dataclass
@@ -156,19 +153,12 @@ def plan_export(
     return ExportPlan(format, route, reference_files=files)
 
 
-def short_roi_names(names: Sequence[str], limit: int = ROI_LABEL_LIMIT) -> list[str]:
-    """The names cut to ``limit`` characters, kept distinct (a clash gets a ``~n`` ending)."""
-    out: list[str] = []
-    for name in names:
-        # DICOM drops trailing spaces of a short string, so a cut never ends in one.
-        base = " ".join(name.split())[:limit].rstrip() or "Segment"
-        candidate, number = base, 1
-        while candidate in out:
-            number += 1
-            ending = f"~{number}"
-            candidate = base[: limit - len(ending)].rstrip() + ending
-        out.append(candidate)
-    return out
+def short_roi_names(names: Sequence[str]) -> list[str]:
+    """The names as valid, distinct ROI Observation Labels, which SlicerRT fills from segment names.
+
+    SH holds 16 bytes; counted in UTF-8, the widest encoding a writer may use.
+    """
+    return fit_names(names, "SH", UTF8, what="ROI Observation Label").names
 
 
 def file_stem(name: str) -> str:

@@ -311,8 +311,8 @@ def test_slicerrt_export_gets_a_renamed_copy_under_the_cts_study_and_the_users_n
     assert volume_item2 == volume_item and hierarchy.GetItemParent(copy_item2) == study
 
 
-def test_roi_names_are_cut_to_16_characters_and_stay_distinct():
-    names = export.short_roi_names(["Bone metastasis 1", "Bone metastasis 2", "Spleen", "  x  y "])
-    assert names == ["Bone metastasis", "Bone metastasi~2", "Spleen", "x y"]
-    assert all(len(n) <= 16 for n in names)
+def test_roi_names_are_cut_to_16_bytes_and_stay_distinct():
+    names = export.short_roi_names(["Bone metastasis 1", "Bone metastasis 2", "Spleen", "  x  y ", "脾臓の病変、左側"])
+    assert names == ["Bone metastasis", "Bone metastasi 2", "Spleen", "x y", "脾臓の病変"]
+    assert all(len(n.encode()) <= 16 for n in names)
     assert export.file_stem("CT – SpleenSeg 1.0/x") == "CT_SpleenSeg_1.0_x"

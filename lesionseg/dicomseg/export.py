@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from lesionseg import __version__
+from lesionseg.dicom.names import character_set, fit_names
 from lesionseg.image import Image
 from lesionseg.io.atomic import atomic_path
 from lesionseg.labels import LabelInfo
@@ -68,6 +69,11 @@ def export_dicomseg(
         raise ValueError(f"--algorithm {algorithm!r}: use AUTOMATIC, SEMIAUTOMATIC or MANUAL")
     job = export_input(reference_dir, seg, names, labels, say)
     reference, voxels, chosen = job.reference, job.voxels, job.labels
+    # highdicom copies the source's character set unless told; a name it cannot hold needs UTF-8.
+    charset = character_set([info.name for info in chosen], job.reference.first.get("SpecificCharacterSet"))
+    fitted = fit_names([info.name for info in chosen], "LO", charset, what="Segment Label")
+    for note in fitted.notes:
+        say(f"note: {note}")
 
     descriptions = []
     for number, info in enumerate(chosen, start=1):
@@ -75,7 +81,7 @@ def export_dicomseg(
         descriptions.append(
             hd.seg.SegmentDescription(
                 segment_number=number,
-                segment_label=info.name[:64],
+                segment_label=fitted.names[number - 1],
                 segmented_property_category=category,
                 segmented_property_type=kind,
                 algorithm_type=algorithm,
@@ -111,6 +117,7 @@ def export_dicomseg(
         software_versions=__version__,
         device_serial_number="0",
         series_description="LesionSeg segmentation",
+        specific_character_set=charset,
     )
     output = Path(output)
     with atomic_path(output) as tmp:

@@ -14,6 +14,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, RTStructureSetStorage, generate_uid
 
 from lesionseg import __version__
+from lesionseg.dicom.names import character_set, fit_name, fit_names
 from lesionseg.labels import LabelInfo
 from lesionseg.rtstruct.reference import ReferenceSeries
 
@@ -75,14 +76,25 @@ def build_rtstruct(
     series_description: str = "LesionSeg structures",
     series_number: int = 901,
     now: datetime.datetime | None = None,
+    notes: list[str] | None = None,
 ) -> pydicom.FileDataset:
-    """An RT Structure Set on ``reference`` with one ROI per entry of ``rois``."""
+    """An RT Structure Set on ``reference`` with one ROI per entry of ``rois``.
+
+    ROI names become valid, distinct ROI Names (LO) and ROI Observation Labels (SH) in the character
+    set the object declares; what had to change is appended to ``notes``.
+    """
     now = now or datetime.datetime.now()
     date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     src = reference.first
     frame_uid = reference.frame_of_reference_uid
     d = Dataset()
-    d.SpecificCharacterSet = src.get("SpecificCharacterSet", "ISO_IR 192")
+    texts = [roi.label.name for roi in rois] + [structure_set_label, series_description]
+    charset = character_set(texts, src.get("SpecificCharacterSet"))
+    d.SpecificCharacterSet = charset
+    roi_names = fit_names([roi.label.name for roi in rois], "LO", charset, what="ROI Name")
+    roi_labels = fit_names([roi.label.name for roi in rois], "SH", charset, what="ROI Observation Label")
+    if notes is not None:
+        notes.extend(roi_names.notes + roi_labels.notes)
     d.InstanceCreationDate = date
     d.InstanceCreationTime = time
     d.SOPClassUID = RTStructureSetStorage
@@ -98,15 +110,15 @@ def build_rtstruct(
     d.SeriesNumber = series_number
     d.SeriesDate = date
     d.SeriesTime = time
-    d.SeriesDescription = series_description
+    d.SeriesDescription = fit_name(series_description, "LO", charset)
     d.OperatorsName = ""
     d.Manufacturer = "LesionSeg"
     d.ManufacturerModelName = "lesionseg rtstruct"
     d.SoftwareVersions = __version__
     d.FrameOfReferenceUID = frame_uid
     d.PositionReferenceIndicator = src.get("PositionReferenceIndicator", "")
-    d.StructureSetLabel = structure_set_label[:16]
-    d.StructureSetName = structure_set_label[:64]
+    d.StructureSetLabel = fit_name(structure_set_label, "SH", charset)
+    d.StructureSetName = fit_name(structure_set_label, "LO", charset)
     d.StructureSetDate = date
     d.StructureSetTime = time
     d.InstanceNumber = 1
@@ -140,7 +152,7 @@ def build_rtstruct(
         item = Dataset()
         item.ROINumber = number
         item.ReferencedFrameOfReferenceUID = frame_uid
-        item.ROIName = roi.label.name[:64]
+        item.ROIName = roi_names.names[number - 1]
         item.ROIGenerationAlgorithm = roi.algorithm
         roi_items.append(item)
 
@@ -166,7 +178,7 @@ def build_rtstruct(
         item = Dataset()
         item.ObservationNumber = number
         item.ReferencedROINumber = number
-        item.ROIObservationLabel = roi.label.name[:16]  # SlicerRT shows this label; VR SH holds 16
+        item.ROIObservationLabel = roi_labels.names[number - 1]  # SlicerRT shows this label
         item.RTROIInterpretedType = roi.interpreted_type
         item.ROIInterpreter = ""
         observation_items.append(item)

@@ -116,6 +116,9 @@ def export_rtstruct(
             )
             continue
         rois.append(Roi(info, types[info.value], algorithm, contours))
-    dataset = build_rtstruct(reference, rois)
+    notes: list[str] = []
+    dataset = build_rtstruct(reference, rois, notes=notes)
+    for note in notes:
+        say(f"note: {note}")
     output = Path(output)
     return save_dicom_file(dataset, output)
