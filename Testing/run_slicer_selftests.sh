@@ -7,12 +7,16 @@
 #   SLICER_EXECUTABLE  the Slicer launcher (Linux: <Slicer>/Slicer, macOS: Slicer.app/Contents/MacOS/Slicer,
 #                      Windows with Git Bash: <Slicer>/Slicer.exe). Required. Slicer 5.10 or newer
 #                      (its Python 3.12; the engine needs Python >= 3.10).
+#   SLICERRT_MODULE_PATHS  optional: SlicerRT's module folders, separated by ';', to run the SlicerRT export
+#                      scenario, e.g. "<SlicerRT>/lib/Slicer-5.10/qt-loadable-modules;<SlicerRT>/lib/Slicer-5.10/qt-scripted-modules"
+#                      (<SlicerRT> is the extension's folder that Application Settings > Modules lists).
 #   Module ...         which modules to test (default: SpleenSeg ProstateMetSeg LesionSegTraining).
 #
 # Each module runs in its own Slicer process, the way Slicer's ctest runs slicer_add_python_unittest:
 #   Slicer --no-splash --no-main-window --testing --additional-module-paths <module folders>
 #          --python-code "import slicer.testing; slicer.testing.runUnitTest([<folder>], '<Module>')"
-# runUnitTest runs every test_* method of <Module>Test. With --testing, Slicer exits after the code,
+# runUnitTest runs every test_* method of <Module>Test with unittest: a scenario that cannot run here calls
+# skipTest and is reported as skipped, not passed. With --testing, Slicer exits after the code,
 # with a non-zero status when it raised (a failed test raises). The modules find the engine package
 # (lesionseg/) and their shared package (LesionSegLib/) in the repository root, as they do for a developer
 # who adds the module folders under Application Settings > Modules.
@@ -20,8 +24,13 @@
 # The segmentation and training scenarios run real background jobs with Slicer's PythonSlicer and a tiny
 # model the test builds (LesionSegLib.selftest): they need torch and monai in that Slicer's Python (install
 # them once, e.g. through a first Segment click or PyTorchUtils) and are reported as skipped without them.
-# The DICOM export scenario uses a temporary DICOM database; with SlicerRT installed it exports through
-# SlicerRT's plugin, otherwise through LesionSeg's own RTSTRUCT writer.
+# The DICOM export scenario loads a CT through a temporary DICOM database and writes its RTSTRUCT with LesionSeg's
+# writer (the route for every CT from DICOM); its DICOM SEG part expects the "install highdicom" refusal in a
+# Slicer without highdicom (5.10 as shipped).
+# SlicerRT's route (RTSTRUCT of a CT with no DICOM series) needs SlicerRT loaded. --testing runs Slicer with
+# temporary settings, so extensions installed through the Extensions Manager are NOT on its module path even
+# when installed; the launcher still sets their library paths. Give SlicerRT's module folders in
+# SLICERRT_MODULE_PATHS to run that scenario; without them it is reported as skipped and the route is not covered.
 #
 # Slicer needs a display even without its main window: on Linux with no DISPLAY the script runs it
 # under `xvfb-run -a` (Debian/Ubuntu package: xvfb).
@@ -55,6 +64,21 @@ MODULE_PATHS=()
 for module in "${ALL_MODULES[@]}"; do
   MODULE_PATHS+=("$REPO/$module")
 done
+if [[ -n "${SLICERRT_MODULE_PATHS:-}" ]]; then
+  IFS=';' read -r -a SLICERRT_PATHS <<< "$SLICERRT_MODULE_PATHS"
+  for path in "${SLICERRT_PATHS[@]}"; do
+    [[ -z "$path" ]] && continue
+    if [[ ! -d "$path" ]]; then
+      echo "error: SLICERRT_MODULE_PATHS names $path, which is not a folder; give SlicerRT's qt-loadable-modules" \
+        "and qt-scripted-modules folders, separated by ';'" >&2
+      exit 2
+    fi
+    MODULE_PATHS+=("$path")
+  done
+  echo "SlicerRT module folders added: the SlicerRT export scenario runs"
+else
+  echo "SLICERRT_MODULE_PATHS is not set: the SlicerRT export scenario is skipped (that route is not covered)"
+fi
 for module in "${MODULES[@]}"; do
   if [[ ! -f "$REPO/$module/$module.py" ]]; then
     echo "error: no module named $module; choose from: ${ALL_MODULES[*]}" >&2

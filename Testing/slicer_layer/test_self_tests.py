@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import io
+import os
+import subprocess
 import sys
 import textwrap
 import unittest
@@ -133,3 +135,62 @@ def test_slicers_unittest_runner_counts_a_skipped_scenario_as_skipped_not_passed
 
     result = unittest.TextTestRunner(stream=io.StringIO()).run(unittest.TestLoader().loadTestsFromTestCase(Module))
     assert result.wasSuccessful() and len(result.skipped) == 1 and result.testsRun == 1
+
+
+SELFTESTS = REPO / "Testing" / "run_slicer_selftests.sh"
+
+
+def _stand_in_slicer(tmp_path):
+    """A stand-in for the Slicer launcher (the app cannot run here): it records the arguments it is given."""
+    record = tmp_path / "arguments.txt"
+    launcher = tmp_path / "Slicer"
+    launcher.write_text(f'#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "{record}"\n', encoding="utf-8")
+    launcher.chmod(0o755)
+    return launcher, record
+
+
+def _run_selftests(tmp_path, slicerrt_paths: str | None) -> tuple[subprocess.CompletedProcess, list[str]]:
+    launcher, record = _stand_in_slicer(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "SLICERRT_MODULE_PATHS"}
+    env.update({"SLICER_EXECUTABLE": str(launcher), "DISPLAY": ":0"})
+    if slicerrt_paths is not None:
+        env["SLICERRT_MODULE_PATHS"] = slicerrt_paths
+    done = subprocess.run(
+        ["bash", str(SELFTESTS), "ProstateMetSeg"], capture_output=True, text=True, env=env, timeout=60
+    )
+    arguments = record.read_text(encoding="utf-8").splitlines() if record.exists() else []
+    return done, arguments
+
+
+def _module_paths(arguments: list[str]) -> list[str]:
+    start = arguments.index("--additional-module-paths") + 1
+    end = arguments.index("--python-code")
+    return arguments[start:end]
+
+
+def test_selftest_runner_loads_slicerrt_from_the_folders_given(tmp_path):
+    """--testing runs Slicer with temporary settings, so an installed SlicerRT is on the module path only when
+    the runner passes its folders."""
+    loadable, scripted = tmp_path / "qt-loadable-modules", tmp_path / "qt scripted-modules"
+    loadable.mkdir()
+    scripted.mkdir()
+    done, arguments = _run_selftests(tmp_path, f"{loadable};{scripted}")
+    assert done.returncode == 0, done.stderr
+    assert "--testing" in arguments
+    paths = _module_paths(arguments)
+    assert paths[-2:] == [str(loadable), str(scripted)]
+    assert [p.rsplit("/", 1)[-1] for p in paths[:3]] == ["SpleenSeg", "ProstateMetSeg", "LesionSegTraining"]
+    assert "SlicerRT export scenario runs" in done.stdout
+
+
+def test_selftest_runner_without_slicerrt_says_the_route_is_not_covered(tmp_path):
+    done, arguments = _run_selftests(tmp_path, None)
+    assert done.returncode == 0, done.stderr
+    assert len(_module_paths(arguments)) == 3
+    assert "SlicerRT export scenario is skipped (that route is not covered)" in done.stdout
+
+
+def test_selftest_runner_refuses_a_slicerrt_folder_that_does_not_exist(tmp_path):
+    done, arguments = _run_selftests(tmp_path, str(tmp_path / "no-such-folder"))
+    assert done.returncode == 2 and arguments == []
+    assert "no-such-folder, which is not a folder" in done.stderr
