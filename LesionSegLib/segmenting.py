@@ -68,6 +68,23 @@ def missing_requirements() -> list[tuple[str, str]]:
     return [(name, requirement) for name, requirement in REQUIREMENTS if importlib.util.find_spec(name) is None]
 
 
+# Offered with Segment's install, not needed to segment: DICOM SEG export writes with highdicom, which Slicer 5.12
+# bundles and 5.10 does not. highdicom needs Python 3.10 or newer and pydicom 3, so on Slicer 5.10 installing it
+# upgrades the bundled pydicom 2.4 (the engine and Slicer's DICOM module work with either).
+EXPORT_REQUIREMENTS = (("highdicom", "highdicom>=0.23"),)
+EXPORT_REQUIREMENTS_PYTHON = (3, 10)
+
+
+def missing_export_requirements(python: tuple[int, ...] | None = None) -> list[tuple[str, str]]:
+    """The export packages (highdicom for DICOM SEG) this Python lacks and could run; empty on a Python they need
+    more than (``python``: a version to judge instead of this one)."""
+    import importlib.util
+
+    if tuple(python or sys.version_info[:2]) < EXPORT_REQUIREMENTS_PYTHON:
+        return []
+    return [(name, requirement) for name, requirement in EXPORT_REQUIREMENTS if importlib.util.find_spec(name) is None]
+
+
 def packages_problem() -> str:
     """What to install before segmenting in this Slicer (a fresh one lacks most of REQUIREMENTS); empty if none."""
     missing = missing_requirements()

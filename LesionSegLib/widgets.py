@@ -262,11 +262,23 @@ def ensurePythonPackages(log: Callable[[str], None]) -> bool:
     missing = segmenting.missing_requirements()
     if missing:
         names = ", ".join(requirement for _name, requirement in missing)
+        # DICOM SEG's highdicom comes along with the required install, not as a prompt of its own at each Segment.
+        extras = segmenting.missing_export_requirements()
+        extraNames = ", ".join(requirement for _name, requirement in extras)
         if not slicer.util.confirmOkCancelDisplay(
             _(
                 "LesionSeg needs Python packages that this Slicer does not have yet: {names}.\n\n"
                 "Install them now? This downloads several hundred MB and can take minutes."
-            ).format(names=names),
+            ).format(names=names)
+            + (
+                "\n\n"
+                + _(
+                    "{extras} is installed with them, for DICOM SEG export (on Slicer 5.10 it upgrades the "
+                    "bundled pydicom 2.4 to 3)."
+                ).format(extras=extraNames)
+                if extras
+                else ""
+            ),
             _("Install Python packages"),
         ):
             log(_("Packages not installed; LesionSeg needs {names}.").format(names=names))
@@ -285,6 +297,16 @@ def ensurePythonPackages(log: Callable[[str], None]) -> bool:
             others = [requirement for name, requirement in missing if name != "torch"]
             if others:
                 slicer.util.pip_install(others)
+            if extras:
+                try:  # segmenting does not need it: a failure here only leaves DICOM SEG export unavailable
+                    slicer.util.pip_install([requirement for _name, requirement in extras])
+                    names += ", " + extraNames
+                except Exception as error:
+                    log(
+                        _("{extras} was not installed ({error}); DICOM SEG export stays unavailable.").format(
+                            extras=extraNames, error=error
+                        )
+                    )
         importlib.invalidate_caches()
         log(_("Installed: {names}").format(names=names))
     import torch

@@ -221,3 +221,23 @@ def test_tags_of_an_item_outside_a_patient_and_study_name_the_fix(scene):
     item = hierarchy.CreateItem(hierarchy.GetSceneItemID(), volume)
     with pytest.raises(ValueError, match="'Loose CT' is not under a study under a patient.*Data module"):
         export.dicom_export_tags(scene, item)
+
+
+def test_segments_install_offers_highdicom_for_dicom_seg_where_it_can_run():
+    """Slicer 5.10 ships no highdicom, so its DICOM SEG export is refused; Segment's install brings it along
+    (on a Python highdicom supports), and a Python that has it is offered nothing more."""
+    script = (
+        "import sys\n"
+        "sys.modules['highdicom'] = None  # absent, as in Slicer 5.10\n"
+        "from LesionSegLib import export, segmenting\n"
+        "print(segmenting.missing_export_requirements())\n"
+        "print(segmenting.missing_export_requirements((3, 9)))\n"
+        "print(bool(export.dicomseg_packages_problem()))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["[('highdicom', 'highdicom>=0.23')]", "[]", "True"]
+    from LesionSegLib import segmenting
+
+    assert segmenting.missing_export_requirements() == []  # highdicom is installed here
+    assert all(name != "highdicom" for name, _ in segmenting.REQUIREMENTS)  # segmenting itself never waits for it
