@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -29,6 +30,11 @@ class MemoryPlan:
     host_bytes: int
     fits: bool
     note: str = ""
+    device_fits: bool = True  # False: not even one window fits the GPU
+
+
+class MemoryPlanError(ValueError):
+    """The run cannot fit in the memory this process may use (a bad-input refusal: exit status 2)."""
 
 
 def plan_memory(
@@ -42,14 +48,18 @@ def plan_memory(
     input_voxels: int = 0,
     activation_factor: float = 40.0,
     amp: bool = True,
+    input_itemsize: int = 4,
+    first_pass_voxels: int = 0,
 ) -> MemoryPlan:
     """Pick the window batch and where to stitch so the run fits; ``fits`` is False when nothing does."""
     roi_voxels = int(np.prod(roi_ijk))
     bytes_per_value = 2 if (amp and device_type == "cuda") else 4
     per_window = int(activation_factor * bytes_per_value * roi_voxels)
-    network_input = 4 * target_voxels
+    # The resampled input (float32); while it is built, the first resampling pass's output is the larger buffer.
+    network_input = 4 * max(target_voxels, first_pass_voxels)
     stitched = 4 * (num_classes + 1) * target_voxels
-    host_base = 6 * input_voxels  # the input volume (float32) and its labelmap (uint8) plus slack
+    # The input as read, its uint8 labelmap, and a byte a voxel for post-processing's masks.
+    host_base = (input_itemsize + 2) * input_voxels
     if device_type != "cuda":
         budget = int(free_host_bytes * SAFETY) - host_base - network_input - stitched
         batch = max(1, min(sw_batch_size, budget // max(per_window, 1)))
@@ -65,4 +75,28 @@ def plan_memory(
             host = host_base + (0 if stitch_on_device else stitched + network_input)
             note = "" if stitch_on_device else "stitching in host RAM: the output does not fit beside the network"
             return MemoryPlan(batch, stitch_on_device, fixed + batch * per_window, host, host <= free_host_bytes, note)
-    return MemoryPlan(1, False, per_window, host_base + stitched + network_input, False, "does not fit this GPU")
+    return MemoryPlan(1, False, per_window, host_base + stitched + network_input, False, "does not fit this GPU", False)
+
+
+def check_memory_plan(plan: MemoryPlan, host: Any, device_type: str, crop_body: bool) -> None:
+    """Refuse, before any inference, a run that cannot fit: the figure, what bounds it, and what to do instead.
+
+    ``host`` is a :class:`lesionseg.inference.devices.HostMemory`.  A plan that fits only without the safety
+    margin still runs: the estimate is conservative, and the margin is for other processes.
+    """
+    remedies = [] if crop_body else ["--crop-body (the modules' Body crop) to skip the air around the body"]
+    if not plan.device_fits:
+        remedies.append("--device cpu")
+        raise MemoryPlanError(
+            f"this volume needs about {plan.device_bytes / GIB:.1f} GiB of GPU memory for one window, more than the "
+            f"GPU has free; use {' or '.join(remedies)}"
+        )
+    if plan.host_bytes > host.available_bytes:
+        remedies.append("a crop of the volume around the region of interest")
+        if device_type != "cuda":
+            remedies.append("a machine or job with more memory")
+        raise MemoryPlanError(
+            f"this volume needs about {plan.host_bytes / GIB:.1f} GiB of memory, but only "
+            f"{host.available_bytes / GIB:.1f} GiB is left under {host.limited_by}; nothing was segmented. "
+            f"Use {', or '.join(remedies)}"
+        )

@@ -27,17 +27,18 @@ import numpy as np
 from lesionseg.image import Image
 from lesionseg.inference.axes import monai_reorientation, permute_axes, undo_permutation
 from lesionseg.inference.crop import body_box_world, box_on_grid, region_around_labels
-from lesionseg.inference.devices import available_ram_bytes, free_memory_bytes, resolve_device
-from lesionseg.inference.memory import plan_memory
+from lesionseg.inference.devices import free_memory_bytes, host_memory, resolve_device
+from lesionseg.inference.memory import check_memory_plan, plan_memory
 from lesionseg.inference.postprocess import postprocess
 from lesionseg.inference.progress import EventSink, Progress
 from lesionseg.inference.resample import (
     AxisMap,
     axis_map,
+    first_pass_voxels,
     grid_starts,
     interpolate_axis,
     is_axis_aligned,
-    resample_separable,
+    resample_array_in_slabs,
     target_shape_ijk,
 )
 from lesionseg.inference.window import count_windows, sliding_window
@@ -171,6 +172,7 @@ def predict_labelmap(
     backward = [axis_map(shape_ijk[a], size_ijk[a], 1.0 / step[a], -start[a] / step[a]) for a in (2, 1, 0)]
     grid = _grid_image(reoriented, target_spacing, shape_ijk, start)
     num_classes = spec.num_classes
+    host = host_memory()
     plan = plan_memory(
         int(np.prod(shape_ijk)),
         num_classes,
@@ -178,18 +180,18 @@ def predict_labelmap(
         inf.sw_batch_size,
         device.type,
         free_memory_bytes(device) if device.type == "cuda" else 0,
-        available_ram_bytes(),
+        host.available_bytes,
         input_voxels=int(np.prod(size_ijk)),
         amp=inf.amp,
+        input_itemsize=reoriented.array.dtype.itemsize,
+        first_pass_voxels=first_pass_voxels(reoriented.array.shape, forward),
     )
-    if not plan.fits:
-        progress.warning(f"this volume may not fit in memory ({plan.note or 'estimate exceeds free RAM'})")
-    elif plan.note:
+    check_memory_plan(plan, host, device.type, crop_body)
+    if plan.note:
         progress.message(plan.note)
     volume_device = device if plan.stitch_on_device else torch.device("cpu")
-    volume = torch.from_numpy(np.ascontiguousarray(reoriented.array)).to(volume_device, torch.float32)
     progress.update(0.3)
-    volume = resample_separable(volume, forward)
+    volume = resample_array_in_slabs(reoriented.array, forward, volume_device)
     progress.update(0.8)
     volume = _scale_intensity(volume, pre.intensity)
     region = (slice(None), slice(None), slice(None))

@@ -80,9 +80,47 @@ def interpolate_axis(volume, dim: int, amap: AxisMap):
     return torch.lerp(low, high, weight)
 
 
+def _pass_order(shape_kji: Sequence[int], maps_kji: Sequence[AxisMap]) -> list[int]:
+    return sorted(range(3), key=lambda a: len(maps_kji[a].lower) / max(shape_kji[a], 1))
+
+
 def resample_separable(volume, maps_kji: Sequence[AxisMap]):
     """Resample the last three dims (k, j, i) of ``volume``; the most shrinking axis goes first."""
-    order = sorted(range(3), key=lambda a: len(maps_kji[a].lower) / max(volume.shape[volume.ndim - 3 + a], 1))
-    for axis in order:
+    for axis in _pass_order(volume.shape[-3:], maps_kji):
         volume = interpolate_axis(volume, volume.ndim - 3 + axis, maps_kji[axis])
     return volume
+
+
+def first_pass_voxels(shape_kji: Sequence[int], maps_kji: Sequence[AxisMap]) -> int:
+    """Voxels of the float32 volume that :func:`resample_array_in_slabs` holds after its first pass."""
+    first = _pass_order(shape_kji, maps_kji)[0]
+    shape = list(shape_kji)
+    shape[first] = len(maps_kji[first].lower)
+    return int(np.prod(shape))
+
+
+def resample_array_in_slabs(array: np.ndarray, maps_kji: Sequence[AxisMap], device, slab_voxels: int = 1 << 22):
+    """``resample_separable`` of a (k, j, i) numpy array of any dtype, returning float32 on ``device``.
+
+    The first (most shrinking) pass runs slab by slab along another axis, so neither a full-size float32 copy of the
+    input nor the pass's full-size gather buffers ever exist: the peak is the input plus the first pass's output.
+    Linear interpolation along one axis is independent across the others, so the result equals the one-shot
+    resampling exactly.
+    """
+    import torch
+
+    first = _pass_order(array.shape, maps_kji)[0]
+    across = max((a for a in range(3) if a != first), key=lambda a: array.shape[a])
+    out_shape = list(array.shape)
+    out_shape[first] = len(maps_kji[first].lower)
+    voxels_per_slice = max(1, int(np.prod(array.shape)) // max(array.shape[across], 1))
+    step = max(1, slab_voxels // voxels_per_slice)
+    out = torch.empty(out_shape, dtype=torch.float32, device=device)
+    for start in range(0, array.shape[across], step):
+        index = [slice(None)] * 3
+        index[across] = slice(start, start + step)
+        piece = torch.from_numpy(np.ascontiguousarray(array[tuple(index)])).to(device, torch.float32)
+        out[tuple(index)] = interpolate_axis(piece, first, maps_kji[first])
+    for axis in _pass_order(array.shape, maps_kji)[1:]:
+        out = interpolate_axis(out, axis, maps_kji[axis])
+    return out
