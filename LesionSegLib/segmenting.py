@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import lesionseg.mrml
+from lesionseg.errors import failure_line
 from lesionseg.image import Image
 from lesionseg.inference.output import terminology_entry
 from lesionseg.io import read_image, write_image
 from lesionseg.jobs import EventKind, Job, JobState, segment_command
-from lesionseg.models import ModelEntry, ModelRegistry, ModelSpec
+from lesionseg.models import ModelEntry, ModelRegistry, ModelSpec, models_dir
+from lesionseg.models.hashcache import BackgroundHasher, HashCache
 from lesionseg.models.spec import check_threshold
 from lesionseg.orientation import orientation_code
 
@@ -153,10 +155,16 @@ def is_lesion_model(spec: ModelSpec) -> bool:
     return any(word in label.name.lower() for label in spec.labels for word in LESION_WORDS)
 
 
-def model_entries(models_dir: str | Path | None = None, lesion: bool = False) -> list[ModelEntry]:
+def model_entries(
+    models_dir: str | Path | None = None, lesion: bool = False, hasher: BackgroundHasher | None = None
+) -> list[ModelEntry]:
     """The registry's models for one module (lesion models, or the others): models for patients first, then the
-    phantom-trained demo models, each by id."""
-    entries = ModelRegistry(models_dir).entries()
+    phantom-trained demo models, each by id.
+
+    With ``hasher``, weight hashes are remembered between listings and large new files are hashed on its
+    thread (their entries are ``pending`` meanwhile), so listing does not read every weights file each time.
+    """
+    entries = ModelRegistry(models_dir).entries(hasher=hasher)
     return sorted((e for e in entries if is_lesion_model(e.spec) == lesion), key=lambda e: (e.spec.demo, e.spec.id))
 
 
@@ -188,7 +196,9 @@ def describe_entry(entry: ModelEntry) -> str:
 
 
 def _describe_weights(entry: ModelEntry) -> str:
-    if entry.problem:
+    if entry.pending:
+        state = "verifying weights…"
+    elif entry.problem:
         state = f"weights corrupt: {entry.problem}"
     elif not entry.weights_present:
         state = "weights not downloaded"
@@ -201,6 +211,8 @@ def _describe_weights(entry: ModelEntry) -> str:
 
 def weights_problem(entry: ModelEntry) -> str:
     """Why this model cannot run yet (empty when it can)."""
+    if entry.pending:
+        return f"The weights of {entry.spec.id!r} are being verified (hashed); this takes a few seconds."
     if entry.problem:
         return f"The weights of {entry.spec.id!r} fail their check ({entry.problem}); download them again."
     if not entry.weights_present:
@@ -364,7 +376,7 @@ class SegmentationRun:
         if state is JobState.CANCELLED:
             return "Segmentation cancelled; nothing was added to the scene."
         if state in (JobState.FAILED, JobState.TIMED_OUT):
-            return f"Segmentation failed: {self.job.error_type}: {self.job.error_text}"
+            return f"Segmentation failed: {failure_line(self.job.error_text, self.job.stderr_text)}"
         return ""
 
     def cancel(self) -> None:
@@ -457,8 +469,21 @@ class SegmentingLogic:
             return False, problem
         return True, self.segmentAction
 
+    def weightsHasher(self) -> BackgroundHasher:
+        """The thread that hashes new large weights files, and the cache of hashes it fills (in the models folder)."""
+        root = models_dir(self.modelsDir)
+        hasher = getattr(self, "_weightsHasher", None)
+        if hasher is None or hasher.cache.path.parent != root:
+            hasher = self._weightsHasher = BackgroundHasher(HashCache(root))
+        return hasher
+
+    def verifyingModels(self) -> bool:
+        """Whether weights are still being hashed in the background (list the models again when done)."""
+        hasher = getattr(self, "_weightsHasher", None)
+        return hasher is not None and hasher.pending
+
     def modelEntries(self) -> list[ModelEntry]:
-        return model_entries(self.modelsDir, self.lesionModels)
+        return model_entries(self.modelsDir, self.lesionModels, self.weightsHasher())
 
     def listModels(self) -> tuple[list[ModelEntry], str]:
         """The module's models and, when there are none to show, why: a bad models folder, or packages
@@ -472,7 +497,12 @@ class SegmentingLogic:
         return entries, "" if entries else "No model found; add one to the LesionSeg models folder."
 
     def modelEntry(self, modelId: str) -> ModelEntry:
-        for entry in self.modelEntries():
+        """The model's entry, waiting for its weights to be hashed when that is under way (scripts, self-tests)."""
+        entries = self.modelEntries()
+        if any(entry.spec.id == modelId and entry.pending for entry in entries):
+            self.weightsHasher().wait()
+            entries = self.modelEntries()
+        for entry in entries:
             if entry.spec.id == modelId:
                 return entry
         raise ValueError(f"no model {modelId!r} for {self.moduleName}; choose one from the model list")

@@ -368,6 +368,8 @@ class SegmentPanel:
         combo.enabled = bool(self.entries) and not self.busy
         if not self.entries:
             self.ui.modelInfoLabel.text = problem
+        if self.logic.verifyingModels():
+            self.timer.start()  # large new weights are being hashed on a thread; list again when it is done
         self.onModelChanged()
 
     def currentEntry(self) -> Any:
@@ -390,7 +392,9 @@ class SegmentPanel:
         problem = segmenting.weights_problem(entry)
         # Description, intended use and licence come from the spec, shown before anything runs.
         self.ui.modelInfoLabel.text = segmenting.model_summary(entry) + "\n" + (problem or _("Ready."))
-        self.ui.downloadModelButton.enabled = bool(problem) and bool(entry.spec.weights.url) and not self.busy
+        self.ui.downloadModelButton.enabled = (
+            bool(problem) and not entry.pending and bool(entry.spec.weights.url) and not self.busy
+        )
         self.updateSegmentButton()
 
     def readiness(self) -> tuple[bool, str]:
@@ -484,7 +488,10 @@ class SegmentPanel:
                     self.log(str(text))
             if self.download.state.finished:
                 self._finishDownload()
-        if not self.busy:
+        verifying = self.logic.verifyingModels()
+        if not verifying and any(entry.pending for entry in self.entries):
+            self.refreshModels()  # the background hashing is done: show each model's verified state
+        if not self.busy and not verifying:
             self.timer.stop()
 
     def _finishRun(self) -> None:

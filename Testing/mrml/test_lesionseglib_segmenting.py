@@ -309,3 +309,27 @@ def test_a_demo_model_is_never_preselected_and_shows_its_intended_use_before_seg
     own = next(e for e in segmenting.model_entries(tmp_path) if e.spec.id == "own-model")
     assert "Intended use: not stated in its spec" in segmenting.model_summary(own)
     assert segmenting.preselected_model_id(segmenting.model_entries(tmp_path)) == "own-model"
+
+
+def test_opening_a_panel_lists_new_large_weights_as_verifying_until_the_thread_has_hashed_them(tmp_path):
+    write_threshold_model(tmp_path, "own-spleen", "spleen")
+
+    class Logic(segmenting.SegmentingLogic):
+        moduleName = "SpleenSeg"
+
+    logic = Logic()
+    logic.modelsDir = tmp_path
+    logic.weightsHasher().threshold_bytes = 1  # the tiny weights count as large here
+    entries, problem = logic.listModels()
+    own = next(e for e in entries if e.spec.id == "own-spleen")
+    assert problem == "" and own.pending
+    assert segmenting.describe_entry(own) == "own-spleen 0.0.1-selftest — verifying weights…"
+    assert "being verified" in segmenting.weights_problem(own)
+    # A script asking for the model waits for the hashing instead of failing.
+    ready = logic.modelEntry("own-spleen")
+    assert not logic.verifyingModels()
+    assert ready.verified is True and segmenting.weights_problem(ready) == ""
+    assert segmenting.describe_entry(ready) == "own-spleen 0.0.1-selftest — weights verified"
+    # The next listing answers from the cache the thread filled: nothing left to hash.
+    entries, _problem = logic.listModels()
+    assert not any(e.pending for e in entries) and not logic.verifyingModels()

@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 from lesionseg.models.bundle import is_bundle_folder, spec_from_bundle
+from lesionseg.models.hashcache import BackgroundHasher, HashCache, is_large
 from lesionseg.models.spec import ModelSpec, load_spec, spec_from_dict
 from lesionseg.models.weights import WeightsError, verify_weights
 
@@ -51,6 +52,7 @@ class ModelEntry:
     weights_present: bool
     verified: bool | None  # None: present but no hash to check against; False: mismatch or missing
     problem: str = ""
+    pending: bool = False  # its weights are being hashed in the background; ask again when that is done
 
 
 class ModelRegistry:
@@ -98,17 +100,29 @@ class ModelRegistry:
             raise ValueError(f"unknown model {str(model)!r}; known models: {known}. Give an id or a model folder")
         return specs[str(model)]
 
-    def entries(self) -> list[ModelEntry]:
+    def entries(self, cache: HashCache | None = None, hasher: BackgroundHasher | None = None) -> list[ModelEntry]:
+        """Every model with the state of its weights.
+
+        With ``cache``, hashes are remembered between listings (see ``hashcache`` for what that trusts). With
+        ``hasher`` too, a large weights file the cache does not know yet is handed to its thread instead of
+        being read here, and its entry is ``pending`` until a later listing.
+        """
+        cache = hasher.cache if cache is None and hasher is not None else cache
         out = []
         for spec in self.specs().values():
             present = bool(spec.weights_path and spec.weights_path.is_file())
             verified: bool | None = False
             problem = ""
+            unknown = self._unhashed_large_files(spec, hasher) if present and hasher is not None else []
+            if unknown:
+                hasher.submit(unknown)
+                out.append(ModelEntry(spec, "built-in" if spec.builtin else "user", present, None, "", pending=True))
+                continue
             if present:
                 try:
-                    verified = True if verify_weights(spec)["verified"] else None
+                    verified = True if verify_weights(spec, cache)["verified"] else None
                     coarse = spec.coarse_spec()
-                    if coarse is not None and not verify_weights(coarse)["verified"]:
+                    if coarse is not None and not verify_weights(coarse, cache)["verified"]:
                         verified = None  # the pair is only as verified as its less verified stage
                 except WeightsError as error:
                     problem = str(error)
@@ -116,3 +130,15 @@ class ModelRegistry:
                     verified, problem = False, f"coarse stage: {error}"
             out.append(ModelEntry(spec, "built-in" if spec.builtin else "user", present, verified, problem))
         return out
+
+    @staticmethod
+    def _unhashed_large_files(spec: ModelSpec, hasher: BackgroundHasher) -> list[Path]:
+        files = [spec.weights_path]
+        try:
+            coarse = spec.coarse_spec()
+        except (ValueError, OSError):
+            coarse = None  # entries() reports it
+        if coarse is not None and coarse.weights_path is not None:
+            files.append(coarse.weights_path)
+        large = [f for f in files if f.is_file() and is_large(f, hasher.threshold_bytes)]
+        return [f for f in large if hasher.cache.lookup(f) is None]

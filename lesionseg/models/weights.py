@@ -62,11 +62,13 @@ def write_verified_record(folder: Path, file_name: str, hashes: Mapping[str, str
     write_json_atomic(folder / VERIFIED_RECORD, {"file": file_name, **dict(hashes), "source": source})
 
 
-def verify_weights(spec: Any) -> dict[str, Any]:
+def verify_weights(spec: Any, cache: Any = None) -> dict[str, Any]:
     """Check a spec's weights file against the spec's hashes, or against the sha256 recorded at download.
 
     Returns the file's hashes with ``verified``: False when neither the spec nor a download record gives a
-    hash to compare with (a user's own weights); a mismatch raises WeightsError.
+    hash to compare with (a user's own weights); a mismatch raises WeightsError. ``cache`` (a
+    ``hashcache.HashCache``) supplies hashes remembered for an unchanged file; only the model list passes
+    one, so loading weights to run them always reads and hashes the file itself.
     """
     path = spec.weights_path
     if path is None or not path.exists():
@@ -78,7 +80,8 @@ def verify_weights(spec: Any) -> dict[str, Any]:
     sha256 = spec.weights.sha256
     if not sha256 and recorded.get("file") == path.name:
         sha256 = recorded.get("sha256")
-    hashes: dict[str, Any] = check_hashes(path, sha256, spec.weights.md5)
+    remembered = cache.hashes(path) if cache is not None else None
+    hashes: dict[str, Any] = check_hashes(path, sha256, spec.weights.md5, remembered)
     hashes["verified"] = bool(sha256 or spec.weights.md5)
     return hashes
 
