@@ -241,3 +241,29 @@ def test_segments_install_offers_highdicom_for_dicom_seg_where_it_can_run():
 
     assert segmenting.missing_export_requirements() == []  # highdicom is installed here
     assert all(name != "highdicom" for name, _ in segmenting.REQUIREMENTS)  # segmenting itself never waits for it
+
+
+def test_exporting_into_the_dicom_database_imports_only_the_files_the_export_wrote(scene, patient_ct, tmp_path):
+    """The export folder may be a Desktop full of other files; Slicer's indexer walks a folder recursively, so
+    the database import is given the written files, never the folder."""
+    from LesionSegLib import dicomapp
+
+    volume, segmentation, database, _files = patient_ct
+    desktop = tmp_path / "Desktop"
+    others = write_ct_series(a_ct(), desktop / "another patient", patient_id="OTHER", uid_seed="other-patient")
+    (desktop / "notes.txt").write_text("not DICOM", encoding="utf-8")
+    plan = export.plan_export(volume, segmentation, export.RTSTRUCT, True, database.get)
+    imported: list[list] = []  # stands in for Slicer's DICOM database, which exists only in the app
+
+    def record(files) -> None:
+        imported.append([str(path) for path in files])
+
+    written = dicomapp.run_export(plan, scene, volume, segmentation, desktop, True, lambda _m: None, record)
+    assert imported == [[str(written[0])]]
+    assert pydicom.dcmread(written[0], stop_before_pixels=True).Modality == "RTSTRUCT"
+    assert all(str(path) not in imported[0] for path in others)
+
+    imported.clear()
+    nrrd = export.plan_export(volume, segmentation, export.SEG_NRRD, True, database.get)
+    dicomapp.run_export(nrrd, scene, volume, segmentation, desktop, True, lambda _m: None, record)
+    assert imported == []  # a .seg.nrrd is no DICOM
