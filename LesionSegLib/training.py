@@ -20,6 +20,7 @@ from typing import Any
 
 import lesionseg.mrml
 from lesionseg.datasets import CaseRecord, Dataset, add_case, init_dataset, remove_case
+from lesionseg.errors import failure_line
 from lesionseg.jobs import EventKind, Job, JobState
 from lesionseg.models import ModelRegistry, ModelSpec
 from LesionSegLib.segmenting import (
@@ -349,7 +350,7 @@ class TrainingRun:
         if state is JobState.CANCELLED:
             return "Training cancelled; the last finished epoch is saved, so Resume continues from it."
         if state in (JobState.FAILED, JobState.TIMED_OUT):
-            return f"Training failed: {self.job.error_type}: {self.job.error_text or self.job.stderr_text[-1000:]}"
+            return f"Training failed: {failure_line(self.job.error_text, self.job.stderr_text)}"
         return ""
 
     def cancel(self) -> None:

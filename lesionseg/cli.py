@@ -6,9 +6,11 @@ import argparse
 import importlib
 import logging
 import sys
+import traceback
 from collections.abc import Sequence
 
 from lesionseg import __version__
+from lesionseg.errors import EXIT_BAD_INPUT, EXIT_CODES_HELP, EXIT_INTERRUPTED, describe
 
 # Modules that add subcommands: each defines ``register(subparsers)`` and sets ``func`` on its parser.
 COMMAND_MODULES: list[str] = [
@@ -27,16 +29,16 @@ COMMAND_MODULES: list[str] = [
 ]
 
 
-class UserError(Exception):
-    """A problem with the user's input: printed as one line, exit status 2, no traceback."""
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="lesionseg", description="LesionSeg engine: AI segmentation of CT, from the command line."
+        prog="lesionseg",
+        description="LesionSeg engine: AI segmentation of CT, from the command line.",
+        epilog=EXIT_CODES_HELP,
     )
     parser.add_argument("--version", action="version", version=f"lesionseg {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="print debug messages")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="print debug messages, and the full traceback of an error"
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
@@ -49,15 +51,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s")
     if not getattr(args, "func", None):
         parser.print_help()
-        return 2
+        return EXIT_BAD_INPUT
     try:
         result = args.func(args)
-    except (UserError, ValueError, FileNotFoundError) as error:
-        if args.verbose:
-            raise
-        print(f"lesionseg {args.command}: error: {error}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"lesionseg {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as error:
+        message, status = describe(error)
+        if args.verbose:
+            traceback.print_exc()
+        print(f"lesionseg {args.command}: error: {message}", file=sys.stderr)
+        return status
     return int(result or 0)

@@ -92,7 +92,7 @@ def test_missed_lesion_reaches_the_json_as_false_negative_volume(tmp_path):
     assert lesions["fn_volume_ml"] == pytest.approx((18 + 4) * voxel_ml, rel=1e-6)
     assert lesions["sensitivity"] == 0.0
     # The 4-voxel lesion (6.5 mm³) is under the minimum and no longer counts.
-    assert main([*args, "--min-lesion-mm3", "10", "--connectivity", "6"]) == 0
+    assert main([*args, "--min-lesion-mm3", "10", "--connectivity", "6", "--overwrite"]) == 0
     lesions = _no_nan_json(out)["lesions"]
     assert (lesions["n_ref"], lesions["connectivity"], lesions["min_lesion_mm3"]) == (1, 6, 10.0)
 

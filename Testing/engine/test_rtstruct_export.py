@@ -198,7 +198,8 @@ def test_cli_names_skips_empty_label_with_warning_and_sets_type_and_algorithm(tm
     assert {r.ROIGenerationAlgorithm for r in ds.StructureSetROISequence} == {"MANUAL"}
     assert not [p for p in rs.parent.iterdir() if p.name != "rs.dcm"], "a temporary file was left behind"
 
-    bad = subprocess.run([*base, "--output", str(rs), "--type", "TUMOUR"], capture_output=True, text=True, timeout=120)
+    bad = [*base, "--output", str(rs), "--overwrite", "--type", "TUMOUR"]
+    bad = subprocess.run(bad, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "RTROIInterpretedType 'TUMOUR' is unknown" in bad.stderr
 
 

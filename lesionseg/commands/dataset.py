@@ -7,7 +7,7 @@ import json
 import os
 import socket
 
-from lesionseg.cli import UserError
+from lesionseg.errors import UserError
 
 
 def _pairs(text: str | None, what: str) -> dict[str, int]:
@@ -162,7 +162,10 @@ def run_remove(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     from lesionseg.datasets import export_nnunet
+    from lesionseg.io.outputs import check_output_folder
 
+    # Only the inside-the-input and writability checks: the export refuses a non-empty Dataset folder itself.
+    check_output_folder(args.output, [args.dataset], overwrite=True)
     print(export_nnunet(args.dataset, args.output, args.dataset_id, args.name))
     return 0
 

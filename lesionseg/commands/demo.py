@@ -16,6 +16,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lesionseg.demo import run_demo
+    from lesionseg.io.outputs import check_output_folder
+
+    # The demo replaces its own earlier folder (it marks it); this refuses a file or a place it cannot write.
+    check_output_folder(args.output, [], overwrite=True)
 
     run_demo(args.output, device=args.device)
     return 0

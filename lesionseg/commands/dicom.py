@@ -22,6 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     convert = actions.add_parser("convert", help="write each image series as OUT/<patient>/<study>/<series>.nii.gz")
     convert.add_argument("folder", help="folder to search, recursively")
     convert.add_argument("--output", "-o", required=True, help="output folder")
+    convert.add_argument("--overwrite", action="store_true", help="write into an output folder that is not empty")
     convert.add_argument("--series", help="convert only this SeriesInstanceUID (or UID#n for part of a split series)")
     convert.add_argument(
         "--strict",
@@ -100,6 +101,10 @@ def run_scan(args: argparse.Namespace) -> int:
 
 
 def run_convert(args: argparse.Namespace) -> int:
+    from lesionseg.io.outputs import check_output_folder, remove_stale_folders
+
+    remove_stale_folders(args.output, ".lesionseg-convert-")  # the staging folder of a killed earlier run
+    check_output_folder(args.output, [args.folder], args.overwrite)
     policy = "error" if args.strict else "correct"
     result = convert_folder(args.folder, args.output, series_uid=args.series, irregular=policy, tilt=policy)
     for item in result.converted:

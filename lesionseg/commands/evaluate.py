@@ -11,13 +11,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from lesionseg.cli import UserError
+from lesionseg.errors import UserError
 from lesionseg.image import Image
 from lesionseg.io import read_image
+from lesionseg.io.outputs import check_output, check_output_folder
 from lesionseg.labels import LabelInfo, label_table
 from lesionseg.metrics import DEFINITIONS, evaluate_case
 from lesionseg.metrics.cohort import CaseFiles, case_name, pair_folders, read_pairs_csv, summarize
-from lesionseg.metrics.tables import write_case_csv, write_cohort_csv, write_json
+from lesionseg.metrics.tables import lesion_csv_path, write_case_csv, write_cohort_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--ref", help="reference labelmap on the same grid, or a folder of them")
     parser.add_argument("--pairs", help="CSV with columns case,pred,ref (and optionally image) instead of --pred/--ref")
     parser.add_argument("--output", "-o", required=True, help="metrics.json, or metrics.csv (+ metrics_lesions.csv)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --output (and --report's files) if present")
     parser.add_argument("--labels", help="label names, e.g. 1=Spleen,2=Liver (named labels are always reported)")
     parser.add_argument(
         "--lesion-labels", help="label values that count as lesions, e.g. 2,3 (default: all foreground merged)"
@@ -136,6 +138,12 @@ def run(args: argparse.Namespace) -> int:
     if args.report_slices < 1:
         raise UserError("--report-slices must be 1 or more")
     report_dir = Path(args.report) if args.report else None
+    inputs = [args.pred, args.ref, args.pairs, args.image]
+    check_output(output, inputs, args.overwrite)
+    if kind == "csv":
+        check_output(lesion_csv_path(output), inputs, args.overwrite)
+    if report_dir is not None:
+        check_output_folder(report_dir, inputs, args.overwrite, flag="--report")
     cases = _cases(args)
 
     if cases is None:

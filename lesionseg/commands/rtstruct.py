@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from lesionseg.io.outputs import check_output
 from lesionseg.rtstruct.build import ALGORITHM_TYPES, INTERPRETED_TYPES
 from lesionseg.rtstruct.export import export_rtstruct
 from lesionseg.rtstruct.segments import parse_names
@@ -34,6 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--reference", required=True, help="folder holding the DICOM image series")
     parser.add_argument("--seg", required=True, help="label map (NIfTI, NRRD, .seg.nrrd, MetaImage)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     parser.add_argument("--output", required=True, help="RTSTRUCT file to write")
     parser.add_argument(
         "--names",
@@ -60,6 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output(args.output, [args.reference, args.seg], args.overwrite)
     output = export_rtstruct(
         args.reference,
         args.seg,

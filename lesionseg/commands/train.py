@@ -20,6 +20,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--epochs", type=int, help="override the config's epoch count")
     parser.add_argument("--resume", action="store_true", help="continue from checkpoint_latest.pt in --output")
     parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new training in an --output folder that is not empty, replacing its model and checkpoints",
+    )
+    parser.add_argument(
         "--cascade",
         action="store_true",
         help="a two-step model: coarse on whole volumes (OUTPUT/stage1), fine on crops (OUTPUT/stage2), "
@@ -36,10 +41,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def _forget_run(output: Path) -> None:
+    """With --overwrite: drop the checkpoints that would make the new training a resume of the old one."""
+    from lesionseg.training.checkpoint import BEST, LATEST
+
+    for folder in (output, output / "stage1", output / "stage2"):
+        for name in (LATEST, BEST):
+            (folder / name).unlink(missing_ok=True)
+    (output / "cascade-config.json").unlink(missing_ok=True)
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from lesionseg.cli import UserError
+    from lesionseg.errors import UserError, describe
+    from lesionseg.io.outputs import check_output_folder
     from lesionseg.training import load_config, train
     from lesionseg.training.loop import tensorboard_writer_class
 
@@ -55,6 +71,21 @@ def run(args: argparse.Namespace) -> int:
 
     if args.config is None and not args.resume:
         args.config = "tiny"
+    if args.resume and args.overwrite:
+        raise UserError("--resume continues the run in --output, --overwrite replaces it: give one of them")
+    if not args.resume and not args.overwrite and (Path(args.output) / "checkpoint_latest.pt").is_file():
+        raise UserError(
+            f"{args.output} already holds a training checkpoint; add --resume to continue it, --overwrite to "
+            "replace it with a new training, or choose a new --output"
+        )
+    config_path = args.config if args.config and Path(args.config).is_file() else None
+    # A resumed run writes into its own folder: only a new training must not bury an earlier model unasked.
+    output = check_output_folder(args.output, [args.dataset, config_path], args.overwrite or args.resume)
+    for stage in ("stage1", "stage2") if args.cascade else ():
+        if (output / stage).is_dir():
+            check_output_folder(output / stage, [], True)  # clears what a killed stage left half-written
+    if args.overwrite:
+        _forget_run(output)
     config = args.config
     if args.tensorboard:
         tensorboard_writer_class()  # before a cascade writes its config: a missing package fails first
@@ -79,7 +110,10 @@ def run(args: argparse.Namespace) -> int:
             result = train(args.dataset, config, args.output, args.epochs, args.resume, args.device, report, on)
     except Exception as error:
         if args.progress == "jsonl":
-            print(json.dumps({"event": "error", "type": type(error).__name__, "text": str(error)}), flush=True)
+            # The modules show this text: the one line the command line prints, never a traceback.
+            text, status = describe(error)
+            event = {"event": "error", "type": type(error).__name__, "text": text, "exit_code": status}
+            print(json.dumps(event), flush=True)
         raise
     if os.environ.get("RANK", "0") != "0":
         return 0  # under torchrun only rank 0 reports; it wrote the model

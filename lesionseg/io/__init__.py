@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
+from lesionseg.errors import UserError, unreadable
 from lesionseg.image import Image
 from lesionseg.io.atomic import atomic_path
 
@@ -35,6 +37,24 @@ def read_image(path: str | Path) -> Image:
 
         return read_dicom_volume(path)
     fmt = image_format(path)
+    try:
+        return _read_file(path, fmt)
+    except (UserError, MemoryError):
+        raise
+    except ValueError as error:
+        if str(path) in str(error):
+            raise
+        raise UserError(f"{path}: {error}") from error
+    except Exception as error:  # every decoder has its own error types; the user needs the file and the fix
+        if isinstance(error, OSError) and error.errno is not None and not isinstance(error, gzip.BadGzipFile):
+            raise  # permissions, a vanished file: described as OS errors, with their path
+        raise unreadable(path, _FORMAT_NAMES[fmt], error) from error
+
+
+_FORMAT_NAMES = {"nifti": "a NIfTI image", "nrrd": "a NRRD image", "itk": "a MetaImage"}
+
+
+def _read_file(path: Path, fmt: str) -> Image:
     if fmt == "nifti":
         from lesionseg.io.nifti import read_nifti
 

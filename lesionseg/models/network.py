@@ -26,7 +26,14 @@ def load_network(spec: ModelSpec, verify: bool = True) -> Any:
         verify_weights(spec)
     network = build_network(spec.network_name, spec.network_parameters)
     state = load_state_dict(spec.weights_path, spec.weights.format)
-    result = network.load_state_dict(state, strict=False)
+    try:
+        result = network.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # torch's size-mismatch report: one line per tensor
+        raise WeightsError(
+            f"model {spec.id!r}: the weights in {spec.weights_path} do not fit the {spec.network_name} in the spec "
+            f"({str(error).strip().splitlines()[-1].strip()}); fix the spec's network parameters (channels, "
+            "labels) or give the weights trained with it"
+        ) from error
     if result.missing_keys or result.unexpected_keys:
         raise WeightsError(
             f"model {spec.id!r}: the weights do not fit the {spec.network_name} in the spec "

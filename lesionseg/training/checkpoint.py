@@ -61,7 +61,17 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # torch reports truncation, garbage and refused pickles each its own way
+        from lesionseg.errors import UnreadableFileError, first_line
+
+        raise UnreadableFileError(
+            f"{path} cannot be loaded as a training checkpoint ({first_line(error)}); it is damaged or not one. "
+            "Restore it from a backup, or start a new training in a new --output"
+        ) from error
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path} is not a LesionSeg training checkpoint ({FORMAT})")
     return state
