@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import random
 import re
 import shutil
 import string
@@ -245,14 +246,19 @@ def _item(hierarchy: Any, node: Any) -> int:
     return item
 
 
+def _constants() -> Any:
+    """Slicer's ``vtkMRMLSubjectHierarchyConstants``: DICOM tag names, attribute prefix and levels."""
+    from slicer import vtkMRMLSubjectHierarchyConstants
+
+    return vtkMRMLSubjectHierarchyConstants
+
+
 def _default_patient_item(hierarchy: Any) -> int:
     """A patient item with the identity Slicer's DICOM export dialog gives one it creates: "Anonymous" and
     a random six-letter ID (a CT with no DICOM series has no patient to copy)."""
-    import random
-
     name = "Anonymous"
     patient_id = "".join(random.choice(string.ascii_uppercase) for _ in range(6))
-    prefix = vtk_subject_hierarchy_constants().GetDICOMAttributePrefix()
+    prefix = _constants().GetDICOMAttributePrefix()
     item = hierarchy.CreateSubjectItem(hierarchy.GetSceneItemID(), f"{name} ({patient_id})")
     hierarchy.SetItemAttribute(item, prefix + "PatientName", name)
     hierarchy.SetItemAttribute(item, prefix + "PatientID", patient_id)
@@ -267,7 +273,7 @@ def _default_study_item(hierarchy: Any, patient_item: int, now: datetime.datetim
     date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     description = "No study description"
     uid = str(generate_uid())
-    constants = vtk_subject_hierarchy_constants()
+    constants = _constants()
     prefix = constants.GetDICOMAttributePrefix()
     item = hierarchy.CreateStudyItem(patient_item, f"{description} ({date})")
     # SlicerRT reads the study UID from the item's DICOM UID, the dialog from its attribute: set both.
@@ -280,13 +286,6 @@ def _default_study_item(hierarchy: Any, patient_item: int, now: datetime.datetim
     ):
         hierarchy.SetItemAttribute(item, prefix + name, value)
     return item
-
-
-def vtk_subject_hierarchy_constants() -> Any:
-    """Slicer's ``vtkMRMLSubjectHierarchyConstants`` (tag names, attribute prefix, levels)."""
-    from slicer import vtkMRMLSubjectHierarchyConstants
-
-    return vtkMRMLSubjectHierarchyConstants
 
 
 def _is_level(hierarchy: Any, item: int, level: str) -> bool:
@@ -306,7 +305,7 @@ def dicom_export_tags(scene: Any, item: int) -> dict[str, str]:
     """
     from slicer import vtkMRMLSubjectHierarchyNode
 
-    constants = vtk_subject_hierarchy_constants()
+    constants = _constants()
     hierarchy = vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
     study = hierarchy.GetItemParent(item)
     patient = hierarchy.GetItemParent(study) if study != hierarchy.GetInvalidItemID() else study
@@ -341,7 +340,7 @@ def prepare_slicerrt_export(scene: Any, volume_node: Any, segmentation_node: Any
     """
     from slicer import vtkMRMLSubjectHierarchyNode
 
-    constants = vtk_subject_hierarchy_constants()
+    constants = _constants()
     hierarchy = vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
     volume_item = _item(hierarchy, volume_node)
     study_item = hierarchy.GetItemParent(volume_item)
