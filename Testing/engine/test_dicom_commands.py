@@ -10,7 +10,7 @@ from support.dicom_series import edit_files, linear_phantom, set_position, write
 from support.geometries import assert_same_physical_image, make_image
 
 from lesionseg.cli import main
-from lesionseg.dicom import read_dicom_volume, write_ct_series
+from lesionseg.dicom import read_dicom_volume, scan_folder, write_ct_series
 from lesionseg.io import read_image
 
 
@@ -101,16 +101,21 @@ def test_convert_names_each_part_of_a_split_series(tmp_path):
     assert len(list((tmp_path / "one").rglob("*.nii.gz"))) == 1
 
 
-def test_convert_reports_a_bad_series_and_still_writes_the_good_one(tmp_path, capsys):
+def test_convert_writes_nothing_when_one_series_cannot_be_built(tmp_path, capsys):
     good = linear_phantom()
     write_phantom(tmp_path / "in" / "good", good, patient_id="GOOD")
     tilted = write_phantom(tmp_path / "in" / "tilted", patient_id="TILT")
     edit_files(tilted, lambda n, d: set_position(d, [-10.0, 20.0 + 0.9 * n, 30.0 + 2.5 * n]))
-    assert main(["dicom", "convert", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--strict"]) == 1
+    assert main(["dicom", "convert", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--strict"]) == 2
     err = capsys.readouterr().err
-    assert "not converted" in err and "gantry tilt" in err
-    assert [p.parts[-3] for p in (tmp_path / "out").rglob("*.nii.gz")] == ["GOOD"]
-    # Without --strict the tilt is corrected, with a warning.
+    assert "1 of 2 series cannot be converted, so nothing was written" in err and "gantry tilt" in err
+    assert "--series" in err
+    assert [p for p in (tmp_path / "out").rglob("*") if p.is_file()] == []
+    # The good series alone converts; without --strict the tilt is corrected, with a warning.
+    good_uid = next(s.key for s in scan_folder(tmp_path / "in").volumes() if s.patient_id == "GOOD")
+    args = ["dicom", "convert", str(tmp_path / "in"), "-o", str(tmp_path / "one"), "--strict", "--series", good_uid]
+    assert main(args) == 0
+    assert [p.parts[-3] for p in (tmp_path / "one").rglob("*.nii.gz")] == ["GOOD"]
     assert main(["dicom", "convert", str(tmp_path / "in"), "-o", str(tmp_path / "all")]) == 0
     assert "gantry tilt" in capsys.readouterr().out
     assert len(list((tmp_path / "all").rglob("*.nii.gz"))) == 2
@@ -121,8 +126,10 @@ def test_unreadable_file_fails_the_scan_and_the_conversion(tmp_path, capsys):
     paths[1].write_bytes(paths[1].read_bytes()[:400])
     assert main(["dicom", "scan", str(tmp_path / "in")]) == 1
     assert f"unreadable: {paths[1]}" in capsys.readouterr().out
-    assert main(["dicom", "convert", str(tmp_path / "in"), "-o", str(tmp_path / "out")]) == 1
-    assert f"unreadable DICOM file: {paths[1]}" in capsys.readouterr().err
+    assert main(["dicom", "convert", str(tmp_path / "in"), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert str(paths[1]) in err and "Nothing was written" in err
+    assert [p for p in (tmp_path / "out").rglob("*") if p.is_file()] == []
 
 
 def test_info_on_a_folder_with_two_series_asks_for_one(tmp_path, capsys):

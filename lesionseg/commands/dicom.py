@@ -19,7 +19,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     scan.add_argument("--json", action="store_true", help="print JSON instead of a table")
     scan.set_defaults(func=run_scan)
 
-    convert = actions.add_parser("convert", help="write each image series as OUT/<patient>/<study>/<series>.nii.gz")
+    convert = actions.add_parser(
+        "convert",
+        help="write each image series as OUT/<patient>/<study>/<series>.nii.gz; all or nothing: when a file "
+        "cannot be read or a series cannot be built, nothing is written (exit 2)",
+    )
     convert.add_argument("folder", help="folder to search, recursively")
     convert.add_argument("--output", "-o", required=True, help="output folder")
     convert.add_argument("--overwrite", action="store_true", help="write into an output folder that is not empty")
@@ -80,9 +84,14 @@ def print_table(scan: Scan) -> None:
         line = "  ".join(f"{_clip(c, w):<{w}}" for c, (_, w) in zip(cells, columns, strict=True))
         print(f"{line}  {'; '.join(row['warnings']) or 'ok'}")
         print(f"{'':<{sum(w + 2 for _, w in columns)}}uid {row['uid']}")
-    print(f"{len(rows)} series, {len(scan.skipped)} non-DICOM file(s) skipped, {len(scan.unreadable)} unreadable")
+    special = f", {len(scan.special)} not a regular file (not read)" if scan.special else ""
+    print(
+        f"{len(rows)} series, {len(scan.skipped)} non-DICOM file(s) skipped, {len(scan.unreadable)} unreadable{special}"
+    )
     for path, why in scan.unreadable:
         print(f"unreadable: {path}: {why}")
+    for path, kind in scan.special:
+        print(f"skipped, not a regular file: {path} ({kind})")
 
 
 def run_scan(args: argparse.Namespace) -> int:
@@ -93,6 +102,7 @@ def run_scan(args: argparse.Namespace) -> int:
             "series": scan_rows(scan),
             "skipped": [str(p) for p in scan.skipped],
             "unreadable": [{"file": str(p), "reason": why} for p, why in scan.unreadable],
+            "not_regular_files": [{"file": str(p), "kind": kind} for p, kind in scan.special],
         }
         print(json.dumps(payload, indent=2))
     else:
@@ -106,17 +116,15 @@ def run_convert(args: argparse.Namespace) -> int:
     remove_stale_folders(args.output, ".lesionseg-convert-")  # the staging folder of a killed earlier run
     check_output_folder(args.output, [args.folder], args.overwrite)
     policy = "error" if args.strict else "correct"
+    # Unreadable files and series that cannot be built raise ValueError (exit 2): nothing is written then.
     result = convert_folder(args.folder, args.output, series_uid=args.series, irregular=policy, tilt=policy)
     for item in result.converted:
-        if item.error is None:
-            print(f"wrote {item.image_path}")
-            for message in item.warnings:
-                print(f"  warning: {message}")
-    for item in result.failures:
-        print(f"not converted: {item.series.key}: {item.error}", file=sys.stderr)
-    for path, why in result.scan.unreadable:
-        print(f"unreadable DICOM file: {path}: {why}", file=sys.stderr)
-    if not result.converted and not result.scan.unreadable:
+        print(f"wrote {item.image_path}")
+        for message in item.warnings:
+            print(f"  warning: {message}")
+    for path, kind in result.scan.special:
+        print(f"  skipped, not a regular file: {path} ({kind})")
+    if not result.converted:
         print(f"no image series found under {args.folder}", file=sys.stderr)
         return 1
-    return 1 if result.failures or result.scan.unreadable else 0
+    return 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
+import tempfile
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,26 +152,66 @@ def convert_folder(
 ) -> Conversion:
     """Write each image series as ``output/<patient>/<study>/<series>.nii.gz`` plus ``.json``.
 
-    A series that cannot be built is reported in the result (``error``); the others are still written.
+    All or nothing: when a file cannot be read or a series cannot be built, ValueError names every
+    problem and nothing is written.  A series missing one unreadable file would otherwise be written with
+    that slice interpolated, and an exit status of failure beside files that look complete misleads.
+    Volumes are written into a hidden staging folder under ``output`` and moved into place at the end.
+    A series without a usable PixelSpacing is converted with 1 mm pixels assumed, and says so loudly.
     """
     folder, output = Path(folder), Path(output)
     scan = scan_folder(folder)
+    if scan.unreadable:
+        listing = "; ".join(f"{p} ({why})" for p, why in scan.unreadable[:3])
+        more = f" and {len(scan.unreadable) - 3} more" if len(scan.unreadable) > 3 else ""
+        raise ValueError(
+            f"{len(scan.unreadable)} file(s) under {folder} look like DICOM but cannot be read: {listing}{more}. "
+            "Nothing was written (a series missing a slice would be converted with it interpolated); "
+            "replace or remove the broken files first"
+        )
     names = output_names(scan)
     chosen = scan.volumes() if series_uid is None else [s for s in scan.find(series_uid) if s.geometry is not None]
     if series_uid is not None and not chosen:
         raise ValueError(f"no image series {series_uid!r} under {folder}; run `lesionseg dicom scan` to list them")
-    results = []
-    for series in chosen:
-        patient, study, name = names[series.key]
-        target = output / patient / study / f"{name}.nii.gz"
-        try:
-            # The warnings go to the sidecar and the caller's report instead of the log.
-            volume = load_series(series, irregular=irregular, tilt=tilt, log_warnings=False)
-        except ValueError as error:
-            results.append(Converted(series, error=str(error)))
-            continue
-        write_image(volume.image, target)
-        sidecar_path = target.with_name(f"{name}.json")
-        write_json_atomic(sidecar_path, sidecar(series, volume.image, volume.warnings, folder))
-        results.append(Converted(series, target, sidecar_path, volume.warnings))
+    results: list[Converted] = []
+    failures: list[str] = []
+    staging = Path(tempfile.mkdtemp(prefix=".lesionseg-convert-", dir=_made(output))) if chosen else None
+    try:
+        for series in chosen:
+            patient, study, name = names[series.key]
+            relative = Path(patient) / study / f"{name}.nii.gz"
+            try:
+                # The warnings go to the sidecar and the caller's report instead of the log.
+                volume = load_series(
+                    series, irregular=irregular, tilt=tilt, log_warnings=False, assume_pixel_spacing=True
+                )
+            except ValueError as error:
+                failures.append(f"{series.key}: {error}")
+                continue
+            if failures:
+                continue  # nothing will be written: skip the work of writing this one
+            write_image(volume.image, staging / relative)
+            sidecar_relative = relative.with_name(f"{name}.json")
+            write_json_atomic(staging / sidecar_relative, sidecar(series, volume.image, volume.warnings, folder))
+            results.append(Converted(series, relative, sidecar_relative, volume.warnings))
+        if failures:
+            others = " (convert the others one by one with --series UID)" if len(chosen) > 1 else ""
+            raise ValueError(
+                f"{len(failures)} of {len(chosen)} series cannot be converted, so nothing was written{others}: "
+                + "; ".join(failures)
+            )
+        for item in results:
+            for attribute in ("image_path", "sidecar_path"):
+                relative = getattr(item, attribute)
+                target = output / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staging / relative, target)
+                setattr(item, attribute, target)
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     return Conversion(scan, results)
+
+
+def _made(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

@@ -70,6 +70,8 @@ class StackGeometry:
     in_plane_offsets: np.ndarray  # (n, 2): offset of each slice from the first along i and j (mm)
     tilt_degrees: float = 0.0
     irregular: bool = False
+    # Why the in-plane spacing is a guess (PixelSpacing missing, zero or malformed), or None when it is known.
+    spacing_assumed: str | None = None
     problems: list[str] = field(default_factory=list)  # reasons the stack cannot be built at all
     notes: list[str] = field(default_factory=list)  # what will be corrected, for the user
 
@@ -124,8 +126,16 @@ def stack_geometry(slices: list[SliceHeader]) -> StackGeometry:
     offsets = relative @ frame[:, :2]
 
     in_plane = pixel_spacing_ij(first)
+    spacing_assumed = None
     if in_plane is None:
-        notes.append("PixelSpacing is missing: 1 mm pixels assumed")
+        raw = first.dataset.get("PixelSpacing")
+        if raw is None or raw == "":
+            spacing_assumed = "PixelSpacing is missing"
+        else:
+            many = not isinstance(raw, str) and hasattr(raw, "__len__")
+            shown = "\\".join(str(v) for v in raw) if many else str(raw)
+            spacing_assumed = f"PixelSpacing is {shown} (not a pixel size)"
+        notes.append(f"{spacing_assumed}: 1 mm pixels ASSUMED, so sizes and volumes measured on it are not real")
         in_plane = (1.0, 1.0)
 
     tilt = 0.0
@@ -194,6 +204,7 @@ def stack_geometry(slices: list[SliceHeader]) -> StackGeometry:
         offsets,
         tilt_degrees=tilt,
         irregular=irregular,
+        spacing_assumed=spacing_assumed,
         problems=problems,
         notes=notes,
     )

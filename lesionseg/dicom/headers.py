@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,6 +98,7 @@ class FolderContents:
     headers: list[SliceHeader]
     unreadable: list[tuple[Path, str]]
     skipped: list[Path]
+    special: list[tuple[Path, str]] = field(default_factory=list)  # not regular files: never opened
 
 
 def _walk(folder: Path) -> Iterator[Path]:
@@ -105,6 +107,30 @@ def _walk(folder: Path) -> Iterator[Path]:
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             yield Path(root) / name
+
+
+def special_file_kind(path: Path) -> str | None:
+    """What ``path`` is when it is not a regular file (a link to one counts as one), else None.
+
+    Opening a named pipe blocks until a writer appears, and a link to /dev/zero or /dev/urandom never
+    ends: the walk must not read either, so only regular files are ever opened.
+    """
+    try:
+        mode = path.stat().st_mode  # follows links: a link to a regular file is fine
+    except OSError as error:
+        return "a broken link" if path.is_symlink() else f"cannot be examined ({error.strerror or error})"
+    if stat.S_ISREG(mode):
+        return None
+    for test, kind in (
+        (stat.S_ISFIFO, "a named pipe"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISDIR, "a folder"),
+    ):
+        if test(mode):
+            return f"{kind}{' (through a link)' if path.is_symlink() else ''}"
+    return "not a regular file"
 
 
 def _ignored_by_name(path: Path) -> bool:
@@ -176,7 +202,12 @@ def find_dicom_files(folder: str | os.PathLike) -> FolderContents:
     headers: list[SliceHeader] = []
     unreadable: list[tuple[Path, str]] = []
     skipped: list[Path] = []
+    special: list[tuple[Path, str]] = []
     for path in _walk(folder):
+        kind = special_file_kind(path)
+        if kind is not None:
+            special.append((path, kind))
+            continue
         if _ignored_by_name(path):
             skipped.append(path)
             continue
@@ -189,4 +220,4 @@ def find_dicom_files(folder: str | os.PathLike) -> FolderContents:
             skipped.append(path)
         else:
             headers.append(header)
-    return FolderContents(headers, unreadable, skipped)
+    return FolderContents(headers, unreadable, skipped, special)

@@ -94,6 +94,7 @@ class Scan:
     series: list[Series]
     unreadable: list[tuple[Path, str]]
     skipped: list[Path]
+    special: list[tuple[Path, str]] = field(default_factory=list)  # pipes, devices, broken links: never read
 
     def volumes(self) -> list[Series]:
         return [s for s in self.series if s.geometry is not None]
@@ -189,6 +190,14 @@ def _split_repeats(slices: list[SliceHeader], normal: np.ndarray) -> list[list[S
     return [slices]
 
 
+def _by_frame_of_reference(headers: list[SliceHeader]) -> list[list[SliceHeader]]:
+    """Slices grouped by FrameOfReferenceUID, in order of first appearance (a missing UID is one group)."""
+    groups: dict[str, list[SliceHeader]] = defaultdict(list)
+    for header in headers:
+        groups[header.text("FrameOfReferenceUID")].append(header)
+    return list(groups.values())
+
+
 def _series_key(header: SliceHeader) -> str:
     if header.text("SeriesInstanceUID"):
         return header.series_uid
@@ -218,9 +227,19 @@ def group_series(headers: list[SliceHeader]) -> list[Series]:
         if not kept:
             out.append(Series(uid, images, excluded, notes + ["no slices left to build a volume from"], group=uid))
             continue
-        stacks = _split_stacks(kept)
+        frames = _by_frame_of_reference(kept)
+        if len(frames) > 1:
+            # Positions in two frames of reference are in two unrelated coordinate systems: stacking them
+            # would make a volume whose geometry means nothing, so each frame becomes its own sub-series.
+            notes.append(
+                f"the slices carry {len(frames)} FrameOfReferenceUIDs: split by frame of reference "
+                "(slices from different frames cannot form one volume)"
+            )
+        stacks = [stack for members in frames for stack in _split_stacks(members)]
         if len(stacks) > 1:
-            notes = notes + [f"split into {len(stacks)} sub-series (orientation, pixel grid, repeats or gaps)"]
+            notes = notes + [
+                f"split into {len(stacks)} sub-series (frame of reference, orientation, pixel grid, repeats or gaps)"
+            ]
         for number, stack in enumerate(stacks, start=1):
             key = uid if len(stacks) == 1 else f"{uid}#{number}"
             out.append(Series(key, stack, list(excluded), list(notes), stack_geometry(stack), group=uid))
@@ -235,4 +254,4 @@ def _series_number(series: Series) -> float:
 def scan_folder(folder: str | os.PathLike) -> Scan:
     """Find and group every DICOM series under ``folder`` (non-DICOM files are skipped)."""
     contents = find_dicom_files(folder)
-    return Scan(Path(folder), group_series(contents.headers), contents.unreadable, contents.skipped)
+    return Scan(Path(folder), group_series(contents.headers), contents.unreadable, contents.skipped, contents.special)

@@ -96,7 +96,12 @@ def _regular_heights(hu: np.ndarray, heights: np.ndarray, count: int, dz: float)
 
 
 def load_series(
-    series: Series, *, irregular: Policy = "correct", tilt: Policy = "correct", log_warnings: bool = True
+    series: Series,
+    *,
+    irregular: Policy = "correct",
+    tilt: Policy = "correct",
+    log_warnings: bool = True,
+    assume_pixel_spacing: bool = False,
 ) -> Volume:
     """Build the volume of one series (see :mod:`lesionseg.dicom.geometry` for the rules).
 
@@ -104,7 +109,9 @@ def load_series(
     ``tilt="correct"`` shifts tilted slices onto an orthogonal grid, each with a warning;
     ``"error"`` refuses such series instead.  Voxels are HU from each slice's own rescale:
     int16 (or int32) when every slope and intercept is an integer and nothing was interpolated,
-    float32 otherwise.
+    float32 otherwise.  A series without a usable PixelSpacing is refused: its scale is unknown, and a
+    model or a measurement would work at the wrong one.  Only conversion passes ``assume_pixel_spacing``
+    (1 mm pixels, with a loud warning in the result).
     """
     geometry = series.geometry
     if geometry is None:
@@ -113,6 +120,12 @@ def load_series(
         )
     if geometry.problems:
         raise ValueError(f"series {series.key} cannot be built into a volume: {'; '.join(geometry.problems)}")
+    if geometry.spacing_assumed and not assume_pixel_spacing:
+        raise ValueError(
+            f"series {series.key}: {geometry.spacing_assumed}, so the size of its pixels is unknown and it would be "
+            "segmented at the wrong scale; fix PixelSpacing in the files, or convert them with `lesionseg dicom "
+            "convert` (which assumes 1 mm pixels and says so) and set the true spacing in the converted file"
+        )
     if geometry.tilted and tilt == "error":
         raise ValueError(
             f"series {series.key} was acquired with a gantry tilt of {geometry.tilt_degrees:.2f}°; "
