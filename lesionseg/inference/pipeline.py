@@ -41,6 +41,7 @@ from lesionseg.inference.resample import (
     resample_array_in_slabs,
     target_shape_ijk,
 )
+from lesionseg.inference.validity import check_model_input, read_model_input
 from lesionseg.inference.window import count_windows, sliding_window
 from lesionseg.labels import LabelInfo
 from lesionseg.models.network import load_network
@@ -286,6 +287,8 @@ def segment_image(
     crop_body: bool = False,
     models_dir: str | Path | None = None,
     threshold: float | None = None,
+    modality: str | None = None,
+    allow_modality: str | None = None,
 ) -> tuple[Image, list[LabelInfo]]:
     """Segment an engine image; returns the labelmap on ``image``'s grid and the model's labels.
 
@@ -293,6 +296,10 @@ def segment_image(
     ``progress`` receives the event dictionaries described in :mod:`lesionseg.inference.progress`.
     ``threshold`` (one-foreground-label models): the probability above which a voxel is foreground; for a
     cascade it applies to the refinement stage.
+    ``modality`` is the input's DICOM Modality when known: one the spec does not name is refused unless it
+    is ``allow_modality``.  Input the model cannot be right on (a single slice, a degenerate extent) is
+    refused, and input that looks wrong for it (a "CT" without HU) is reported as a ``warning`` event
+    (see :mod:`lesionseg.inference.validity`).
     """
     reporter = progress if isinstance(progress, Progress) else Progress(progress)
     if not isinstance(spec_or_model, LoadedModel):
@@ -301,6 +308,9 @@ def segment_image(
         reporter.update(1.0)
     model = spec_or_model
     check_threshold(model.spec, threshold)  # before any inference, a cascade's coarse pass included
+    stages = () if model.coarse is None else (model.coarse.spec,)
+    for text in check_model_input(image, model.spec, modality, allow_modality, window_specs=stages):
+        reporter.warning(text)
     if not model.weights_verified:
         reporter.warning(f"model {model.spec.id!r}: its weights have no hash to check against (unverified)")
     with subnormals_flushed(model.device):
@@ -353,25 +363,47 @@ def segment_file(
     crop_body: bool = False,
     models_dir: str | Path | None = None,
     threshold: float | None = None,
+    allow_modality: str | None = None,
 ) -> dict[str, Any]:
-    """Read an image (file or DICOM folder), segment it, write the labelmap atomically; returns the result event."""
+    """Read an image (file or DICOM folder), segment it, write the labelmap atomically; returns the result event.
+
+    The result event's ``warnings`` repeats every warning event of the run, so a caller that keeps only
+    the result still sees that, for instance, the input did not look like CT.
+    """
     import time
 
     from lesionseg.inference.output import labelmap_format, write_labelmap
-    from lesionseg.io import read_image
 
     started = time.perf_counter()
     labelmap_format(output_path)  # refuse a bad output name before any work
     if threshold is not None:
         check_probability(threshold)
-    reporter = Progress(progress, min_interval_s=0.05)
+    warnings: list[str] = []
+
+    def recorded(event: dict[str, Any]) -> None:
+        if event.get("event") == "warning":
+            warnings.append(str(event.get("text", "")))
+        if progress is not None:
+            progress(event)
+
+    reporter = Progress(recorded, min_interval_s=0.05)
     reporter.stage("load")
-    image = read_image(input_path)
+    source = read_model_input(input_path)
+    image = source.image
     reporter.update(0.5)
     if not isinstance(model, LoadedModel):
         model = load_model(model, device, models_dir)
     reporter.update(1.0)
-    labelmap, labels = segment_image(image, model, device, reporter, crop_body=crop_body, threshold=threshold)
+    labelmap, labels = segment_image(
+        image,
+        model,
+        device,
+        reporter,
+        crop_body=crop_body,
+        threshold=threshold,
+        modality=source.modality,
+        allow_modality=allow_modality,
+    )
     reporter.stage("write")
     written = write_labelmap(labelmap, labels, output_path)
     reporter.finish()
@@ -385,5 +417,6 @@ def segment_file(
         "labels": [dict(label.to_dict(), present=label.value in present) for label in labels],
         "device": str(model.device),
         "threshold": check_threshold(model.spec, threshold),
+        "warnings": warnings,
         "seconds": round(time.perf_counter() - started, 3),
     }

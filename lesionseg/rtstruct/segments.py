@@ -138,11 +138,74 @@ def _nearest_resample(label: Image, grid: Image) -> np.ndarray:
     return sitk.GetArrayFromImage(out)
 
 
+# Voxel centres this close outside the reference's outer voxel faces still count as inside (DS rounding).
+_INSIDE_TOLERANCE_MM = 1e-3
+
+
+def labelled_fraction_inside(label: Image, reference: ReferenceSeries) -> tuple[float, float, float]:
+    """(fraction, inside mm³, labelled mm³): how much of the labelled volume lies inside the reference's voxels.
+
+    A labelled voxel counts as inside when its centre falls within the slab the reference slices span
+    (half a gap beyond the first and last slice) and within their rows and columns.  Counted plane by plane,
+    so no full-volume coordinate array is made.
+    """
+    origin = reference.slices[0].position
+    heights = np.array([float((s.position - origin) @ reference.normal) for s in reference.slices])
+    gaps = np.diff(heights)
+    half_first = gaps[0] / 2 if gaps.size else float(getattr(reference.first, "SliceThickness", None) or 1.0) / 2
+    half_last = gaps[-1] / 2 if gaps.size else half_first
+    low_h, high_h = heights[0] - half_first, heights[-1] + half_last
+    axes = np.stack([reference.row_direction, reference.column_direction, reference.normal])  # rows: i, j, h (mm)
+    half_i = reference.spacing_ij[0] / 2
+    half_j = reference.spacing_ij[1] / 2
+    limit_i = (reference.columns - 0.5) * reference.spacing_ij[0]
+    limit_j = (reference.rows - 0.5) * reference.spacing_ij[1]
+    scaled = np.asarray(label.direction, dtype=float) * np.asarray(label.spacing, dtype=float)  # ijk -> LPS
+    start = np.asarray(label.origin, dtype=float) - origin
+    tol = _INSIDE_TOLERANCE_MM
+    total = inside = 0
+    for k, plane in enumerate(label.array):
+        j, i = np.nonzero(plane)
+        if i.size == 0:
+            continue
+        ijk = np.stack([i, j, np.full(i.size, k)]).astype(np.float64)
+        mm = axes @ (scaled @ ijk + start[:, None])  # (i mm, j mm, height) in the reference's frame
+        ok = (
+            (mm[0] >= -half_i - tol)
+            & (mm[0] <= limit_i + tol)
+            & (mm[1] >= -half_j - tol)
+            & (mm[1] <= limit_j + tol)
+            & (mm[2] >= low_h - tol)
+            & (mm[2] <= high_h + tol)
+        )
+        total += i.size
+        inside += int(np.count_nonzero(ok))
+    voxel_mm3 = float(np.prod(label.spacing))
+    fraction = inside / total if total else 1.0
+    return fraction, inside * voxel_mm3, total * voxel_mm3
+
+
+def check_labels_inside(label: Image, reference: ReferenceSeries) -> None:
+    """Refuse a label map whose labelled volume does not lie wholly inside the reference series.
+
+    Resampling would silently drop the part outside, and the RTSTRUCT would look complete.
+    """
+    fraction, inside, total = labelled_fraction_inside(label, reference)
+    if inside < total:
+        shown = f"{100 * fraction:.1f}" if fraction < 0.999 else f"{100 * fraction:.3f}"
+        raise ValueError(
+            f"only {shown}% of the label map's labelled volume ({inside:.6g} of {total:.6g} mm³) lies inside the "
+            "reference series; the rest would be lost from the export. The label map was made on another image or "
+            "region: export it against the series it was segmented on"
+        )
+
+
 def labels_on_reference(label: Image, reference: ReferenceSeries, say=print) -> np.ndarray:
     """The label map's voxels on the reference slices, as ``[slice, row, column]`` in sorted slice order.
 
     A map on the same voxel centres in another axis order is re-indexed (lossless); any other
-    grid is resampled with nearest neighbour, and ``say`` reports it.
+    grid is resampled with nearest neighbour, and ``say`` reports it, provided the whole labelled
+    volume lies inside the reference (otherwise ValueError names the fraction that does).
     """
     if reference.is_regular():
         grid = reference.grid()
@@ -151,12 +214,14 @@ def labels_on_reference(label: Image, reference: ReferenceSeries, say=print) -> 
         reindexed = reorient(label, orientation_code(grid.direction))
         if reindexed.same_grid(grid):
             return reindexed.array
+        check_labels_inside(label, reference)
         say(
             f"note: the label map's grid ({label.size} voxels, spacing {np.round(label.spacing, 3).tolist()} mm) "
             f"is not the reference series' grid ({grid.size}, {np.round(grid.spacing, 3).tolist()} mm); "
             "resampled to it with nearest neighbour"
         )
         return _nearest_resample(label, grid)
+    check_labels_inside(label, reference)
     say("note: the reference slices are unevenly spaced; the label map is sampled slice by slice (nearest neighbour)")
     return np.concatenate([_nearest_resample(label, reference.slice_grid(n)) for n in range(len(reference.slices))])
 
