@@ -11,6 +11,9 @@ from lesionseg.metrics import lesion_table
 from LesionSegLib.tables import Column, fill_table_node, table_rows, write_csv
 
 TABLE_KIND = "lesions"
+# On the table node: the minimum volume it was listed with, and how many smaller lesions it leaves out.
+MINIMUM_ATTRIBUTE = "LesionSeg.MinimumLesionVolumeMm3"
+LEFT_OUT_ATTRIBUTE = "LesionSeg.LesionsLeftOut"
 
 COLUMNS = (
     Column("id", "Lesion", kind="int"),
@@ -28,8 +31,17 @@ COLUMNS = (
 def lesion_rows(segmentation_node: Any, volume_node: Any, min_volume_mm3: float = 0.0) -> list[dict[str, Any]]:
     """One row per connected lesion of every segment, on the CT's grid, largest first.
 
-    Lesions smaller than ``min_volume_mm3`` are left out. Mean and max HU are read from ``volume_node``.
+    Lesions smaller than ``min_volume_mm3`` are left out of the rows (the segmentation keeps them). Mean and
+    max HU are read from ``volume_node``.
     """
+    return listed_lesion_rows(segmentation_node, volume_node, min_volume_mm3)[0]
+
+
+def listed_lesion_rows(
+    segmentation_node: Any, volume_node: Any, min_volume_mm3: float = 0.0
+) -> tuple[list[dict[str, Any]], int]:
+    """The rows of the lesions of at least ``min_volume_mm3`` (numbered 1.. largest first), and how many smaller
+    lesions the segmentation holds that the rows leave out."""
     if segmentation_node is None:
         raise ValueError("choose the segmentation whose lesions to list")
     if volume_node is None:
@@ -39,12 +51,15 @@ def lesion_rows(segmentation_node: Any, volume_node: Any, min_volume_mm3: float 
     ct = lesionseg.mrml.image_from_volume_node(volume_node)
     labels, infos = lesionseg.mrml.labelmap_from_segmentation_node(segmentation_node, volume_node)
     names = {info.value: info.name for info in infos}
+    every = lesion_table(labels, ct)
+    # The engine's own criterion (voxel count times voxel volume), so the count matches lesion_table(min_volume).
+    kept = [row for row in every if row["voxels"] * labels.voxel_volume_mm3 >= min_volume_mm3]
     rows = []
-    for row in lesion_table(labels, ct, min_volume_mm3):
+    for number, row in enumerate(kept, start=1):
         r, a, s = row["centroid_ras_mm"]
         rows.append(
             {
-                "id": row["id"],
+                "id": number,
                 "segment": names.get(row["label"], f"Label_{row['label']}"),
                 "volume_ml": row["volume_ml"],
                 "longest_axial_diameter_mm": row["longest_axial_diameter_mm"],
@@ -55,11 +70,33 @@ def lesion_rows(segmentation_node: Any, volume_node: Any, min_volume_mm3: float 
                 "max_hu": row["max_hu"],
             }
         )
-    return rows
+    return rows, len(every) - len(kept)
 
 
-def lesion_table_node(scene: Any, rows: Sequence[dict[str, Any]], name: str, node: Any | None = None) -> Any:
-    return fill_table_node(scene, name, COLUMNS, rows, TABLE_KIND, node)
+def lesion_table_node(
+    scene: Any,
+    rows: Sequence[dict[str, Any]],
+    name: str,
+    node: Any | None = None,
+    min_volume_mm3: float | None = None,
+    left_out: int | None = None,
+) -> Any:
+    """The rows in a table node; with ``min_volume_mm3`` and ``left_out``, the node also records the filter."""
+    node = fill_table_node(scene, name, COLUMNS, rows, TABLE_KIND, node)
+    if min_volume_mm3 is not None and left_out is not None:
+        node.SetAttribute(MINIMUM_ATTRIBUTE, repr(float(min_volume_mm3)))
+        node.SetAttribute(LEFT_OUT_ATTRIBUTE, str(int(left_out)))
+    return node
+
+
+def listing_summary(listed: int, left_out: int, min_volume_mm3: float) -> str:
+    """What the panel says under the lesion table: how many are listed, and how many smaller ones are not."""
+    text = f"{listed} lesion{'' if listed == 1 else 's'} of at least {min_volume_mm3:g} mm³ listed"
+    if left_out == 1:
+        text += "; 1 smaller lesion is not listed, and stays in the segmentation"
+    elif left_out:
+        text += f"; {left_out} smaller lesions are not listed, and stay in the segmentation"
+    return text + "."
 
 
 def write_lesion_csv(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path:

@@ -47,10 +47,14 @@ class SegmentationResultsLogic:
         tableNode: Any | None = None,
         csvPath: str | Path | None = None,
     ) -> tuple[Any, list[dict[str, Any]]]:
-        """One row per lesion of at least ``minVolumeMm3`` in a table node, and CSV if asked."""
-        rows = lesions.lesion_rows(segmentationNode, volumeNode, minVolumeMm3)
+        """One row per lesion of at least ``minVolumeMm3`` in a table node, and CSV if asked.
+
+        The minimum filters the table only: the segmentation keeps every lesion, and the table node records
+        the minimum and how many smaller lesions it leaves out (``lesions.LEFT_OUT_ATTRIBUTE``).
+        """
+        rows, leftOut = lesions.listed_lesion_rows(segmentationNode, volumeNode, minVolumeMm3)
         node = lesions.lesion_table_node(
-            segmentationNode.GetScene(), rows, f"{segmentationNode.GetName()} lesions", tableNode
+            segmentationNode.GetScene(), rows, f"{segmentationNode.GetName()} lesions", tableNode, minVolumeMm3, leftOut
         )
         if csvPath:
             lesions.write_lesion_csv(csvPath, rows)

@@ -220,19 +220,30 @@ class LesionTablePanel:
         ui.lesionTableButton.connect("clicked(bool)", self.onLesionTable)
         ui.saveLesionCsvButton.connect("clicked(bool)", self.onSaveCsv)
         ui.lesionTableView.connect("clicked(QModelIndex)", self.onRowClicked)
+        ui.minLesionVolumeSpinBox.connect("valueChanged(int)", self.onMinimumChanged)
         ui.saveLesionCsvButton.enabled = False
 
-    def update(self) -> None:
+    def update(self, minimumMm3: float | None = None) -> None:
+        """List the lesions of at least ``minimumMm3`` (default: the parameter node's minimum) in the table."""
         node = self.parameterNode()
+        minimum = node.minLesionVolumeMm3 if minimumMm3 is None else minimumMm3
         tableNode, self.rows = self.logic.lesionTable(
-            node.outputSegmentation, node.inputVolume, node.minLesionVolumeMm3, node.lesionTable
+            node.outputSegmentation, node.inputVolume, minimum, node.lesionTable
         )
         node.lesionTable = tableNode
         self.ui.lesionTableView.setMRMLTableNode(tableNode)
         self.ui.saveLesionCsvButton.enabled = True
-        self.ui.lesionCountLabel.text = _("{count} lesions of at least {volume} mm³").format(
-            count=len(self.rows), volume=node.minLesionVolumeMm3
-        )
+        leftOut = int(tableNode.GetAttribute(lesions.LEFT_OUT_ATTRIBUTE) or 0)
+        self.ui.lesionCountLabel.text = lesions.listing_summary(len(self.rows), leftOut, minimum)
+
+    def onMinimumChanged(self, value: int) -> None:
+        """The minimum filters the listed lesions: a table already shown is listed again at once."""
+        node = self.parameterNode()
+        if node is None or not node.lesionTable or not node.outputSegmentation or not node.inputVolume:
+            return
+        # Read the spin box: its change signal comes before the parameter node is updated.
+        with slicer.util.tryWithErrorDisplay(_("Could not list the lesions."), waitCursor=True):
+            self.update(value)
 
     def onLesionTable(self, _checked: bool = False) -> None:
         with slicer.util.tryWithErrorDisplay(_("Could not list the lesions."), waitCursor=True):

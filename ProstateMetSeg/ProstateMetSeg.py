@@ -87,7 +87,7 @@ class ProstateMetSegParameterNode:
     lesionTable - Where the latest lesion table is.
     modelId - Id of the model to run; the model list is filled from the engine's model registry.
     device - Where the network runs: "auto" picks CUDA when PyTorch sees a GPU.
-    minLesionVolumeMm3 - Predicted lesions smaller than this are dropped.
+    minLesionVolumeMm3 - The lesion table lists lesions of at least this volume; the segmentation keeps the others.
     exportFormat - RTSTRUCT, DICOM SEG or NRRD (.seg.nrrd).
     lesionThreshold - Lesion probability above which a voxel is lesion; 0 uses the model's default.
     cropBody - Segment only the box around the body, skipping the air around it.
@@ -293,7 +293,17 @@ class ProstateMetSegTest(ScriptedLoadableModuleTest):
             self.assertEqual(table.GetNumberOfRows(), 1)
             self.assertAlmostEqual(table.GetTable().GetColumnByName("volume_ml").GetValue(0), 0.64, places=6)
             self.assertEqual(table.GetTable().GetColumnByName("max_hu").GetValue(0), 700)
-            self.assertIn("1 lesions", widget.ui.lesionCountLabel.text)
+            self.assertIn(
+                "1 lesion of at least 100 mm³ listed; 1 smaller lesion is not listed", widget.ui.lesionCountLabel.text
+            )
+            # The minimum filters the table only, and the table follows it: both lesions at 0 mm³.
+            widget.ui.minLesionVolumeSpinBox.value = 0
+            self.assertEqual(table.GetNumberOfRows(), 2)
+            self.assertEqual(widget._parameterNode.minLesionVolumeMm3, 0)
+            self.assertIn("2 lesions of at least 0 mm³ listed.", widget.ui.lesionCountLabel.text)
+            self.assertEqual(segmentation.GetSegmentation().GetNumberOfSegments(), 2)
+            widget.ui.minLesionVolumeSpinBox.value = 100
+            self.assertEqual(table.GetNumberOfRows(), 1)
 
             widget.lesionPanel.onRowClicked(widget.ui.lesionTableView.model().index(0, 0))
             r, a, s = (

@@ -165,6 +165,42 @@ def test_lesion_table_lists_lesions_over_the_minimum_volume_with_hu_and_jumps_th
         lesions.lesion_position(node, 7)
 
 
+def test_minimum_lesion_volume_filters_the_table_says_how_many_it_leaves_out_and_keeps_the_segmentation(scene):
+    ct = flipped_ct()
+    volume = volume_node_from_image(scene, ct, "CT")
+    labels = np.zeros(ct.array.shape, np.uint8)
+    labels[2:6, 3:9, 4:10] = 1  # 144 voxels = 259 mm³
+    labels[8:10, 15:18, 16:19] = 1  # 18 voxels = 32 mm³
+    labels[0:1, 0:2, 0:2] = 2  # 4 voxels = 7 mm³, another segment
+    segmentation = segmentation_node_from_labelmap(
+        scene, ct.with_array(labels), "Mets", {1: "Bone metastasis", 2: "Nodal metastasis"}, volume
+    )
+    before, _ = labelmap_from_segmentation_node(segmentation, volume)
+    logic = SegmentationResultsLogic()
+
+    node, rows = logic.lesionTable(segmentation, volume, 100)
+    assert [r["id"] for r in rows] == [1] and node.GetAttribute(lesions.LEFT_OUT_ATTRIBUTE) == "2"
+    assert float(node.GetAttribute(lesions.MINIMUM_ATTRIBUTE)) == 100.0
+    assert lesions.listing_summary(len(rows), 2, 100) == (
+        "1 lesion of at least 100 mm³ listed; 2 smaller lesions are not listed, and stay in the segmentation."
+    )
+    # The same table node, listed again at another minimum (what the spin box does), follows it.
+    same, rows = logic.lesionTable(segmentation, volume, 10, node)
+    assert same is node and node.GetNumberOfRows() == 2 and node.GetAttribute(lesions.LEFT_OUT_ATTRIBUTE) == "1"
+    assert [r["id"] for r in rows] == [1, 2]  # numbered again, largest first
+    _, rows = logic.lesionTable(segmentation, volume, 0, node)
+    assert node.GetNumberOfRows() == 3 and node.GetAttribute(lesions.LEFT_OUT_ATTRIBUTE) == "0"
+    assert lesions.listing_summary(3, 0, 0) == "3 lesions of at least 0 mm³ listed."
+    # The engine's own filter agrees on what is left out, at the exact boundary too.
+    voxel_mm3 = ct.voxel_volume_mm3
+    for minimum in (18 * voxel_mm3, 18 * voxel_mm3 + 1e-6):
+        listed, left_out = lesions.listed_lesion_rows(segmentation, volume, minimum)
+        assert len(listed) == len(lesion_table(ct.with_array(labels), ct, minimum)) and len(listed) + left_out == 3
+    # The segmentation itself never lost a voxel.
+    after, _ = labelmap_from_segmentation_node(segmentation, volume)
+    np.testing.assert_array_equal(after.array, before.array)
+
+
 def test_lesion_table_refuses_a_negative_minimum_and_a_missing_ct(scene):
     ct = flipped_ct()
     volume = volume_node_from_image(scene, ct, "CT")
