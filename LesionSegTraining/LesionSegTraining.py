@@ -62,7 +62,7 @@ class LesionSegTraining(ScriptedLoadableModule):
 Builds a training dataset from curated cases (a CT volume and its segmentation, with who checked it and
 which AI model proposed it) and trains a segmentation model on it in a background process that can be
 cancelled and resumed. The trained model appears in the SpleenSeg and ProstateMetSeg model lists.
-See the <a href="https://github.com/lesionseg/SlicerLesionSeg">LesionSeg documentation</a>.
+LesionSeg's documentation is README.md in its source folder.
 """)
         self.parent.acknowledgementText = _("""
 Part of the LesionSeg extension. Its engine builds on 3D Slicer, MONAI, PyTorch and SimpleITK.

@@ -63,7 +63,7 @@ class ProstateMetSeg(ScriptedLoadableModule):
 Segments metastases of prostate cancer in a CT volume with an AI model, lists the lesions of at least a
 minimum volume (click one to go to it), compares a segmentation with a reference segmentation and exports
 it as DICOM RTSTRUCT, DICOM SEG or a .seg.nrrd file.
-See the <a href="https://github.com/lesionseg/SlicerLesionSeg">LesionSeg documentation</a>.
+LesionSeg's documentation is README.md in its source folder.
 """)
         self.parent.acknowledgementText = _("""
 Part of the LesionSeg extension. Its engine builds on 3D Slicer, MONAI, PyTorch and SimpleITK.

@@ -59,7 +59,7 @@ class SpleenSeg(ScriptedLoadableModule):
 Segments the spleen in a CT volume with an AI model (MONAI's spleen CT segmentation network),
 compares a segmentation with a reference (e.g. your corrected one) and exports it as DICOM RTSTRUCT,
 DICOM SEG or a .seg.nrrd file.
-See the <a href="https://github.com/lesionseg/SlicerLesionSeg">LesionSeg documentation</a>.
+LesionSeg's documentation is README.md in its source folder.
 """)
         self.parent.acknowledgementText = _("""
 Part of the LesionSeg extension. Its engine builds on 3D Slicer, MONAI, PyTorch and SimpleITK.

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -59,16 +60,10 @@ def test_extension_cmake_has_the_wizard_layout_and_metadata():
     path = REPO / "CMakeLists.txt"
     variables = cmake_variables(path)
     assert variables["EXTENSION_CATEGORY"] == ["Segmentation"]
-    assert variables["EXTENSION_HOMEPAGE"] == ["https://github.com/lesionseg/SlicerLesionSeg"]
     assert variables["EXTENSION_CONTRIBUTORS"] and variables["EXTENSION_DEPENDS"] == ["NA"]
     description = " ".join(variables["EXTENSION_DESCRIPTION"])
     assert "SlicerRT" in description and "PyTorch" in description and "optional" in description
-    icon_url = variables["EXTENSION_ICONURL"][0]
-    assert icon_url.startswith("https://raw.githubusercontent.com/lesionseg/SlicerLesionSeg/main/")
-    assert (REPO / icon_url.split("/main/", 1)[1]).is_file(), (
-        f"the icon URL names a file the repository lacks: {icon_url}"
-    )
-    assert variables["EXTENSION_SCREENSHOTURLS"]
+    # The URLs are checked as CMake computes them, in test_extension_urls_name_files_that_exist.
 
     commands = [(name, args) for name, args in cmake_commands(path)]
     names = [name for name, _ in commands]
@@ -85,6 +80,56 @@ def test_extension_cmake_has_the_wizard_layout_and_metadata():
     )
     for folder in subdirectories:
         assert (REPO / folder / "CMakeLists.txt").is_file()
+
+
+# Organisations and hosts that only stand in for a real one.
+PLACEHOLDERS = ("lesionseg/SlicerLesionSeg", "github.com/lesionseg", "example.com", "your-org", "<owner>")
+
+
+def _extension_metadata(tmp_path, *definitions: str) -> dict[str, str]:
+    """The EXTENSION_* values the top CMakeLists.txt sets, computed by real CMake (script mode) on its
+    meta-information block; the rest of the file needs the Slicer SDK."""
+    text = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
+    block = text[text.index("# Extension meta-information") : text.index("# Extension dependencies")]
+    names = ("EXTENSION_HOMEPAGE", "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS")
+    script = tmp_path / "metadata.cmake"
+    script.write_text(
+        f'set(CMAKE_CURRENT_SOURCE_DIR "{REPO.as_posix()}")\n'
+        + block
+        + "".join(f'message(STATUS "{name}=${{{name}}}")\n' for name in names),
+        encoding="utf-8",
+    )
+    command = ["cmake", *(f"-D{d}" for d in definitions), "-P", str(script)]
+    result = subprocess.run(command, capture_output=True, text=True, check=True, timeout=60)
+    return dict(re.findall(r"-- (EXTENSION_\w+)=(.*)", result.stdout))
+
+
+def _repository_file(url: str, files_url: str) -> Path:
+    assert url.startswith(files_url + "/"), f"{url} is not under {files_url}"
+    return REPO / url[len(files_url) + 1 :]
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake is not installed")
+def test_extension_urls_name_files_that_exist(tmp_path):
+    # No public host yet: the homepage and the icon are this source tree's own files.
+    local = _extension_metadata(tmp_path)
+    files_url = f"file://{REPO.as_posix()}"
+    assert local["EXTENSION_HOMEPAGE"] == f"{files_url}/README.md"
+    urls = [local["EXTENSION_HOMEPAGE"], local["EXTENSION_ICONURL"], *local["EXTENSION_SCREENSHOTURLS"].split()]
+    for url in urls:
+        assert _repository_file(url, files_url).is_file(), f"{url} names a file that does not exist"
+    assert _repository_file(local["EXTENSION_ICONURL"], files_url) == REPO / "Resources" / "Icons" / "LesionSeg.png"
+
+    # Published: every URL follows the address given, and names a file this repository holds.
+    public = _extension_metadata(tmp_path, "LESIONSEG_PUBLIC_URL=https://github.com/someone/SlicerLesionSeg")
+    assert public["EXTENSION_HOMEPAGE"] == "https://github.com/someone/SlicerLesionSeg"
+    raw = "https://github.com/someone/SlicerLesionSeg/raw/main"
+    for url in [public["EXTENSION_ICONURL"], *public["EXTENSION_SCREENSHOTURLS"].split()]:
+        assert _repository_file(url, raw).is_file(), f"{url} names a file the repository lacks"
+
+    text = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
+    for value in (*local.values(), *[line for line in text.splitlines() if not line.lstrip().startswith("#")]):
+        assert not any(p in value for p in PLACEHOLDERS), f"a placeholder address: {value}"
 
 
 def test_engine_is_installed_as_a_package_beside_the_modules():
@@ -179,3 +224,28 @@ def test_selftest_runner_refuses_a_missing_slicer_and_an_unknown_module(tmp_path
     assert result.returncode == 2 and "not an executable file" in result.stderr
     result = _run_selftests({"SLICER_EXECUTABLE": shutil.which("true")}, "NoSuchModule")
     assert result.returncode == 2 and "no module named NoSuchModule" in result.stderr
+
+
+def _python_files_slicer_loads_as_modules(folder: Path) -> list[str]:
+    # qSlicerScriptedLoadableModuleFactory::isValidFile accepts every *.py file directly in a module path
+    # (ctkAbstractFileBasedFactory lists the folder's files, not its subfolders), and loads each as a module.
+    return sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".py")
+
+
+def test_readme_install_step_adds_only_folders_whose_python_files_are_modules():
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Installing into 3D Slicer") :]
+    section = section[: section.index("\n## ", 3)]
+    step = next(item for item in section.split("\n- ") if "Additional module paths" in item)
+    to_add = step[: step.index("(nothing else)")]
+    folders = [name for name in re.findall(r"`([^`]+)`", to_add) if (REPO / name).is_dir()]
+    assert folders == list(MODULES), f"the README adds {folders} as module paths"
+    for folder in folders:
+        assert _python_files_slicer_loads_as_modules(REPO / folder) == [f"{folder}.py"]
+        source = (REPO / folder / f"{folder}.py").read_text(encoding="utf-8")
+        assert f"class {folder}(ScriptedLoadableModule):" in source
+        # Without the extension's install tree, the module finds LesionSegLib and the engine in the checkout.
+        assert "sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))" in source
+    # Why LesionSegLib must not be added: each of its files would be taken for a module and fail to load.
+    assert len(_python_files_slicer_loads_as_modules(REPO / "LesionSegLib")) > 5
+    assert "Do not add `LesionSegLib`" in step
