@@ -95,11 +95,14 @@ def import_files_into_dicom_database(files: Sequence[str | Path], database: Any 
 
 
 def _instance_uid(path: str | Path) -> str:
+    """The file's SOP instance UID; empty for a file that is not a DICOM instance (no database takes it)."""
     import pydicom
 
-    return str(
-        pydicom.dcmread(os.fspath(path), stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID
-    )
+    try:
+        header = pydicom.dcmread(os.fspath(path), stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+        return str(header.SOPInstanceUID)
+    except (pydicom.errors.InvalidDicomError, AttributeError):
+        return ""
 
 
 def run_export(

@@ -2,7 +2,7 @@
 
 The ``slicer`` package is slicer-core's (compiled MRML: vtkMRMLScene, nodes, logics). Its ``__path__`` gets the
 tag's ``Base/Python/slicer`` folder in front, so ``slicer.ScriptedLoadableModule``, ``slicer.parameterNodeWrapper``,
-``slicer.i18n`` and ``slicer.util`` are Slicer's released files; ``DICOMLib`` comes from the tag's
+``slicer.i18n`` and ``slicer.util`` are Slicer's released files; ``DICOMLib.DICOMUtils`` comes from the tag's
 ``Modules/Scripted``. Only the compiled parts come from :mod:`qt_standins`: ``qt``, ``ctk``, the ``slicer.q*``
 widget classes and ``slicer.app``. ``slicer.mrmlScene`` is a real vtkMRMLScene.
 
@@ -13,6 +13,7 @@ Both tags define the same module names, so :class:`SlicerFramework` restores ``s
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import sys
 import tempfile
@@ -92,7 +93,13 @@ class SlicerFramework:
         slicer.modules = types.ModuleType("slicer.modules")
         slicer.moduleNames = types.ModuleType("slicer.moduleNames")
         slicer.selfTests = {}
-        sys.path[:0] = [str(self.root / "Modules" / "Scripted"), str(REPO)] + [str(REPO / m) for m in MODULES]
+        sys.path[:0] = [str(REPO)] + [str(REPO / m) for m in MODULES]
+        # DICOMLib's __init__ only re-exports its files, and with them its Qt browser and DICOMweb client, none
+        # of which an export uses: the package is entered without running it, so ``from DICOMLib import
+        # DICOMUtils`` loads the released DICOMUtils.py alone.
+        init = self.root / "Modules" / "Scripted" / "DICOMLib" / "__init__.py"
+        spec = importlib.util.spec_from_file_location("DICOMLib", init, submodule_search_locations=[str(init.parent)])
+        sys.modules["DICOMLib"] = importlib.util.module_from_spec(spec)
 
     @property
     def temporary_path(self) -> Path:

@@ -1,0 +1,183 @@
+"""What a user does in each module's panel, built by Slicer's framework from the module's .ui (per release).
+
+Each panel is made the way Slicer makes it (``<Module>Widget(parent)``, ``setup()``, ``enter()``), so
+LesionSegLib.modulewidget and LesionSegLib.widgets run on Slicer's own ScriptedLoadableModuleWidget,
+parameterNodeWrapper and util, on a real vtkMRMLScene. The widgets are the named stand-ins of qt_standins; the
+buttons are clicked, fields typed into, and the result read back from the scene.
+"""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from lesionseg.mrml import segmentation_node_from_labelmap, volume_node_from_image
+
+SEGMENTATION_MODULES = ("SpleenSeg", "ProstateMetSeg")
+
+
+def _segmentation(scene, image, name, box, segment="Spleen"):
+    labels = np.zeros(image.array.shape, np.uint8)
+    labels[box] = 1
+    return segmentation_node_from_labelmap(scene, image.with_array(labels), name, {1: segment}, None)
+
+
+@pytest.mark.parametrize("module", SEGMENTATION_MODULES)
+def test_opening_the_panel_preselects_the_ct_not_a_labelmap_added_before_it(framework, module, ct_image):
+    scene = framework.slicer.mrmlScene
+    volume_node_from_image(scene, ct_image.with_array((ct_image.array > 0).astype(np.uint8)), "Mask", labelmap=True)
+    ct = volume_node_from_image(scene, ct_image, "Abdomen CT")
+
+    widget = framework.enter(module)
+
+    assert widget._parameterNode.inputVolume is ct
+    assert widget.ui.inputVolumeSelector.currentNode() is ct
+    assert widget.ui.inputInfoLabel.text == widget.logic.describeVolume(ct)
+    assert "12×10×6" in widget.ui.inputInfoLabel.text
+
+
+@pytest.mark.parametrize("module", SEGMENTATION_MODULES)
+def test_action_buttons_follow_the_parameter_node_with_tooltips_that_say_why(framework, module, ct_image):
+    scene = framework.slicer.mrmlScene
+    ct = volume_node_from_image(scene, ct_image, "Abdomen CT")
+    widget = framework.enter(module)
+    ui, node = widget.ui, widget._parameterNode
+    assert not ui.compareButton.enabled and "reference" in ui.compareButton.toolTip
+    assert not ui.exportButton.enabled and ui.exportButton.toolTip == "Select the segmentation to export."
+
+    ai = _segmentation(scene, ct_image, "AI", np.s_[2:4, 3:7, 4:9])
+    corrected = _segmentation(scene, ct_image, "Corrected", np.s_[2:4, 3:7, 4:8])
+    node.outputSegmentation = ai
+    assert ui.outputSegmentationSelector.currentNode() is ai
+    assert ui.exportButton.enabled and ui.exportButton.toolTip == "Export the output segmentation as RTSTRUCT."
+    assert not ui.compareButton.enabled
+    ui.referenceSegmentationSelector.setCurrentNode(corrected)  # the user picks the reference
+    assert node.referenceSegmentation is corrected
+    assert ui.compareButton.enabled, ui.compareButton.toolTip
+    ui.referenceSegmentationSelector.setCurrentNode(ai)
+    assert not ui.compareButton.enabled and "different segmentation" in ui.compareButton.toolTip
+
+    # A labelmap is no input for the models: the selector cannot show it, and Segment says why it waits.
+    mask = volume_node_from_image(scene, ct_image.with_array(np.ones(ct_image.array.shape, np.uint8)), "M", True)
+    node.inputVolume = mask
+    assert ui.inputVolumeSelector.currentNode() is None
+    assert not ui.segmentButton.enabled and "labelmap" in ui.segmentButton.toolTip
+    node.inputVolume = ct
+    assert ui.inputVolumeSelector.currentNode() is ct
+    assert (ui.segmentButton.enabled, ui.segmentButton.toolTip) == widget.segmentPanel.readiness()
+    if module == "ProstateMetSeg":
+        assert ui.lesionTableButton.enabled, ui.lesionTableButton.toolTip
+
+
+@pytest.mark.parametrize("module", SEGMENTATION_MODULES)
+def test_compare_fills_the_metrics_table_and_save_csv_writes_it(framework, module, ct_image, tmp_path):
+    scene = framework.slicer.mrmlScene
+    ct = volume_node_from_image(scene, ct_image, "Abdomen CT")
+    ai = _segmentation(scene, ct_image, "AI", np.s_[2:4, 3:7, 4:9])
+    corrected = _segmentation(scene, ct_image, "Corrected", np.s_[2:4, 3:7, 4:8])
+    widget = framework.enter(module)
+    ui, node = widget.ui, widget._parameterNode
+    node.inputVolume = ct
+    ui.outputSegmentationSelector.setCurrentNode(ai)
+    ui.referenceSegmentationSelector.setCurrentNode(corrected)
+    assert widget.comparisonPanel.mappingEditor.mapping() == {"Spleen": "Spleen"}
+    assert not ui.saveComparisonCsvButton.enabled
+
+    ui.compareButton.click()
+
+    table = node.comparisonTable
+    assert table is not None and ui.comparisonTableView.mrmlTableNode() is table
+    assert table.GetTable().GetColumnByName("dice").GetValue(0) == pytest.approx(2 * 32 / (40 + 32))
+    assert ui.saveComparisonCsvButton.enabled
+    qt = __import__("qt")
+    qt.QFileDialog.answer = str(tmp_path / "comparison")
+    try:
+        ui.saveComparisonCsvButton.click()
+    finally:
+        qt.QFileDialog.answer = None
+    with open(tmp_path / "comparison.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert float(rows[0]["dice"]) == pytest.approx(2 * 32 / (40 + 32))
+
+
+def test_lesion_table_lists_the_lesions_and_a_click_centres_the_views(framework, ct_image):
+    slicer = framework.slicer
+    scene = slicer.mrmlScene
+    ct = volume_node_from_image(scene, ct_image, "Pelvis CT")
+    labels = np.zeros(ct_image.array.shape, np.uint8)
+    labels[1:5, 1:5, 1:5] = 1  # 64 voxels of 1.6 mm³: 102.4 mm³
+    labels[5, 8, 10] = 1  # one voxel: under the 100 mm³ minimum
+    metastases = segmentation_node_from_labelmap(scene, ct_image.with_array(labels), "AI", {1: "Lesion"}, ct)
+    red = scene.AddNewNodeByClass("vtkMRMLSliceNode")
+    red.SetLayoutName("Red")
+    widget = framework.enter("ProstateMetSeg")
+    ui, node = widget.ui, widget._parameterNode
+    node.inputVolume = ct
+    node.outputSegmentation = metastases
+    assert ui.lesionTableButton.enabled, ui.lesionTableButton.toolTip
+
+    ui.lesionTableButton.click()
+
+    assert node.lesionTable is not None and ui.lesionTableView.mrmlTableNode() is node.lesionTable
+    assert node.lesionTable.GetNumberOfRows() == 1
+    assert ui.lesionCountLabel.text.startswith("1 lesion") and "100" in ui.lesionCountLabel.text
+    ui.lesionTableView.clicked.emit(ui.lesionTableView.selectRow(0))
+    # The red view now looks at the lesion's centre, as the table gives it.
+    table = node.lesionTable.GetTable()
+    centre = [float(table.GetColumnByName(f"centroid_{axis}").GetValue(0)) for axis in "ras"]
+    np.testing.assert_allclose([red.GetSliceToRAS().GetElement(i, 3) for i in range(3)], centre, atol=1e-6)
+
+
+def test_training_panel_binds_the_dataset_folder_by_hand_and_readies_save_case(framework, ct_image, tmp_path):
+    scene = framework.slicer.mrmlScene
+    ct = volume_node_from_image(scene, ct_image, "Case CT")
+    spleen = _segmentation(scene, ct_image, "Checked spleen", np.s_[2:4, 3:7, 4:9])
+    widget = framework.enter("LesionSegTraining")
+    ui, node = widget.ui, widget._parameterNode
+    assert node.caseVolume is ct and ui.caseVolumeSelector.currentNode() is ct
+    assert ui.configPresetComboBox.count > 0 and node.configPreset == ui.configPresetComboBox.currentText
+    assert not ui.saveCaseButton.enabled and ui.saveCaseButton.toolTip == "Choose a dataset folder."
+
+    ui.datasetFolderPathLineEdit.currentPath = str(tmp_path / "dataset")
+    assert node.datasetFolder == str(tmp_path / "dataset")
+    assert "No dataset here yet" in ui.datasetInfoLabel.text
+    ui.caseSegmentationSelector.setCurrentNode(spleen)
+    assert node.caseSegmentation is spleen
+    assert "segments: Spleen" in ui.caseInfoLabel.text
+    assert not ui.saveCaseButton.enabled and "annotator" in ui.saveCaseButton.toolTip
+    ui.annotatorLineEdit.text = "Dr. A. Example"
+    assert node.annotator == "Dr. A. Example"
+    assert ui.saveCaseButton.enabled, ui.saveCaseButton.toolTip
+
+    # Emptying the field reaches the parameter node too (CTK signals only non-empty paths).
+    ui.datasetFolderPathLineEdit.currentPath = ""
+    assert node.datasetFolder == ""
+    assert not ui.saveCaseButton.enabled
+    # ...and a folder set in the parameter node (e.g. by a scene) shows in the field.
+    node.datasetFolder = str(tmp_path / "other")
+    assert ui.datasetFolderPathLineEdit.currentPath == str(tmp_path / "other")
+
+
+@pytest.mark.parametrize("module", ("SpleenSeg", "ProstateMetSeg", "LesionSegTraining"))
+def test_after_closing_the_scene_the_open_panel_is_bound_again_and_follows_the_user(framework, module, ct_image):
+    scene = framework.slicer.mrmlScene
+    widget = framework.enter(module)
+    ui = widget.ui
+    volume_selector = next(w for w in vars(ui).values() if w.property("SlicerParameterName") == widget.volumeField)
+    widget._parameterNode.device = "cpu"
+
+    scene.Clear(False)  # File > Close scene: StartCloseEvent, then EndCloseEvent
+
+    node = widget._parameterNode
+    assert node is not None and widget._parameterNodeGuiTag is not None
+    assert node.device == "auto" and ui.deviceComboBox.currentText == "auto"
+    ct = volume_node_from_image(scene, ct_image, "Next CT")
+    volume_selector.setCurrentNode(ct)
+    assert getattr(node, widget.volumeField) is ct
+
+    framework.exit(module)
+    assert widget._parameterNodeGuiTag is None
+    ui.deviceComboBox.currentIndex = ui.deviceComboBox.findText("cpu")
+    assert node.device == "auto", "an exited panel still writes to the parameter node"
