@@ -58,6 +58,7 @@ def main() -> None:
         (Path(__file__).resolve().parents[1] / "lesionseg/resources/models/spleen_ct_segmentation.json").read_text()
     )
     spec["id"], spec["weights"] = "bench_spleen", {"format": "state_dict", "path": "model.pt", "sha256": None}
+    spec["preprocessing"]["orientation_quirk"] = "reproduce_monai"  # as MONAI's canonical pipeline, compared below
     folder = write_model_folder(work / "bench_spleen", spec, trained_unet_state(steps=30))
     source = write_image(synthetic_ct(args.size), work / "ct.nii.gz")
     print(f"CT {args.size} written; {torch.get_num_threads()} threads, device {args.device}", flush=True)

@@ -47,7 +47,7 @@ def resampling_threshold_model(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def spleen_like_model(tmp_path_factory):
-    """The built-in spleen spec (network, preprocessing, window) with UNet weights trained here on a phantom."""
+    """The built-in spleen spec (network, preprocessing, window) as MONAI runs it, with UNet weights trained here."""
     spec = json.loads(
         __import__("importlib.resources", fromlist=["files"])
         .files("lesionseg.resources")
@@ -55,6 +55,8 @@ def spleen_like_model(tmp_path_factory):
         .read_text()
     )
     spec["id"] = "spleen_like"
+    # MONAI's canonical pipeline is the reference here, and it does not compensate the Decathlon quirk
+    spec["preprocessing"]["orientation_quirk"] = "reproduce_monai"
     spec["weights"] = {"format": "state_dict", "path": "model.pt", "sha256": None}
     folder = tmp_path_factory.mktemp("models") / "spleen_like"
     return write_model_folder(folder, spec, trained_unet_state(steps=20))

@@ -54,7 +54,8 @@ def test_builtin_spleen_spec_is_the_bundle_network_and_preprocessing():
     network = build_network(spec.network_name, spec.network_parameters)
     assert sum(p.numel() for p in network.parameters()) == 4_808_917
     pre, inf = spec.preprocessing, spec.inference
-    assert (pre.orientation, pre.spacing, pre.orientation_quirk) == ("RAS", (1.5, 1.5, 2.0), "reproduce_monai")
+    # compensate: DICOM is correctly oriented, the weights learned on LPS voxels labelled RAS (model-zoo#766)
+    assert (pre.orientation, pre.spacing, pre.orientation_quirk) == ("RAS", (1.5, 1.5, 2.0), "compensate")
     assert (pre.intensity.a_min, pre.intensity.a_max, pre.intensity.b_min, pre.intensity.b_max) == (-57, 164, 0, 1)
     assert pre.intensity.clip and inf.roi_size == (96, 96, 96) and inf.sw_batch_size == 4 and inf.overlap == 0.5
     assert spec.weights.md5 == "be4fa95e236df91766147c112ee6fafd" and spec.weights.format == "state_dict"

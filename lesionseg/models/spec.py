@@ -10,15 +10,18 @@ is image axis i and points towards the first letter, and so on.  The network alw
 layout ``[batch, channel, i, j, k]``.
 
 ``preprocessing.orientation_quirk`` describes weights trained on Medical Segmentation Decathlon images whose
-voxels are stored LPS while their header says RAS (Project-MONAI/model-zoo#766):
+voxels are stored LPS while their header says RAS (Project-MONAI/model-zoo#766).  Such weights learned the
+spleen where those headers said right and anterior, so on a correctly oriented image they segment the side
+mirrored left-right and front-back:
 
-* ``reproduce_monai`` (the built-in spleen spec): the network gets exactly what the bundle's canonical MONAI
-  pipeline gives it for a correctly oriented image (reorient to RAS, nothing more).  Our output therefore
-  equals MONAI's for the same file, which is what the bundle's published figures describe.
-* ``compensate``: after reorienting to ``orientation``, tensor axes 0 and 1 are flipped before the network
-  and flipped back after it, so a correctly oriented image reaches the network as the mislabelled training
-  images did (L and P swapped with R and A).  Choose this in a user spec when a model shows the mirrored-input
-  failure on correctly oriented DICOM.
+* ``compensate`` (the built-in spleen spec): after reorienting to ``orientation``, tensor axes 0 and 1 are
+  flipped before the network and flipped back after it, so a correctly oriented image (every DICOM series,
+  every NIfTI whose header is right) reaches the network as the mislabelled training images did.  Pick this
+  for clinical images; it is what a radiologist segmenting DICOM in Slicer needs.
+* ``reproduce_monai``: the network gets exactly what the bundle's canonical MONAI pipeline gives it (reorient
+  to RAS, nothing more), so our output equals MONAI's for the same file.  Pick this only to reproduce the
+  bundle on the Decathlon Task09 NIfTI files (or others written the same way), where it is right because the
+  file carries the same mislabelling; on correctly oriented images it lands on the mirrored side.
 * ``none``: the weights carry no such quirk (computed like ``reproduce_monai``; the value documents the fact).
 """
 
