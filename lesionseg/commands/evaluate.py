@@ -11,14 +11,25 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lesionseg.errors import UserError
 from lesionseg.image import Image
 from lesionseg.io import read_image
 from lesionseg.io.outputs import check_output, check_output_folder
 from lesionseg.labels import LabelInfo, label_table
 from lesionseg.metrics import DEFINITIONS, evaluate_case
+from lesionseg.metrics.case import case_detection
 from lesionseg.metrics.cohort import CaseFiles, case_name, pair_folders, read_pairs_csv, summarize
-from lesionseg.metrics.tables import lesion_csv_path, write_case_csv, write_cohort_csv, write_json
+from lesionseg.metrics.detection import pool_detection
+from lesionseg.metrics.tables import (
+    detection_csv_path,
+    lesion_csv_path,
+    write_case_csv,
+    write_cohort_csv,
+    write_detection_csv,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +52,41 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--lesion-labels", help="label values that count as lesions, e.g. 2,3 (default: all foreground merged)"
     )
-    parser.add_argument("--min-lesion-mm3", type=float, default=0.0, help="drop smaller lesions first (default 0)")
+    parser.add_argument(
+        "--min-lesion-mm3",
+        type=float,
+        default=0.0,
+        help=(
+            "lesion-wise TP/FP/FN only: drop components under this volume from BOTH images before matching, so a "
+            "lesion touched only by a smaller prediction counts as missed (default 0); for detection by size use "
+            "--min-reference-mm and --min-prediction-mm3"
+        ),
+    )
+    parser.add_argument(
+        "--min-reference-mm",
+        type=float,
+        default=0.0,
+        help=(
+            "detection: sensitivity over reference lesions whose longest extent (between voxel corners) is at "
+            "least this many mm, e.g. 10; smaller ones are kept, so a prediction on them is no false positive"
+        ),
+    )
+    parser.add_argument(
+        "--min-prediction-mm3",
+        type=float,
+        default=0.0,
+        help="detection: a stray predicted component is a false positive only from this volume up (default 0)",
+    )
+    parser.add_argument(
+        "--froc",
+        action="append",
+        default=[],
+        metavar="THRESHOLD=PATH",
+        help=(
+            "a FROC point: the predictions made at this threshold (a file, or a folder named like --ref's); "
+            "repeat for each threshold, e.g. --froc 0.3=p30/ --froc 0.5=p50/"
+        ),
+    )
     parser.add_argument(
         "--connectivity", type=int, choices=(6, 18, 26), default=26, help="lesion connectivity (default 26)"
     )
@@ -74,6 +119,61 @@ def parse_values(text: str | None) -> list[int] | None:
     if not items or not all(item.isdigit() and int(item) > 0 for item in items):
         raise UserError(f"--lesion-labels: cannot read {text!r}; give positive label values like 2,3")
     return [int(item) for item in items]
+
+
+def parse_froc(items: list[str]) -> dict[float, Path]:
+    """``["0.3=p30", "0.5=p50"]`` → ``{0.3: Path("p30"), 0.5: Path("p50")}``."""
+    sets: dict[float, Path] = {}
+    for item in items:
+        value, sep, path = item.partition("=")
+        try:
+            threshold = float(value)
+        except ValueError:
+            threshold = None
+        if not sep or threshold is None or not np.isfinite(threshold) or not path.strip():
+            raise UserError(f"--froc: cannot read {item!r}; write THRESHOLD=PATH, e.g. --froc 0.5=predictions_50/")
+        if threshold in sets:
+            raise UserError(f"--froc: threshold {value} is given twice; give each threshold once")
+        sets[threshold] = Path(path.strip())
+    return sets
+
+
+def _froc(args: argparse.Namespace, cases: list[CaseFiles] | None) -> list[dict[str, Any]]:
+    """One pooled detection point per --froc prediction set, by threshold."""
+    points = []
+    for threshold, where in sorted(args.froc_sets.items()):
+        if cases is None:
+            if not where.is_file():
+                raise UserError(f"--froc {threshold:g}: {where} is not a file; for one case give one prediction file")
+            pairs = [(where, Path(args.ref))]
+        elif not where.is_dir():
+            raise UserError(f"--froc {threshold:g}: {where} is not a folder; for a cohort give a folder of predictions")
+        else:
+            found = {name: path for path in where.iterdir() if (name := case_name(path)) is not None}
+            lacking = [files.case for files in cases if files.case not in found]
+            if lacking:
+                raise UserError(
+                    f"--froc {threshold:g}: {where} has no prediction for case(s) {', '.join(lacking[:5])}; "
+                    "name each like its reference"
+                )
+            pairs = [(found[files.case], files.ref) for files in cases]
+        rows = []
+        for pred_path, ref_path in pairs:
+            try:
+                rows.append(
+                    case_detection(
+                        read_image(pred_path),
+                        read_image(ref_path),
+                        lesion_labels=args.lesion_values,
+                        min_reference_mm=args.min_reference_mm,
+                        min_prediction_mm3=args.min_prediction_mm3,
+                        connectivity=args.connectivity,
+                    )
+                )
+            except (ValueError, FileNotFoundError) as error:
+                raise UserError(f"--froc {threshold:g}, {pred_path.name}: {error}") from error
+        points.append({"threshold": threshold, **pool_detection(rows)})
+    return points
 
 
 def _output_kind(path: Path) -> str:
@@ -120,6 +220,8 @@ def _evaluate(pred_path: Path, ref_path: Path, args: argparse.Namespace) -> tupl
         lesion_labels=args.lesion_values,
         min_lesion_mm3=args.min_lesion_mm3,
         connectivity=args.connectivity,
+        min_reference_mm=args.min_reference_mm,
+        min_prediction_mm3=args.min_prediction_mm3,
     )
     return {"pred": str(pred_path), "ref": str(ref_path), **result}, pred, ref
 
@@ -133,23 +235,32 @@ def run(args: argparse.Namespace) -> int:
     args.lesion_values = parse_values(args.lesion_labels)
     if args.min_lesion_mm3 < 0:
         raise UserError(f"--min-lesion-mm3 must be 0 or more, got {args.min_lesion_mm3}")
+    minimums = (("--min-reference-mm", args.min_reference_mm), ("--min-prediction-mm3", args.min_prediction_mm3))
+    for flag, value in minimums:
+        if not np.isfinite(value) or value < 0:
+            raise UserError(f"{flag} must be 0 or more, got {value}")
+    args.froc_sets = parse_froc(args.froc)
     if args.image and not args.report:
         raise UserError("--image only sets the report's background; add --report DIR")
     if args.report_slices < 1:
         raise UserError("--report-slices must be 1 or more")
     report_dir = Path(args.report) if args.report else None
-    inputs = [args.pred, args.ref, args.pairs, args.image]
+    inputs = [args.pred, args.ref, args.pairs, args.image, *map(str, args.froc_sets.values())]
     check_output(output, inputs, args.overwrite)
     if kind == "csv":
         check_output(lesion_csv_path(output), inputs, args.overwrite)
+        check_output(detection_csv_path(output), inputs, args.overwrite)
     if report_dir is not None:
         check_output_folder(report_dir, inputs, args.overwrite, flag="--report")
     cases = _cases(args)
 
     if cases is None:
         result, pred, ref = _evaluate(Path(args.pred), Path(args.ref), args)
+        result["froc"] = _froc(args, None)
         result["definitions"] = DEFINITIONS
         written = write_json(output, result) if kind == "json" else write_case_csv(output, result)
+        if kind == "csv":
+            written += write_detection_csv(output, pool_detection([result["detection"]]), result["froc"])
         if report_dir is not None:
             image = read_image(args.image) if args.image else None
             case = _case_title(Path(args.pred))
@@ -162,6 +273,7 @@ def run(args: argparse.Namespace) -> int:
             hd95 = "—" if row["hd95_mm"] is None else f"{row['hd95_mm']:.2f} mm"
             print(f"label {key} {row['name']}: Dice {row['dice']:.4f}, HD95 {hd95}")
         _print_lesions(result["lesions"])
+        _print_detection(pool_detection([result["detection"]]), result["froc"], args)
     else:
         results: list[dict[str, Any]] = []
         overlays: dict[str, list[Path]] = {}
@@ -179,7 +291,10 @@ def run(args: argparse.Namespace) -> int:
             results.append({"case": files.case, **result})
             log.info("%s: foreground Dice %.4f", files.case, result["foreground"]["dice"])
         cohort = {"cases": results, "summary": summarize(results), "definitions": DEFINITIONS}
+        cohort["froc"] = _froc(args, cases)
         written = write_json(output, cohort) if kind == "json" else write_cohort_csv(output, cohort)
+        if kind == "csv":
+            written += write_detection_csv(output, cohort["summary"]["detection"], cohort["froc"])
         if report_dir is not None:
             sections = cohort_sections(cohort, overlays, report_dir)
             written += write_report(report_dir, f"LesionSeg evaluation: {len(results)} cases", sections)
@@ -188,6 +303,7 @@ def run(args: argparse.Namespace) -> int:
             spread = f" ± {dice['std']:.4f}" if dice["std"] is not None else ""
             print(f"label {key} {row['name']}: Dice {dice['mean']:.4f}{spread} over {dice['n']} cases")
         _print_lesions(cohort["summary"]["lesions"]["totals"])
+        _print_detection(cohort["summary"]["detection"], cohort["froc"], args)
     for path in written:
         log.info("wrote %s", path)
     return 0
@@ -199,3 +315,16 @@ def _case_title(path: Path) -> str:
 
 def _print_lesions(lesions: dict[str, Any]) -> None:
     print(f"lesions: {lesions['n_ref']} reference, TP {lesions['tp']}, FN {lesions['fn']}, FP {lesions['fp']}")
+
+
+def _print_detection(pooled: dict[str, Any], froc: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    def line(point: dict[str, Any]) -> str:
+        sens = "—" if point["sensitivity"] is None else f"{point['sensitivity']:.3f}"
+        return f"sensitivity {sens} ({point['tp']}/{point['n_ref']}), FP {point['fp_per_case']:.2f} per case"
+
+    print(
+        f"detection (reference lesions >= {args.min_reference_mm:g} mm, FP >= {args.min_prediction_mm3:g} mm³): "
+        + line(pooled)
+    )
+    for point in froc:
+        print(f"FROC threshold {point['threshold']:g}: {line(point)}")

@@ -35,6 +35,12 @@ Definitions (also written into every JSON result under ``definitions``)
   ``null`` when the denominator is 0).  ``fp_volume_ml`` is autoPET's false-positive volume (predicted
   components touching no reference), ``fn_volume_ml`` its false-negative volume (reference components
   touched by no prediction).
+* **Detection by size** (``detection``; :mod:`lesionseg.metrics.detection`).  Every reference lesion is
+  kept; its size is its longest extent (greatest distance between corners of its voxels, mm), and only those
+  of at least the minimum reference size count for sensitivity.  Any overlapping predicted component, of any
+  size, makes a hit.  A false positive is a predicted component touching no reference lesion whose volume is
+  at least the minimum prediction volume.  A cohort pools sensitivity over all counted lesions and gives
+  false positives per case; a FROC point is that pair for one prediction set (threshold).
 * **Cohorts.** ``mean`` and ``std`` (sample standard deviation, ``null`` under two values) over cases of
   every metric; a label absent from a case in both images counts as both empty there.
 """
@@ -52,6 +58,11 @@ DEFINITIONS = {
     "volume_diff_ml": "prediction minus reference",
     "empty": "'both': dice=iou=1, distances 0; 'prediction'/'reference': dice=iou=0, distances null (undefined)",
     "lesions": "connected components; a reference lesion is detected when any predicted component overlaps it",
+    "detection": (
+        "every reference lesion kept; counted when its longest extent (voxel corners, mm) >= min_reference_mm; "
+        "any overlapping predicted component is a hit; FP = predicted component touching no reference lesion "
+        "with volume >= min_prediction_mm3; cohort sensitivity pooled over lesions, FP per case"
+    ),
     "std": "sample standard deviation (ddof=1); null with fewer than 2 values; means skip nulls",
 }
 

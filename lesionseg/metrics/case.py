@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from lesionseg.image import Image, require_same_grid
+from lesionseg.metrics.detection import lesion_detection
 from lesionseg.metrics.lesions import DEFAULT_CONNECTIVITY, lesion_metrics
 from lesionseg.metrics.masks import dice_coefficient, label_metrics, mask_metrics
 
@@ -50,8 +51,14 @@ def evaluate_case(
     lesion_labels: Iterable[int] | None = None,
     min_lesion_mm3: float = 0.0,
     connectivity: int = DEFAULT_CONNECTIVITY,
+    min_reference_mm: float = 0.0,
+    min_prediction_mm3: float = 0.0,
 ) -> dict[str, Any]:
-    """Metrics of ``pred`` against ``ref`` (same grid): ``labels``, ``foreground`` and ``lesions``.
+    """Metrics of ``pred`` against ``ref`` (same grid): ``labels``, ``foreground``, ``lesions`` and ``detection``.
+
+    ``lesions`` drops components under ``min_lesion_mm3`` from both masks before matching; ``detection``
+    (:mod:`lesionseg.metrics.detection`) keeps every reference lesion, counts those of ``min_reference_mm`` or
+    more, takes any overlap as a hit, and counts false positives of ``min_prediction_mm3`` or more.
 
     Labels evaluated: every non-zero value in either image plus every value named in ``label_names``.
     Lesions are the components of the voxels whose value is in ``lesion_labels`` (default: all foreground).
@@ -80,9 +87,47 @@ def evaluate_case(
         "dice": dice_coefficient(pred_lesions, ref_lesions),
         **lesions,
     }
+    detection = lesion_detection(
+        pred_lesions,
+        ref_lesions,
+        ref.spacing,
+        min_reference_mm=min_reference_mm,
+        min_prediction_mm3=min_prediction_mm3,
+        connectivity=connectivity,
+    )
     return {
         "grid": {"size_ijk": list(ref.size), "spacing_mm": [float(s) for s in ref.spacing]},
         "labels": labels_out,
         "foreground": foreground,
         "lesions": lesions,
+        "detection": detection,
     }
+
+
+def case_detection(
+    pred: Image,
+    ref: Image,
+    *,
+    lesion_labels: Iterable[int] | None = None,
+    min_reference_mm: float = 0.0,
+    min_prediction_mm3: float = 0.0,
+    connectivity: int = DEFAULT_CONNECTIVITY,
+) -> dict[str, Any]:
+    """Only the detection by size of ``evaluate_case``: what each FROC point needs, without the distances."""
+    pred = same_voxels_in_reference_order(pred, ref)
+    require_same_grid(pred, ref, what="prediction")
+    pred_arr = as_labelmap(pred, "prediction")
+    ref_arr = as_labelmap(ref, "reference")
+    if lesion_labels is None:
+        pred_lesions, ref_lesions = pred_arr > 0, ref_arr > 0
+    else:
+        values = sorted({int(v) for v in lesion_labels})
+        pred_lesions, ref_lesions = np.isin(pred_arr, values), np.isin(ref_arr, values)
+    return lesion_detection(
+        pred_lesions,
+        ref_lesions,
+        ref.spacing,
+        min_reference_mm=min_reference_mm,
+        min_prediction_mm3=min_prediction_mm3,
+        connectivity=connectivity,
+    )

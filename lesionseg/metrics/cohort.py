@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from lesionseg.io import IMAGE_SUFFIXES
+from lesionseg.metrics.detection import pool_detection
 from lesionseg.metrics.masks import METRIC_KEYS, mask_metrics
 
 log = logging.getLogger(__name__)
@@ -151,9 +152,12 @@ def summarize(cases: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "fp_per_case": totals["fp"] / len(cases) if cases else None,
     }
     lesions.update({key: mean_std([row[key] for row in lesion_rows]) for key in LESION_MEAN_KEYS})
-    return {
+    summary = {
         "n_cases": len(cases),
         "labels": labels,
         "foreground": _summarize_rows([case["foreground"] for case in cases]),
         "lesions": lesions,
     }
+    if cases and all("detection" in case for case in cases):
+        summary["detection"] = pool_detection([case["detection"] for case in cases])
+    return summary

@@ -75,3 +75,19 @@ def write_cohort_csv(path: Path, result: dict[str, Any]) -> list[Path]:
     lesion_path = lesion_csv_path(path)
     write_bytes_atomic(lesion_path, _csv_bytes(("case", *LESION_COLUMNS), lesion_rows))
     return [path, lesion_path]
+
+
+DETECTION_COLUMNS = ("threshold", "n_cases", "n_ref", "tp", "fn", "fp", "sensitivity", "fp_per_case", "dice_mean")
+
+
+def detection_csv_path(path: Path) -> Path:
+    """Where detection by size and the FROC points go beside a CSV: ``metrics.csv`` → ``metrics_detection.csv``."""
+    return path.with_name(f"{path.stem}_detection{path.suffix}")
+
+
+def write_detection_csv(path: Path, pooled: dict[str, Any], froc: Sequence[dict[str, Any]]) -> list[Path]:
+    """The operating point (threshold ``evaluated``), then one row per FROC threshold."""
+    rows = [{"threshold": "evaluated", **pooled}, *froc]
+    target = detection_csv_path(path)
+    write_bytes_atomic(target, _csv_bytes(DETECTION_COLUMNS, rows))
+    return [target]
