@@ -11,7 +11,8 @@ What they copy from the real classes:
   .ui widget that no connector accepts for its field fails here as it fails in Slicer.
 - PythonQt's surface: Qt properties read and written as attributes, dynamic properties through ``property()`` /
   ``setProperty()``, signals as ``widget.valueChanged.connect(slot)`` and ``widget.connect("valueChanged(int)",
-  slot)``, with a slot that takes fewer arguments than the signal called with the first ones.
+  slot)``, with a slot that takes fewer arguments than the signal called with the first ones, and an exception
+  raised in a slot printed, not passed to whoever emitted the signal.
 - The value rules the connectors meet: spin boxes clamp to their range and a double spin box rounds to its
   decimals; a combo box selects its first item when it gets one, and ``clear()`` leaves no selection; a signal is
   emitted only when the value changes; a node combo box lists only nodes of its ``nodeTypes`` in its scene, and
@@ -21,8 +22,10 @@ Everything else (painting, layouts' geometry, events) is absent.
 
 from __future__ import annotations
 
+import datetime
 import inspect
 import sys
+import traceback
 import types
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -50,7 +53,11 @@ class Signal:
 
     def emit(self, *args: Any) -> None:
         for slot in list(self._slots):
-            slot(*args[: _accepted_arguments(slot, len(args))])
+            try:
+                slot(*args[: _accepted_arguments(slot, len(args))])
+            except Exception:
+                # PythonQt prints an exception raised in a slot and returns to the emitter (a click() returns).
+                traceback.print_exc()
 
 
 def _accepted_arguments(slot: Any, available: int) -> int:
@@ -552,6 +559,49 @@ class QUiLoader:
         return load_ui(qfile.path, parent)
 
 
+class QDir:
+    def __init__(self, path: Any = "") -> None:
+        self.path = path.path if isinstance(path, QDir) else str(path)
+
+    def mkpath(self, path: str) -> bool:
+        Path(self.path, path).mkdir(parents=True, exist_ok=True)
+        return True
+
+    def absolutePath(self) -> str:
+        return str(Path(self.path).absolute())
+
+
+class QFileInfo:
+    def __init__(self, directory: Any, name: str = "") -> None:
+        self.path = Path(directory.path if isinstance(directory, QDir) else str(directory), name)
+
+    def absoluteFilePath(self) -> str:
+        return str(self.path.absolute())
+
+
+class QDateTime:
+    def __init__(self, moment: datetime.datetime) -> None:
+        self.moment = moment
+
+    @staticmethod
+    def currentDateTime() -> QDateTime:
+        return QDateTime(datetime.datetime.now())
+
+
+class QLocale:
+    English, UnitedStates = 31, 225
+
+    def __init__(self, *args: Any) -> None:
+        pass
+
+    def toString(self, moment: QDateTime, form: str) -> str:
+        text = form
+        for qt_field, python_field in (("yyyy", "%Y"), ("MM", "%m"), ("dd", "%d"), ("hh", "%H"), ("mm", "%M")):
+            text = text.replace(qt_field, python_field)
+        text = text.replace("ss", "%S").replace("zzz", f"{moment.moment.microsecond // 1000:03d}")
+        return moment.moment.strftime(text)
+
+
 class QSettings:
     """In-memory settings, shared by every instance as Qt's are (one store per application)."""
 
@@ -882,6 +932,9 @@ class _IdentityModel:
     def mapToSource(self, index: _ModelIndex) -> _ModelIndex:
         return index
 
+    def index(self, row: int, column: int) -> _ModelIndex:
+        return _ModelIndex(row)
+
 
 class qMRMLTableView(qMRMLWidget):
     SIGNALS = ("clicked", "doubleClicked")
@@ -902,6 +955,9 @@ class qMRMLTableView(qMRMLWidget):
         return self._selection
 
     def sortFilterProxyModel(self) -> _IdentityModel:
+        return self._proxy
+
+    def model(self) -> _IdentityModel:
         return self._proxy
 
     def tableModel(self) -> _IdentityModel:
@@ -1105,7 +1161,7 @@ def _module(name: str, classes: list[Any], **extra: Any) -> types.ModuleType:
 _QT = [QObject, QWidget, QLayout, QVBoxLayout, QHBoxLayout, QFormLayout, QGridLayout, QLabel, QAbstractButton]
 _QT += [QPushButton, QToolButton, QCheckBox, QComboBox, QSpinBox, QSlider, QDoubleSpinBox, QLineEdit]
 _QT += [QPlainTextEdit, QTextEdit, QProgressBar, QTableWidget, QTableWidgetItem, QTimer, QFile, QUiLoader]
-_QT += [QSettings, QIcon, QColor, QMessageBox, QFileDialog, Qt]
+_QT += [QDir, QFileInfo, QDateTime, QLocale, QSettings, QIcon, QColor, QMessageBox, QFileDialog, Qt]
 _CTK = [ctkCollapsibleButton, ctkCheckBox, ctkCheckablePushButton, ctkComboBox, ctkSliderWidget, ctkDoubleSpinBox]
 _CTK += [ctkDoubleSlider, ctkRangeWidget, ctkDoubleRangeSlider, ctkDirectoryButton, ctkColorPickerButton]
 _CTK += [ctkPathLineEdit, ctkDICOMDatabase, ctkDICOMIndexer]
