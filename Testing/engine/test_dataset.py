@@ -173,7 +173,8 @@ def test_split_is_seeded_stratified_and_can_keep_lesion_free_cases_out_of_traini
     for n in range(20):
         has_lesion = n % 2 == 0
         array = label.array if has_lesion else np.where(label.array == LESION, ORGAN, label.array)
-        add_case(dataset, image, label.with_array(array.astype(np.uint8)), NAMES, case_id=f"c{n:02d}")
+        scan = image.with_array(image.array + np.int16(n))  # one scan per case: a repeated image is refused
+        add_case(dataset, scan, label.with_array(array.astype(np.uint8)), NAMES, case_id=f"c{n:02d}")
     first = split_dataset(dataset, seed=3, validation=0.2, test=0.1)
     again = split_dataset(dataset, seed=3, validation=0.2, test=0.1)
     assert {k: first[k] for k in ("train", "validation", "test")} == {

@@ -11,14 +11,39 @@ from lesionseg.errors import UserError
 
 
 def _pairs(text: str | None, what: str) -> dict[str, int]:
-    """``NAME=VALUE,NAME=VALUE`` → {name: value}."""
+    """``NAME=VALUE,NAME=VALUE`` → {name: value}; a name given twice is refused."""
     out: dict[str, int] = {}
+    seen: dict[str, str] = {}
     for item in filter(None, (text or "").split(",")):
         name, sep, value = item.rpartition("=")
-        if not sep or not name.strip() or not value.strip().isdigit():
+        if not sep or not name.strip() or not value.strip().lstrip("-").isdigit():
             raise UserError(f"{what}: {item!r} is not NAME=VALUE (e.g. {what} spleen=1,lesion=2)")
+        if int(value) < 0:
+            raise UserError(f"{what}: {item!r}: label values cannot be negative")
+        key = name.strip().lower()
+        if key in seen:
+            raise UserError(f"{what}: {name.strip()!r} is given twice ({seen[key]} and {item.strip()}); give each once")
+        seen[key] = item.strip()
         out[name.strip()] = int(value)
     return out
+
+
+def _label_table(text: str) -> dict[int, str]:
+    """``--labels`` of ``dataset init`` as {value: name}: foreground labels only, each value and name once."""
+    pairs = _pairs(text, "--labels")
+    if not pairs:
+        raise UserError("--labels: give at least one foreground label, e.g. --labels spleen=1")
+    table: dict[int, str] = {}
+    for name, value in pairs.items():
+        if value == 0:
+            raise UserError(
+                f"--labels {name}=0: 0 is the background, which every dataset has; number the labels from 1 "
+                f"(e.g. {name}=1)"
+            )
+        if value in table:
+            raise UserError(f"--labels: {table[value]!r} and {name!r} both have value {value}; give each its own")
+        table[value] = name
+    return table
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,13 +58,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     init.add_argument("--modality", default="CT")
     init.set_defaults(func=run_init)
 
-    add = sub.add_parser("add", help="add a case (or a new version of one)")
+    add = sub.add_parser(
+        "add",
+        help="add a case (or a new version of one)",
+        description="Add a case, or with --case-id of an existing case a new version of it. An image the dataset "
+        "already holds as another case (the same voxels, by content hash) is refused, naming that case: two copies "
+        "would let training validate on an image it trained on. To change that case's label, add it again with "
+        "--case-id of that case.",
+    )
     add.add_argument("--dataset", required=True, help="dataset folder")
     add.add_argument("--image", required=True, help="image file or DICOM series folder")
     add.add_argument("--seg", required=True, help="labelmap or .seg.nrrd on the image's grid")
     add.add_argument("--label-map", help="segment name to dataset label value, e.g. Spleen=1,Tumour=2 (0 drops one)")
     add.add_argument("--drop-unmapped", action="store_true", help="drop named segments that match no dataset label")
-    add.add_argument("--case-id", help="case id; an existing id gets a new version (default: next case_NNNN)")
+    add.add_argument(
+        "--case-id",
+        help="case id; an existing id gets a new version (default: next case_NNNN). Cases of one patient or study "
+        "stay on one side of a split",
+    )
+    add.add_argument(
+        "--patient-id",
+        help="PatientID of the source (kept only as a hash, to keep a patient's cases together in splits; "
+        "read from the DICOM files or the image's JSON sidecar when not given)",
+    )
     add.add_argument("--annotator", default=os.environ.get("USER", ""), help="who drew or checked the labels")
     add.add_argument("--source-model", help="ID@VERSION of the model that proposed the labels (AI-assisted)")
     add.add_argument("--study-uid", help="StudyInstanceUID of the source DICOM")
@@ -83,14 +124,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_init(args: argparse.Namespace) -> int:
     from lesionseg.datasets import init_dataset
 
-    labels = _pairs(args.labels, "--labels")
-    names = {n.lower(): v for n, v in labels.items()}
+    table = _label_table(args.labels)
+    names = {n.lower(): v for v, n in table.items()}
     lesion = []
     for name in filter(None, args.lesion_labels.split(",")):
         if name.strip().lower() not in names:
-            raise UserError(f"--lesion-labels: {name!r} is not one of the labels {sorted(labels)}")
+            raise UserError(f"--lesion-labels: {name!r} is not one of the labels {sorted(table.values())}")
         lesion.append(names[name.strip().lower()])
-    dataset = init_dataset(args.dataset, {v: n for n, v in labels.items()}, args.name, args.modality, lesion)
+    dataset = init_dataset(args.dataset, table, args.name, args.modality, lesion)
     print(f"created dataset {dataset.root}")
     return 0
 
@@ -106,6 +147,7 @@ def run_add(args: argparse.Namespace) -> int:
         "source_model": source,
         "study_uid": args.study_uid,
         "series_uid": args.series_uid,
+        "patient_id": args.patient_id,
         "note": args.note,
         "host": socket.gethostname(),
         "tool": "lesionseg dataset add",

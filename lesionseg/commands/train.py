@@ -18,7 +18,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--output", required=True, help="model folder: checkpoints, metrics, spec.json, weights")
     parser.add_argument("--epochs", type=int, help="override the config's epoch count")
-    parser.add_argument("--resume", action="store_true", help="continue from checkpoint_latest.pt in --output")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from checkpoint_latest.pt in --output, on the train/validation cases the run started with "
+        "(refused when the dataset no longer holds them unchanged; see --new-split)",
+    )
+    parser.add_argument(
+        "--new-split",
+        action="store_true",
+        help="with --resume: go on from the weights on a fresh split of the dataset as it is now",
+    )
     parser.add_argument(
         "--overwrite",
         action="store_true",
@@ -71,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.config is None and not args.resume:
         args.config = "tiny"
+    if args.new_split and not args.resume:
+        raise UserError("--new-split applies to --resume; a new training always splits the dataset afresh")
     if args.resume and args.overwrite:
         raise UserError("--resume continues the run in --output, --overwrite replaces it: give one of them")
     if not args.resume and not args.overwrite and (Path(args.output) / "checkpoint_latest.pt").is_file():
@@ -100,14 +112,18 @@ def run(args: argparse.Namespace) -> int:
         if args.cascade:
             from lesionseg.training.cascade import train_cascade
 
-            stages = train_cascade(args.dataset, config, args.output, args.epochs, args.resume, args.device, report)
+            stages = train_cascade(
+                args.dataset, config, args.output, args.epochs, args.resume, args.device, report, args.new_split
+            )
             if not stages:
                 print(f"both stages in {args.output} had finished; nothing to resume")
                 return 0
             result = stages[-1]
         else:
             on = args.tensorboard or None  # None keeps the config's (or on --resume, the run's) setting
-            result = train(args.dataset, config, args.output, args.epochs, args.resume, args.device, report, on)
+            result = train(
+                args.dataset, config, args.output, args.epochs, args.resume, args.device, report, on, args.new_split
+            )
     except Exception as error:
         if args.progress == "jsonl":
             # The modules show this text: the one line the command line prints, never a traceback.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -28,7 +29,38 @@ from lesionseg.image import Image, require_same_grid
 from lesionseg.io import read_image, write_image
 from lesionseg.labels import LabelInfo
 
-PROVENANCE_KEYS = ("annotator", "source_model", "source_model_version", "study_uid", "series_uid", "note", "tool")
+PROVENANCE_KEYS = (
+    "annotator", "source_model", "source_model_version", "patient_key", "study_uid", "series_uid", "note", "tool",
+)  # fmt: skip
+
+
+def patient_key(patient_id: str) -> str:
+    """A stand-in for a PatientID: equal for equal IDs (so splits keep a patient together), yet not the ID."""
+    return hashlib.sha256(f"lesionseg-patient:{patient_id.strip()}".encode()).hexdigest()[:20]
+
+
+def image_content_sha256(image: Image) -> str:
+    """A hash of the voxel values and grid size, whatever the file or pixel type they came in.
+
+    Values are hashed as float64, one slice at a time, so an int16 CT and the same CT saved as float
+    match, and a large volume needs no full-size copy.
+    """
+    digest = hashlib.sha256(repr(tuple(int(n) for n in image.array.shape)).encode())
+    for plane in image.array:
+        digest.update(np.ascontiguousarray(plane, dtype=np.float64).tobytes())
+    return digest.hexdigest()
+
+
+def case_holding_image(dataset: Dataset, manifest: Mapping[str, Any], content_sha256: str) -> str | None:
+    """The active case whose current image has these voxels, if any."""
+    for case_id in dataset.active_cases(manifest):
+        version = dataset.current_version(manifest, case_id)
+        known = version.get("image_content_sha256")
+        if known is None:  # saved before contents were hashed
+            known = image_content_sha256(read_image(dataset.root / version["files"]["image"]["path"]))
+        if known == content_sha256:
+            return case_id
+    return None
 
 
 @dataclass(frozen=True)
@@ -119,6 +151,9 @@ def _describe(labels: Mapping[int, str]) -> str:
 
 def _clean_provenance(provenance: Mapping[str, Any] | None) -> dict[str, Any]:
     out = {k: v for k, v in dict(provenance or {}).items() if v not in (None, "")}
+    patient = out.pop("patient_id", None)
+    if patient is not None and str(patient).strip():
+        out["patient_key"] = patient_key(str(patient))
     source = out.get("source_model")
     if isinstance(source, str) and "@" in source and "source_model_version" not in out:
         out["source_model"], out["source_model_version"] = source.split("@", 1)
@@ -147,7 +182,12 @@ def add_case(
 
     ``labels`` names the label's segments (LabelInfo list or {value: name}); the names pick the
     dataset's label values, or ``label_map`` {segment name: dataset value} does.  Provenance keys:
-    annotator, source_model (``ID@VERSION``), study_uid, series_uid, note.
+    annotator, source_model (``ID@VERSION``), patient_id (kept only as ``patient_key``, a hash),
+    study_uid, series_uid, note.
+
+    An image whose voxels another active case already holds is refused, naming that case: a copy
+    saved as a second case would let training validate on the images it trained on.  To change that
+    case's label, save it as a new version of it (``case_id`` = that case).
     """
     dataset = Dataset(dataset_dir)
     require_same_grid(label, image, what="label")
@@ -155,10 +195,19 @@ def add_case(
     mapped = remap_label(label, _segment_names(labels), dataset_labels, label_map, drop_unmapped)
     present = tuple(int(v) for v in np.unique(mapped.array))
     record_provenance = _clean_provenance(provenance)
+    content = image_content_sha256(image)
     with dataset.lock():
         recover(dataset)
         manifest = dataset.manifest()
-        case_id = check_case_id(case_id) if case_id else _next_case_id(manifest)
+        case_id = check_case_id(case_id) if case_id else None
+        holder = case_holding_image(dataset, manifest, content)
+        if holder is not None and holder != case_id:
+            raise ValueError(
+                f"this image is already case {holder} of {dataset.root} (same voxels); a second copy would put the "
+                f"same image in training and validation. To replace its label, save a new version of it "
+                f"(--case-id {holder}); to take it out, `lesionseg dataset remove {dataset.root} {holder}` first"
+            )
+        case_id = case_id or _next_case_id(manifest)
         case = manifest["cases"].get(case_id, {"status": "active", "current": 0, "versions": []})
         number = max((v["version"] for v in case["versions"]), default=0) + 1
         folder = dataset.version_dir(case_id, number)
@@ -175,6 +224,7 @@ def add_case(
                 "image": {"path": dataset.relative(image_file)[2:], "sha256": sha256_file(image_file)},
                 "label": {"path": dataset.relative(label_file)[2:], "sha256": sha256_file(label_file)},
             },
+            "image_content_sha256": content,
             "size_ijk": list(image.size),
             "spacing_mm": [round(float(s), 6) for s in image.spacing],
             "labels_present": [v for v in present if v != 0],
@@ -260,19 +310,42 @@ def _names_from_json(doc: Any, where: Path) -> dict[int, str]:
     raise ValueError(f"{where}: expected a list of {{value, name}} or a value→name object")
 
 
+_UID_KEYS = (
+    ("patient_id", ("PatientID", "patient_id")),
+    ("study_uid", ("StudyInstanceUID", "study_uid")),
+    ("series_uid", ("SeriesInstanceUID", "series_uid")),
+)
+
+
+def read_dicom_folder_provenance(folder: str | Path) -> dict[str, Any]:
+    """PatientID and study and series UIDs of the first DICOM file in a series folder."""
+    import pydicom
+
+    for path in sorted(Path(folder).iterdir()):
+        if not path.is_file():
+            continue
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:  # noqa: BLE001 - any file that is not DICOM (a README, a DICOMDIR's siblings) is skipped
+            continue
+        if "SeriesInstanceUID" in header:
+            return {key: str(header.get(names[0], "")) for key, names in _UID_KEYS if header.get(names[0])}
+    return {}
+
+
 def read_sidecar_provenance(image_path: str | Path) -> dict[str, Any]:
-    """DICOM UIDs from a JSON sidecar beside the image (``ct.nii.gz`` → ``ct.json``), when there is one."""
+    """PatientID and DICOM UIDs from a JSON sidecar beside the image (``ct.nii.gz`` → ``ct.json``), or from
+    the files of a DICOM series folder."""
     path = Path(image_path)
-    stem = path.name.split(".")[0] if path.is_file() else path.name
-    sidecar = path.with_name(stem + ".json")
+    out = read_dicom_folder_provenance(path) if path.is_dir() else {}
+    sidecar = path.with_name((path.name if path.is_dir() else path.name.split(".")[0]) + ".json")
     if not sidecar.is_file():
-        return {}
-    doc = json.loads(sidecar.read_text(encoding="utf-8"))
-    out = {}
-    for key, names in (
-        ("study_uid", ("StudyInstanceUID", "study_uid")),
-        ("series_uid", ("SeriesInstanceUID", "series_uid")),
-    ):
+        return out
+    try:
+        doc = json.loads(sidecar.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{sidecar}: the sidecar beside the image is not valid JSON ({error})") from None
+    for key, names in _UID_KEYS:
         for name in names:
             if doc.get(name):
                 out[key] = str(doc[name])

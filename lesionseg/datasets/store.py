@@ -204,11 +204,25 @@ def init_dataset(
     lesion_labels: list[int] | None = None,
     description: str = "",
 ) -> Dataset:
-    """Create an empty dataset folder with its dataset.json and manifest."""
+    """Create an empty dataset folder with its dataset.json and manifest.
+
+    ``labels`` {value: name} lists the foreground labels: at least one, values 1 and up, names unique.
+    """
     dataset = Dataset(root)
     if dataset.description_path.exists():
         raise ValueError(f"{dataset.root} already holds a dataset.json; add cases to it with `lesionseg dataset add`")
-    table = {0: "background", **{int(k): str(v) for k, v in labels.items() if int(k) != 0}}
+    for value, label_name in labels.items():
+        if int(value) != value or int(value) < 1:
+            raise ValueError(
+                f"label {label_name!r}={value}: label values start at 1 (0 is the background, which every dataset "
+                "has); give e.g. spleen=1"
+            )
+    if not labels:
+        raise ValueError("a dataset needs at least one foreground label, e.g. --labels spleen=1")
+    table = {0: "background", **{int(k): str(v) for k, v in labels.items()}}
+    named = [str(v).strip().lower() for v in labels.values()]
+    if "background" in named:
+        raise ValueError("'background' is the name of label 0, which every dataset has; name the foreground labels")
     parse_labels({str(k): v for k, v in table.items()})
     unknown = sorted(set(lesion_labels or []) - set(table) - {0})
     if unknown or 0 in (lesion_labels or []):

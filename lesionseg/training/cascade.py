@@ -18,7 +18,7 @@ from typing import Any
 from lesionseg.io.atomic import write_bytes_atomic, write_json_atomic
 from lesionseg.training.config import load_config
 from lesionseg.training.export import CARD, SPEC, model_id_from_config
-from lesionseg.training.loop import Progress, TrainResult, train
+from lesionseg.training.loop import SPLIT_RECORD, Progress, TrainResult, train
 
 
 def stage_configs(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -45,6 +45,7 @@ def train_cascade(
     resume: bool = False,
     device: str = "auto",
     progress: Progress | None = None,
+    new_split: bool = False,
 ) -> list[TrainResult]:
     """Train both stages (each resumable on its own) and write ``cascade.json`` last; returns the stages run."""
     output = Path(output)
@@ -74,8 +75,24 @@ def train_cascade(
             if progress is not None:
                 progress({**event, "stage": f"train-{stage_name}"})
 
+        # Stage 2 trains and validates on the cases stage 1 did, even if the dataset changed in between.
+        first_split = output / "stage1" / SPLIT_RECORD
+        kept = None
+        if name == "stage2" and first_split.is_file():
+            kept = json.loads(first_split.read_text(encoding="utf-8"))
         results.append(
-            train(dataset_dir, None if stage_resume else stage, folder, epochs, stage_resume, device, tagged)
+            train(
+                dataset_dir,
+                None if stage_resume else stage,
+                folder,
+                epochs,
+                stage_resume,
+                device,
+                tagged,
+                None,
+                new_split,
+                kept,
+            )
         )
     write_cascade_spec(output, config)
     return results

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 PRESET_PACKAGE = "lesionseg.resources.training"
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
+
+log = logging.getLogger(__name__)
 
 NETWORKS = ("UNet", "SegResNet", "UNETR", "DynUNet")
 LOSSES = ("Dice", "DiceCE", "DiceFocal")
@@ -124,18 +129,42 @@ def _parse_text(text: str, where: str) -> Any:
         raise ValueError(f"{where}: not valid YAML ({error})") from None
 
 
+def config_file(source: str | Path) -> Path | None:
+    """``source`` as a config file path, or None when it names a preset.
+
+    A ``Path`` is a path.  Text is a path only when it looks like one (it holds a folder separator or
+    ends in .yaml, .yml or .json), so that a file called ``tiny`` in the working folder never replaces
+    the preset of that name.
+    """
+    if isinstance(source, Path):
+        return source
+    text = str(source)
+    separators = {"/", os.sep} | ({os.altsep} if os.altsep else set())
+    if any(sep in text for sep in separators) or text.lower().endswith(CONFIG_SUFFIXES):
+        return Path(text)
+    return None
+
+
 def read_config_source(source: str | Path) -> dict[str, Any]:
-    """The raw mapping from a file path or a preset name."""
-    path = Path(source)
-    if path.suffix.lower() in (".yaml", ".yml", ".json") or path.exists():
+    """The raw mapping from a file path or a preset name (see :func:`config_file` for which is which)."""
+    path = config_file(source)
+    if path is not None:
         if not path.is_file():
             raise FileNotFoundError(
                 f"no config file {path}; give a YAML/JSON file or a preset ({', '.join(presets())})"
             )
         data = _parse_text(path.read_text(encoding="utf-8"), str(path))
     elif str(source) in presets():
+        if Path(source).exists():
+            log.warning("config %s: using the preset %s, not the file of that name here (write ./%s for it)",
+                        source, source, source)  # fmt: skip
         text = resources.files(PRESET_PACKAGE).joinpath(f"{source}.yaml").read_text(encoding="utf-8")
         data = _parse_text(text, f"preset {source}")
+    elif Path(source).exists():
+        raise ValueError(
+            f"config {str(source)!r} is not a preset ({', '.join(presets())}); to use the file of that name, "
+            f"write it as a path: ./{source}"
+        )
     else:
         raise ValueError(f"unknown config {str(source)!r}: not a file and not a preset ({', '.join(presets())})")
     if data is None:
@@ -292,7 +321,8 @@ def _resolve_base(data: dict[str, Any], folder: Path | None = None, depth: int =
 def load_config(source: str | Path | dict[str, Any] | None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Merge a config (file, preset name, or mapping) over the defaults and check it."""
     data = {} if source is None else (copy.deepcopy(source) if isinstance(source, dict) else read_config_source(source))
-    folder = Path(source).parent if isinstance(source, (str, Path)) and Path(source).is_file() else None
+    path = config_file(source) if isinstance(source, (str, Path)) else None
+    folder = path.parent if path is not None and path.is_file() else None
     data = _resolve_base(data, folder)
     for dotted, value in (overrides or {}).items():
         section, key = dotted.split(".")

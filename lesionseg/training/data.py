@@ -8,20 +8,66 @@ runs per iteration on the cached tensors, on the GPU when training runs there.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lesionseg.datasets import Dataset, verify_dataset
+from lesionseg.datasets.splits import assign_groups, case_groups, case_provenance, groups_across
 
 log = logging.getLogger(__name__)
 
 KEYS = ("image", "label")
 
 
-def dataset_datalists(dataset_dir: str | Path, config: dict[str, Any]) -> dict[str, Any]:
-    """Training and validation entries (absolute paths) plus what a model must record about its data."""
+def case_versions(dataset: Dataset, manifest: Mapping[str, Any], cases: Sequence[str]) -> dict[str, dict]:
+    """What identifies the data of each case: its current version and the SHA-256 of its two files."""
+    out = {}
+    for case in cases:
+        version = dataset.current_version(manifest, case)
+        if version is not None:
+            files = version["files"]
+            out[case] = {
+                "version": int(version["version"]),
+                "image": files["image"]["sha256"],
+                "label": files["label"]["sha256"],
+            }
+    return out
+
+
+def _kept_split(kept: Mapping[str, Any], now: Mapping[str, dict], root: Path) -> tuple[list[str], list[str]]:
+    """The train and validation cases of the split a run started with, if the dataset still holds them as they were."""
+    recorded = kept["cases"]
+    gone = sorted(c for c in recorded if c not in now)
+    changed = sorted(c for c in recorded if c in now and now[c] != recorded[c])
+    if gone or changed:
+        what = "; ".join(
+            part
+            for part in (
+                f"{len(gone)} removed ({', '.join(gone[:5])})" if gone else "",
+                f"{len(changed)} saved again as a new version ({', '.join(changed[:5])})" if changed else "",
+            )
+            if part
+        )
+        raise ValueError(
+            f"cases of the split this run started with have changed in {root}: {what}. Resuming on them would "
+            "train or validate on other data than the run did. Restore the dataset, or resume with --new-split to "
+            "go on from these weights with a fresh split (validation scores before and after are not comparable)"
+        )
+    return list(kept["train"]), list(kept["validation"])
+
+
+def dataset_datalists(
+    dataset_dir: str | Path, config: dict[str, Any], kept_split: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Training and validation entries (absolute paths) plus what a model must record about its data.
+
+    ``kept_split`` (a resumed run's ``split_record``) pins the cases: they must be unchanged in the
+    dataset.  Otherwise the dataset.json split is used, else a seeded random split; both keep the cases
+    of one patient or study on one side.
+    """
     from monai.data import load_decathlon_datalist
 
     dataset = Dataset(dataset_dir)
@@ -37,14 +83,34 @@ def dataset_datalists(dataset_dir: str | Path, config: dict[str, Any]) -> dict[s
     if not entries:
         raise ValueError(f"dataset {dataset.root} has no training cases; add some with `lesionseg dataset add`")
     by_case = {str(e.get("case", Path(e["image"]).name.split(".")[0])): e for e in entries}
+    manifest = dataset.manifest()
+    versions = case_versions(dataset, manifest, sorted(by_case))
+    groups = case_groups(case_provenance(dataset, manifest, sorted(versions)))
     splits = doc.get("splits")
-    if splits:
+    if kept_split is not None:
+        train_ids, val_ids = _kept_split(kept_split, versions, dataset.root)
+        unsplit = sorted(set(by_case) - set(train_ids) - set(val_ids))
+        if unsplit:
+            log.warning(
+                "%d cases added since this run started are not used (%s); start a new run to use them",
+                len(unsplit),
+                unsplit[:3],
+            )
+        split_source = f"{kept_split['source']}, kept from the run's start"
+    elif splits:
         missing = sorted((set(splits["train"]) | set(splits["validation"])) - set(by_case))
         if missing:
             raise ValueError(
                 f"dataset.json splits name cases that were removed ({missing[:5]}); run `lesionseg dataset split` again"
             )
         train_ids, val_ids = list(splits["train"]), list(splits["validation"])
+        sides = {key: splits[key] for key in ("train", "validation", "test")}
+        mixed = groups_across(groups, sides)
+        if mixed:
+            raise ValueError(
+                f"the dataset.json split puts cases of one patient or study on both sides ({', '.join(mixed[0])}); "
+                "run `lesionseg dataset split` again, which keeps them together"
+            )
         unsplit = sorted(set(by_case) - {c for key in ("train", "validation", "test", "excluded") for c in splits[key]})
         if unsplit:
             log.warning(
@@ -52,13 +118,19 @@ def dataset_datalists(dataset_dir: str | Path, config: dict[str, Any]) -> dict[s
             )
         split_source = f"dataset.json splits (seed {splits.get('seed')})"
     else:
-        ids = sorted(by_case)
-        order = np.random.default_rng(config["training"]["seed"]).permutation(len(ids))
-        n_val = int(round(len(ids) * config["training"]["validation_fraction"])) if len(ids) > 1 else 0
-        val_ids = sorted(ids[i] for i in order[:n_val])
-        train_ids = sorted(ids[i] for i in order[n_val:])
+        fraction = config["training"]["validation_fraction"] if len(by_case) > 1 else 0.0
+        rng = np.random.default_rng(config["training"]["seed"])
+        dealt, rest = assign_groups(groups, [("validation", fraction)], rng)
+        val_ids, train_ids = sorted(dealt["validation"]), sorted(rest)
+        if not train_ids and len(groups) == 1 and len(by_case) > 1:
+            raise ValueError(
+                f"all {len(by_case)} cases share one patient or study, so none can be kept apart for validation "
+                "without training on the same patient; add cases of other patients, or set "
+                "training.validation_fraction: 0.0"
+            )
         split_source = (
-            f"random {config['training']['validation_fraction']:.0%} validation, seed {config['training']['seed']}"
+            f"random {config['training']['validation_fraction']:.0%} validation by patient/study, "
+            f"seed {config['training']['seed']}"
         )
     if not train_ids:
         raise ValueError("no training cases left after the split; add cases or lower the validation fraction")
@@ -69,6 +141,12 @@ def dataset_datalists(dataset_dir: str | Path, config: dict[str, Any]) -> dict[s
         "train_ids": train_ids,
         "validation_ids": val_ids,
         "split": split_source,
+        "split_record": {
+            "source": split_source.removesuffix(", kept from the run's start"),
+            "train": train_ids,
+            "validation": val_ids,
+            "cases": {c: versions[c] for c in sorted(train_ids + val_ids)},
+        },
         "labels": labels,
         "lesion_labels": [v for v in dataset.lesion_labels() if v in labels],
         "manifest_sha256": dataset.manifest_sha256(),

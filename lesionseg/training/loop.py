@@ -15,13 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from lesionseg.io.atomic import write_bytes_atomic
+from lesionseg.io.atomic import write_bytes_atomic, write_json_atomic
 from lesionseg.training.checkpoint import BEST, LATEST, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from lesionseg.training.config import load_config
 from lesionseg.training.data import dataset_datalists, deterministic_transforms, random_transforms
 
 log = logging.getLogger(__name__)
 METRICS = "metrics.jsonl"
+SPLIT_RECORD = "split.json"  # the run's train/validation cases and their file hashes, as its checkpoints keep them
 CURVE = "learning_curve.png"
 TENSORBOARD_PIN = "tensorboard==2.21.0"  # the version requirements/test.txt pins
 # Drawing the curve costs about 0.4 s of matplotlib, as much as a whole small epoch: redraw it on a
@@ -237,10 +238,15 @@ def train(
     device: str = "auto",
     progress: Progress | None = None,
     tensorboard: bool | None = None,
+    new_split: bool = False,
+    kept_split: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train a model on a dataset folder and write it as a registry model folder in ``output``.
 
-    ``tensorboard`` overrides the config's ``training.tensorboard`` (also on resume) when given.
+    ``tensorboard`` overrides the config's ``training.tensorboard`` (also on resume) when given.  A resumed
+    run keeps the train/validation cases it started with, and refuses when the dataset no longer holds
+    them unchanged, unless ``new_split`` asks for a fresh split.  ``kept_split`` (a ``split.json``) makes
+    a new run use the cases of another (a cascade's second stage those of its first).
     """
     import torch
     import torch.distributed as dist
@@ -301,12 +307,24 @@ def train(
         # Seeded but fast: cuDNN may pick the quickest convolution algorithms for the fixed patch size.
         torch.backends.cudnn.benchmark = torch_device.type == "cuda"
 
-    data = dataset_datalists(dataset_dir, config)
+    kept = json.loads(checkpoint["split"]) if checkpoint is not None and "split" in checkpoint else kept_split
+    data = dataset_datalists(dataset_dir, config, None if new_split else kept)
     labels = data["labels"]
     out_channels = max(labels) + 1
-    if checkpoint is not None and checkpoint["dataset_manifest_sha256"] != data["manifest_sha256"]:
-        log.warning("the dataset changed since this run started (its manifest hash differs); resuming on the new data")
+    if checkpoint is not None and (kept is None or new_split):
+        if kept is None and checkpoint["dataset_manifest_sha256"] != data["manifest_sha256"]:
+            # A run from before splits were recorded: its split cannot be checked, only the manifest.
+            log.warning("the dataset changed since this run started (its manifest hash differs); resuming on new data")
+        if new_split:
+            log.warning(
+                "resuming on a new split (%d training, %d validation cases); validation scores from before are not "
+                "comparable with those that follow",
+                len(data["train_ids"]),
+                len(data["validation_ids"]),
+            )
     output.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        write_json_atomic(output / SPLIT_RECORD, data["split_record"])
 
     train_items = data["train"]
     if world > 1:
@@ -428,6 +446,8 @@ def train(
                     "history": [json.dumps(h, sort_keys=True) for h in history],
                     "config": json.dumps(config),
                     "dataset_manifest_sha256": data["manifest_sha256"],
+                    # The cases (and their file hashes) this run trains and validates on; a resume keeps them.
+                    "split": json.dumps(data["split_record"]),
                 }
                 if validate and best is not None and best["epoch"] == epoch:
                     save_checkpoint(output / BEST, state)
