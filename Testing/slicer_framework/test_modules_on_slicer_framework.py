@@ -9,10 +9,12 @@ stand-ins of the classes it names, and bound with Slicer's own ``connectGui``: e
 from __future__ import annotations
 
 import importlib
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from assembled_slicer import TAGS, SlicerFramework, missing_reason
 from support.slicer_modules import MODULES, module_ui, ui_widgets
 
 
@@ -178,3 +180,24 @@ def test_learning_rate_keeps_fine_tuning_rates_through_the_panel(framework):
         spin_box.value = 0.0
         spin_box.value = rate
         assert node.learningRate == rate
+
+
+@pytest.mark.parametrize("tag", TAGS)
+def test_each_release_is_assembled_apart_and_the_process_is_given_back(tag):
+    reason = missing_reason(tag)
+    if reason:
+        pytest.skip(reason)
+    import slicer
+
+    core_util = sys.modules.get("slicer.util")
+    framework = SlicerFramework(tag)
+    try:
+        assert Path(slicer.util.__file__).is_relative_to(framework.root)
+        parameter_nodes = importlib.import_module("slicer.parameterNodeWrapper")
+        assert Path(parameter_nodes.__file__).is_relative_to(framework.root)
+        assert isinstance(slicer.mrmlScene, slicer.vtkMRMLScene) and slicer.app.testingEnabled()
+    finally:
+        framework.close()
+    assert sys.modules.get("slicer.util") is core_util
+    assert "qt" not in sys.modules and "slicer.parameterNodeWrapper" not in sys.modules
+    assert not hasattr(slicer, "app") and not hasattr(slicer, "mrmlScene")
