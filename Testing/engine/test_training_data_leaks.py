@@ -81,6 +81,17 @@ def test_adding_the_same_image_twice_is_refused_naming_the_case_it_already_is(tm
         add_case(dataset, image.with_array(image.array.astype(np.float32)), label, NAMES)
 
 
+def test_a_case_saved_before_images_were_hashed_is_still_recognised(dataset):
+    image, label = sphere_case(3, size=16)
+    add_case(dataset, image, label, NAMES, case_id="old")
+    store = Dataset(dataset)
+    manifest = store.manifest()
+    del manifest["cases"]["old"]["versions"][0]["image_content_sha256"]
+    store.write_manifest(manifest)
+    with pytest.raises(ValueError, match="already case old"):
+        add_case(dataset, image, label, NAMES)
+
+
 def test_a_removed_case_image_can_be_added_again(dataset):
     from lesionseg.datasets import remove_case
 

@@ -51,12 +51,14 @@ def image_content_sha256(image: Image) -> str:
     return digest.hexdigest()
 
 
-def case_holding_image(dataset: Dataset, manifest: Mapping[str, Any], content_sha256: str) -> str | None:
+def case_holding_image(dataset: Dataset, manifest: Mapping[str, Any], image: Image, content_sha256: str) -> str | None:
     """The active case whose current image has these voxels, if any."""
     for case_id in dataset.active_cases(manifest):
         version = dataset.current_version(manifest, case_id)
         known = version.get("image_content_sha256")
-        if known is None:  # saved before contents were hashed
+        if known is None:  # saved before contents were hashed: read it only when its size could match
+            if list(version.get("size_ijk", [])) != list(image.size):
+                continue
             known = image_content_sha256(read_image(dataset.root / version["files"]["image"]["path"]))
         if known == content_sha256:
             return case_id
@@ -200,7 +202,7 @@ def add_case(
         recover(dataset)
         manifest = dataset.manifest()
         case_id = check_case_id(case_id) if case_id else None
-        holder = case_holding_image(dataset, manifest, content)
+        holder = case_holding_image(dataset, manifest, image, content)
         if holder is not None and holder != case_id:
             raise ValueError(
                 f"this image is already case {holder} of {dataset.root} (same voxels); a second copy would put the "
