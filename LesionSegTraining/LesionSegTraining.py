@@ -600,7 +600,15 @@ class LesionSegTrainingTest(ScriptedLoadableModuleTest):
             parameterNode.annotator = "Dr. Rivera"
             widget.ui.datasetFolderPathLineEdit.currentPath = folder
             widget.ui.saveCaseButton.click()
-            widget.ui.saveCaseButton.click()  # saving again adds another case: the button gives no case id
+            widget.ui.saveCaseButton.click()  # the same image again: refused, it would leak into validation
+            self.assertEqual(parameterNode.casesTable.GetNumberOfRows(), 1)
+            # Another patient's image (other voxels) becomes a second case: the button gives no case id.
+            _ct2, _labels2, otherVolume, otherSegmentation = self._makeCase("Other")
+            slicer.util.arrayFromVolume(otherVolume)[:] += 1
+            slicer.util.arrayFromVolumeModified(otherVolume)
+            parameterNode.caseVolume = otherVolume
+            parameterNode.caseSegmentation = otherSegmentation
+            widget.ui.saveCaseButton.click()
             rows = table_rows(parameterNode.casesTable)
             self.assertEqual([row["case"] for row in rows], ["case_0001", "case_0002"])
             self.assertEqual(rows[0]["provenance"], "AI: tiny-spleen 0.0.1, by Dr. Rivera")
