@@ -120,8 +120,11 @@ def fit_names(
     for original in names:
         text = clean(str(original))
         changes = []
-        if text != original:
-            changes.append("backslashes, control characters or extra spaces replaced")
+        # Spaces are tidied without a note: DICOM ignores the leading and trailing ones anyway.
+        if "\\" in str(original):
+            changes.append("'\\' is the DICOM value delimiter, written as '-'")
+        if any(unicodedata.category(char) in _FORBIDDEN_CATEGORIES for char in str(original)):
+            changes.append("control or unassigned characters written as spaces")
         if not text:
             text = fallback
             changes.append("nothing writable was left")
