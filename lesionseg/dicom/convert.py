@@ -77,17 +77,12 @@ class Converted:
     image_path: Path | None = None
     sidecar_path: Path | None = None
     warnings: list[str] = field(default_factory=list)
-    error: str | None = None
 
 
 @dataclass
 class Conversion:
     scan: Scan
     converted: list[Converted]
-
-    @property
-    def failures(self) -> list[Converted]:
-        return [c for c in self.converted if c.error is not None]
 
 
 def output_names(scan: Scan) -> dict[str, tuple[str, str, str]]:
