@@ -82,6 +82,7 @@ class SlicerFramework:
         for name in self._saved_modules:
             del sys.modules[name]
         sys.modules.update(qt_standins.modules())
+        qt_standins.QSettings._store = {}  # a fresh application's settings
         for cls in qt_standins.SLICER_QT_CLASSES:
             setattr(slicer, cls.__name__, cls)
         slicer.__path__.insert(0, str(self.root / "Base" / "Python" / "slicer"))
