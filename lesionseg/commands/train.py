@@ -53,24 +53,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _forget_run(output: Path) -> None:
     """With --overwrite: drop the checkpoints that would make the new training a resume of the old one."""
-    from lesionseg.training.checkpoint import BEST, LATEST
-
     for folder in (output, output / "stage1", output / "stage2"):
-        for name in (LATEST, BEST):
+        for name in ("checkpoint_latest.pt", "checkpoint_best.pt"):  # training.checkpoint's names
             (folder / name).unlink(missing_ok=True)
     (output / "cascade-config.json").unlink(missing_ok=True)
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from lesionseg.errors import UserError, describe
     from lesionseg.io.outputs import check_output_folder
-    from lesionseg.training import load_config, train
-    from lesionseg.training.loop import tensorboard_writer_class
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
 
     def report(event: dict) -> None:
         if args.progress == "jsonl":
@@ -98,6 +89,14 @@ def run(args: argparse.Namespace) -> int:
             check_output_folder(output / stage, [], True)  # clears what a killed stage left half-written
     if args.overwrite:
         _forget_run(output)
+    # Imported after the checks: a refusal should not wait seconds for torch.
+    import torch
+
+    from lesionseg.training import load_config, train
+    from lesionseg.training.loop import tensorboard_writer_class
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
     config = args.config
     if args.tensorboard:
         tensorboard_writer_class()  # before a cascade writes its config: a missing package fails first
