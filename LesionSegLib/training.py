@@ -156,7 +156,9 @@ def save_case(
 
     ``label_map`` maps segment names to the dataset's label values (segments it leaves out are not
     saved); by default segments are matched to the dataset's labels by name. A folder without a dataset
-    gets one, labelled by these segments.
+    gets one, labelled by these segments.  With no ``case_id``, a volume the dataset already holds (same
+    voxels) is saved as a new version of that case: the annotator corrected its mask, and a second case
+    of one image would leak into validation.
     """
     problem = input_volume_problem(volume_node)
     if problem:
@@ -170,7 +172,17 @@ def save_case(
     if not dataset_exists(folder):
         create_dataset(folder, [info.name for info in infos])
     provenance = case_provenance(volume_node, segmentation_node, annotator, note)
-    return add_case(folder, image, labels, infos, case_id, provenance, label_map, drop_unmapped=label_map is not None)
+    return add_case(
+        folder,
+        image,
+        labels,
+        infos,
+        case_id,
+        provenance,
+        label_map,
+        drop_unmapped=label_map is not None,
+        same_image="new_version",
+    )
 
 
 def remove_dataset_case(folder: str | Path, case_id: str, by: str, reason: str = "") -> int:

@@ -600,8 +600,10 @@ class LesionSegTrainingTest(ScriptedLoadableModuleTest):
             parameterNode.annotator = "Dr. Rivera"
             widget.ui.datasetFolderPathLineEdit.currentPath = folder
             widget.ui.saveCaseButton.click()
-            widget.ui.saveCaseButton.click()  # the same image again: refused, it would leak into validation
+            # The same image again (a corrected mask) is a new version of its case, never a second case.
+            widget.ui.saveCaseButton.click()
             self.assertEqual(parameterNode.casesTable.GetNumberOfRows(), 1)
+            self.assertEqual(str(table_rows(parameterNode.casesTable)[0]["version"]), "2")
             # Another patient's image (other voxels) becomes a second case: the button gives no case id.
             _ct2, _labels2, otherVolume, otherSegmentation = self._makeCase("Other")
             slicer.util.arrayFromVolume(otherVolume)[:] += 1

@@ -88,6 +88,24 @@ def test_saving_cases_records_provenance_and_fills_the_case_table(scene, tmp_pat
     assert removed["status"] == "removed" and removed["versions"][-1]["provenance"]["reason"] == "motion artefact"
 
 
+def test_saving_a_corrected_mask_of_a_saved_image_makes_a_new_version_not_a_second_case(scene, tmp_path):
+    folder = tmp_path / "dataset"
+    ct, labels, volume, segmentation = case_nodes(scene, 0, "A")
+    first = training.save_case(folder, volume, segmentation, "Dr. Rivera")
+    # The annotator erases the lesion segment's voxels in Slicer and saves again, giving no case id.
+    segmentation.GetSegmentation().RemoveSegment(segmentation.GetSegmentation().GetSegmentIdBySegmentName("lesion"))
+    corrected = training.save_case(folder, volume, segmentation, "Dr. Rivera", label_map={"spleen": 1})
+    assert (corrected.case_id, corrected.version) == (first.case_id, 2)
+    assert corrected.labels_present == (1,)
+    rows = tables.table_rows(training.case_table(scene, folder))
+    assert [(r["case"], r["version"]) for r in rows] == [("case_0001", 2)]
+    # The engine's own default, used by `lesionseg dataset add`, still refuses a silent second copy.
+    from lesionseg.datasets import add_case
+
+    with pytest.raises(ValueError, match="already case case_0001"):
+        add_case(folder, ct, ct.with_array(labels), {1: "spleen", 2: "lesion"})
+
+
 def test_bad_cases_are_refused_with_the_fix(scene, tmp_path):
     _ct, _labels, volume, segmentation = case_nodes(scene, 0, "A")
     with pytest.raises(ValueError, match="annotator"):

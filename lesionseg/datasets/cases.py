@@ -179,6 +179,7 @@ def add_case(
     provenance: Mapping[str, Any] | None = None,
     label_map: Mapping[str, int] | None = None,
     drop_unmapped: bool = False,
+    same_image: str = "refuse",
 ) -> CaseRecord:
     """Save ``image`` and ``label`` as a new version of a case (a new case when ``case_id`` is new or None).
 
@@ -189,8 +190,12 @@ def add_case(
 
     An image whose voxels another active case already holds is refused, naming that case: a copy
     saved as a second case would let training validate on the images it trained on.  To change that
-    case's label, save it as a new version of it (``case_id`` = that case).
+    case's label, save it as a new version of it (``case_id`` = that case), or pass ``same_image="new_version"``
+    with no ``case_id``: an image already held then becomes a new version of the case holding it (an annotator's
+    corrected mask), decided under the dataset's lock.
     """
+    if same_image not in ("refuse", "new_version"):
+        raise ValueError(f"same_image must be 'refuse' or 'new_version', not {same_image!r}")
     dataset = Dataset(dataset_dir)
     require_same_grid(label, image, what="label")
     dataset_labels = dataset.labels()
@@ -203,6 +208,8 @@ def add_case(
         manifest = dataset.manifest()
         case_id = check_case_id(case_id) if case_id else None
         holder = case_holding_image(dataset, manifest, image, content)
+        if holder is not None and case_id is None and same_image == "new_version":
+            case_id = holder
         if holder is not None and holder != case_id:
             raise ValueError(
                 f"this image is already case {holder} of {dataset.root} (same voxels); a second copy would put the "
