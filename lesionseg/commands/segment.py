@@ -10,7 +10,6 @@ import traceback
 from typing import Any
 
 from lesionseg.errors import EXIT_FAILURE, describe
-from lesionseg.io.outputs import check_output
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,7 +37,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run on a DICOM series of modality MOD (e.g. MR) although the model names another (e.g. CT); "
         "without it such a series is refused, as the model's result on it is not validated",
     )
+    nnunet = parser.add_argument_group("nnU-Net result folders (--model Dataset*/ or Dataset*/Trainer__Plans__config/)")
+    nnunet.add_argument(
+        "--configuration",
+        help="in a dataset folder: 2d, 3d_fullres, 3d_lowres or 3d_cascade_fullres (default: 3d_fullres)",
+    )
+    nnunet.add_argument("--folds", nargs="+", metavar="F", help="folds to average (default: every fold present)")
+    nnunet.add_argument(
+        "--checkpoint", default="checkpoint_final.pth", help="checkpoint file name (default checkpoint_final.pth)"
+    )
+    nnunet.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="mirroring test-time augmentation (default: on for a GPU, off on the CPU, where it is 4-8x slower)",
+    )
+    nnunet.add_argument("--tile-step-size", type=float, default=0.5, help="sliding-window step, fraction of a patch")
     parser.set_defaults(func=run)
+
+
+def _nnunet_options(args: argparse.Namespace):
+    from lesionseg.inference.nnunet import NnunetOptions
+
+    return NnunetOptions(args.configuration, args.folds, args.checkpoint, args.tta, args.tile_step_size)
 
 
 def emit_jsonl(event: dict[str, Any]) -> None:
@@ -74,20 +95,35 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _terminate_cleanly)
     sink = emit_jsonl if args.progress == "jsonl" else TextBar()
     try:
+        from lesionseg.io.outputs import check_output  # here, not at the top: registering the command stays cheap
+
         check_output(args.output, [args.input, args.model], args.overwrite)  # before minutes of work, not after
         from lesionseg.inference.pipeline import segment_file
+        from lesionseg.models.nnunet import is_nnunet_folder
 
-        result = segment_file(
-            args.model,
-            args.input,
-            args.output,
-            args.device,
-            sink,
-            crop_body=args.crop_body,
-            models_dir=args.models_dir,
-            threshold=args.threshold,
-            allow_modality=args.allow_modality,
-        )
+        if is_nnunet_folder(args.model):
+            from lesionseg.inference.nnunet import segment_file_nnunet
+
+            if args.threshold is not None or args.crop_body:
+                raise ValueError(
+                    "--threshold and --crop-body apply to LesionSeg's own models, not yet to nnU-Net result folders; "
+                    "leave them out"
+                )
+            result = segment_file_nnunet(
+                args.model, args.input, args.output, args.device, sink, options=_nnunet_options(args)
+            )
+        else:
+            result = segment_file(
+                args.model,
+                args.input,
+                args.output,
+                args.device,
+                sink,
+                crop_body=args.crop_body,
+                models_dir=args.models_dir,
+                threshold=args.threshold,
+                allow_modality=args.allow_modality,
+            )
     except Exception as error:
         if args.progress != "jsonl":
             if sink.stage:

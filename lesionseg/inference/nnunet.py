@@ -1,0 +1,312 @@
+"""Segmenting with an nnU-Net v2 result folder, inside LesionSeg's own job (same events as our own models).
+
+nnU-Net's own preprocessing, sliding window and resampling back run unchanged (``nnUNetPredictor`` with
+``manual_initialization`` and ``predict_single_npy_array``); what differs from ``nnUNetv2_predict`` is around it:
+
+* the network is built from ``plans.json`` and checkpoints load with ``weights_only=True``
+  (:mod:`lesionseg.models.nnunet`), so no trainer lookup and no unpickled code;
+* the image is fed **as stored**, as nnU-Net's ``SimpleITKIO`` reader gives it: the array in SimpleITK's (z, y, x)
+  order, which is our :class:`~lesionseg.image.Image`'s ``[k, j, i]``, and the spacing reversed to (z, y, x).
+  The direction is not used, as nnU-Net does not use it; the labelmap comes back on the input's grid;
+* every fold present (or ``folds``) is softmax-averaged, as nnU-Net's ensembling does within one configuration;
+* a ``3d_cascade_fullres`` configuration runs its ``3d_lowres`` first stage and passes its labels on
+  (a signed integer array: nnU-Net's one-hot encoding of a uint8 array overflows);
+* progress counts nnU-Net's windows, and nnU-Net's prints go to stderr so ``--progress jsonl`` stays clean.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lesionseg.image import Image
+from lesionseg.inference.progress import EventSink, Progress
+from lesionseg.labels import LabelInfo
+from lesionseg.models.nnunet import (
+    CHECKPOINT_NAMES,
+    NnunetConfiguration,
+    NnunetModelError,
+    foreground_labels,
+    load_checkpoint,
+    load_configuration,
+    previous_stage_folder,
+    resolve_configuration_folder,
+)
+
+DEFAULT_TILE_STEP = 0.5
+_COLOURS = [(0.9, 0.3, 0.2), (0.95, 0.85, 0.55), (0.3, 0.6, 0.9), (0.4, 0.8, 0.4), (0.8, 0.5, 0.9), (0.9, 0.6, 0.2)]
+
+
+@dataclass
+class NnunetOptions:
+    """How to run a result folder (the CLI's nnU-Net options)."""
+
+    configuration: str | None = None  # within a dataset folder; None: 3d_fullres first (PREFERRED_CONFIGURATIONS)
+    folds: Sequence[str] | None = None  # None: every fold that holds the checkpoint
+    checkpoint: str = "checkpoint_final.pth"
+    mirroring: bool | None = None  # test-time mirroring; None: on for a GPU, off on the CPU (minutes per case there)
+    tile_step_size: float = DEFAULT_TILE_STEP
+
+    def check(self) -> None:
+        if not 0.0 < self.tile_step_size <= 1.0:
+            raise NnunetModelError(
+                f"tile step size {self.tile_step_size} is out of range; give a fraction of the patch in (0, 1] "
+                "(nnU-Net's default is 0.5; larger is faster and a little less accurate)"
+            )
+        if Path(self.checkpoint).name != self.checkpoint or not self.checkpoint.endswith(".pth"):
+            raise NnunetModelError(
+                f"checkpoint name {self.checkpoint!r}: give a file name such as {' or '.join(CHECKPOINT_NAMES)}"
+            )
+
+
+@dataclass
+class LoadedStage:
+    configuration: NnunetConfiguration
+    predictor: Any
+    folds: list[str]
+    checkpoint_files: list[Path]
+
+
+def labels_of(configuration: NnunetConfiguration) -> list[LabelInfo]:
+    """dataset.json's labels as LabelInfo (region-based label lists give their first value)."""
+    out = []
+    for name, value in configuration.labels.items():
+        number = int(value[0] if isinstance(value, (list, tuple)) else value)
+        if number != 0:
+            out.append(LabelInfo(number, str(name), _COLOURS[(number - 1) % len(_COLOURS)]))
+    return sorted(out, key=lambda label: label.value)
+
+
+class _WindowCounter:
+    """Counts nnU-Net's sliding-window steps (over every fold) for true percent progress."""
+
+    def __init__(self, report: Callable[[int, int], None] | None):
+        self.report = report
+        self.done = 0
+        self.total = 0
+
+
+def _predictor_class():
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    class ReportingPredictor(nnUNetPredictor):
+        counter: _WindowCounter | None = None
+
+        def _internal_get_sliding_window_slicers(self, image_size):
+            slicers = super()._internal_get_sliding_window_slicers(image_size)
+            if self.counter is not None and self.counter.total == 0:
+                self.counter.total = len(slicers) * max(1, len(self.list_of_parameters))
+            return slicers
+
+        def _internal_maybe_mirror_and_predict(self, x):
+            out = super()._internal_maybe_mirror_and_predict(x)
+            counter = self.counter
+            if counter is not None:
+                counter.done += 1
+                if counter.report is not None:
+                    counter.report(counter.done, max(counter.total, counter.done))
+            return out
+
+    return ReportingPredictor
+
+
+def load_stage(configuration: NnunetConfiguration, options: NnunetOptions, device: Any) -> LoadedStage:
+    """A predictor for one configuration: network from the plans, every chosen fold's weights loaded safely."""
+    with contextlib.redirect_stdout(sys.stderr):  # nnU-Net prints (its predictor's constructor does)
+        return _load_stage(configuration, options, device)
+
+
+def _load_stage(configuration: NnunetConfiguration, options: NnunetOptions, device: Any) -> LoadedStage:
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    available = configuration.folds(options.checkpoint)
+    if not available:
+        raise NnunetModelError(
+            f"{configuration.folder}: no fold_*/{options.checkpoint}; "
+            + (
+                "give --checkpoint checkpoint_best.pth"
+                if configuration.folds("checkpoint_best.pth")
+                else "the training of this configuration has not finished"
+            )
+        )
+    folds = [str(f) for f in options.folds] if options.folds else available
+    missing = [f for f in folds if f not in available]
+    if missing:
+        raise NnunetModelError(
+            f"{configuration.folder}: fold(s) {', '.join(missing)} have no {options.checkpoint}; "
+            f"folds present: {', '.join(available)}"
+        )
+    files = [configuration.checkpoint_path(f, options.checkpoint) for f in folds]
+    checkpoints = [load_checkpoint(path) for path in files]
+    first = checkpoints[0]
+    trained = first["init_args"].get("configuration")
+    if trained is not None and trained != configuration.name:
+        raise NnunetModelError(
+            f"{files[0]} was trained as {trained!r} but lies in the {configuration.name!r} folder; "
+            "put it back in its own configuration folder"
+        )
+    network = configuration.build_network()
+    for path, checkpoint in zip(files, checkpoints, strict=True):
+        try:
+            network.load_state_dict(checkpoint["network_weights"])  # each fold must fit the plans' network
+        except RuntimeError as error:
+            raise NnunetModelError(
+                f"{path}: its weights do not fit the network of plans.json ({str(error).splitlines()[0]}); "
+                "the checkpoint belongs to another plans file"
+            ) from error
+    mirroring = options.mirroring if options.mirroring is not None else device.type == "cuda"
+    predictor = _predictor_class()(
+        tile_step_size=options.tile_step_size,
+        use_gaussian=True,
+        use_mirroring=mirroring,
+        perform_everything_on_device=device.type == "cuda",
+        device=device,
+        verbose=False,
+        verbose_preprocessing=False,
+        allow_tqdm=False,
+    )
+    plans_manager = PlansManager(configuration.plans)
+    axes = first.get("inference_allowed_mirroring_axes")
+    predictor.manual_initialization(
+        network.to(device),
+        plans_manager,
+        plans_manager.get_configuration(configuration.name),
+        [c["network_weights"] for c in checkpoints],
+        configuration.dataset,
+        str(first["trainer_name"]),
+        tuple(axes) if axes is not None else None,
+    )
+    return LoadedStage(configuration, predictor, folds, files)
+
+
+def nnunet_input(image: Image) -> tuple[np.ndarray, dict]:
+    """The array and properties nnU-Net's SimpleITKIO reader gives for this image's file: (1, z, y, x), (z, y, x)."""
+    array = np.asarray(image.array, dtype=np.float32)[None]
+    return array, {"spacing": [float(s) for s in image.spacing[::-1]]}
+
+
+def _run_stage(stage: LoadedStage, image: Image, previous: np.ndarray | None, counter: _WindowCounter) -> np.ndarray:
+    array, properties = nnunet_input(image)
+    stage.predictor.counter = counter
+    with contextlib.redirect_stdout(sys.stderr):
+        labels = stage.predictor.predict_single_npy_array(array, properties, previous)
+    labels = np.asarray(labels)
+    if labels.shape != image.array.shape:
+        raise RuntimeError(f"internal error: nnU-Net returned shape {labels.shape} for an input of {image.array.shape}")
+    return labels
+
+
+def predict_nnunet(
+    image: Image, model: str | Path, options: NnunetOptions | None = None, device: str = "auto", progress=None
+) -> tuple[Image, list[LabelInfo], dict[str, Any]]:
+    """The labelmap (uint8, on ``image``'s grid), the labels and a description of what ran."""
+    from lesionseg.inference.devices import resolve_device
+
+    options = options or NnunetOptions()
+    options.check()
+    reporter = progress if isinstance(progress, Progress) else Progress(progress)
+    reporter.stage("load")
+    configuration = load_configuration(resolve_configuration_folder(model, options.configuration))
+    torch_device = resolve_device(device)
+    chain = [configuration]
+    if configuration.previous_stage is not None:
+        chain.insert(0, load_configuration(previous_stage_folder(configuration)))
+    channels = len(chain[-1].channel_names) or 1
+    if channels != 1:
+        raise NnunetModelError(
+            f"{configuration.folder} needs {channels} input channels ({', '.join(chain[-1].channel_names.values())}); "
+            "segment feeds one image, multi-channel input is not supported yet"
+        )
+    stages = []
+    for index, config in enumerate(chain):
+        stage_options = options
+        if index < len(chain) - 1:
+            # --folds names the folds of the configuration asked for; the first stage uses all of its own.
+            stage_options = NnunetOptions(None, None, options.checkpoint, options.mirroring, options.tile_step_size)
+        stages.append(load_stage(config, stage_options, torch_device))
+        reporter.update((index + 1) / len(chain))
+    reporter.stage("preprocess")
+    if len(stages) > 1:
+        reporter.message(f"cascade: {stages[0].configuration.name} first, then {configuration.name}")
+    reporter.stage("inference")
+    previous = None
+    for index, stage in enumerate(stages):
+
+        def windows(done: int, total: int, index=index) -> None:
+            last = done >= total  # never throttled: the bar must reach the end of the stage
+            reporter.update((index + done / total) / len(stages), force=last, windows_done=done, windows_total=total)
+
+        labels = _run_stage(stage, image, previous, _WindowCounter(windows))
+        if index < len(stages) - 1:
+            # Signed: nnU-Net one-hot encodes it and a uint8 array overflows there (NOTES §7).
+            previous = labels.astype(np.int16)[None]
+    reporter.stage("postprocess")
+    values = foreground_labels(configuration.labels)
+    dtype = np.uint8 if not values or max(values) < 256 else np.uint16
+    labelmap = image.with_array(labels.astype(dtype))
+    info = {
+        "configuration": configuration.name,
+        "folder": str(configuration.folder),
+        "stages": [
+            {
+                "configuration": s.configuration.name,
+                "folds": s.folds,
+                "checkpoints": [str(f) for f in s.checkpoint_files],
+            }
+            for s in stages
+        ],
+        "mirroring": bool(stages[-1].predictor.use_mirroring),
+        "tile_step_size": options.tile_step_size,
+    }
+    reporter.update(1.0)
+    return labelmap, labels_of(configuration), info
+
+
+def segment_file_nnunet(
+    model: str | Path,
+    input_path: str | Path,
+    output_path: str | Path,
+    device: str = "auto",
+    progress: EventSink | None = None,
+    options: NnunetOptions | None = None,
+) -> dict[str, Any]:
+    """Read an image, segment it with an nnU-Net result folder, write the labelmap atomically; the result event."""
+    from lesionseg.inference.output import labelmap_format, write_labelmap
+    from lesionseg.inference.validity import read_model_input
+
+    started = time.perf_counter()
+    labelmap_format(output_path)  # a bad output name is refused before any work
+    warnings: list[str] = []
+
+    def recorded(event: dict[str, Any]) -> None:
+        if event.get("event") == "warning":
+            warnings.append(str(event.get("text", "")))
+        if progress is not None:
+            progress(event)
+
+    reporter = Progress(recorded, min_interval_s=0.05)
+    source = read_model_input(input_path)
+    labelmap, labels, info = predict_nnunet(source.image, model, options, device, reporter)
+    reporter.stage("write")
+    written = write_labelmap(labelmap, labels, output_path)
+    reporter.finish()
+    present = {int(v) for v in np.unique(labelmap.array) if v}
+    return {
+        "event": "result",
+        "output": str(written),
+        "input": str(input_path),
+        "model": str(model),
+        "engine": "nnunet",
+        "nnunet": info,
+        "labels": [dict(label.to_dict(), present=label.value in present) for label in labels],
+        "device": device,
+        "warnings": warnings,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
