@@ -172,6 +172,7 @@ class SegmentationModuleWidget(LesionSegModuleWidget):
         if self.segmentPanel.download is not None:
             self.segmentPanel.download.cancel()
         self.segmentPanel.timer.stop()
+        self.logic.shutdownWorker()  # the session's warm worker: cleanup runs on reload and on Slicer's exit
 
     def onSegmentationAdded(self, segmentationNode) -> None:
         """Called with each new result node once it is in the scene."""

@@ -4,10 +4,17 @@ The widget only drives a :class:`SegmentationRun` from a timer: ``start()``, the
 ``finished``, then ``load_result(scene)``. The volume is handed to the child as an NRRD written by the
 engine (so the child sees exactly the engine's geometry), and the labelmap comes back through the MRML
 bridge into a **new** segmentation node. A cancelled or failed run puts nothing into the scene.
+
+The child is the session's warm worker (:func:`session_worker`): one process per Slicer session, started by
+the first Segment, keeping the last model loaded so that the next patient costs only the network's time.
+Cancel ends it with its whole process tree, and the next Segment starts a fresh one; so does a crash. It is
+shut down by the modules' cleanup (:func:`shutdown_session_worker`), at interpreter exit (``atexit``), and,
+should Slicer die first, by its own stdin closing.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import shutil
@@ -24,7 +31,7 @@ from lesionseg.errors import failure_line
 from lesionseg.image import Image
 from lesionseg.inference.output import terminology_entry
 from lesionseg.io import read_image, write_image
-from lesionseg.jobs import EventKind, Job, JobState, segment_command
+from lesionseg.jobs import EventKind, Job, JobState, ManagedWorker, WorkerRequest
 from lesionseg.models import ModelEntry, ModelRegistry, ModelSpec, models_dir
 from lesionseg.models.hashcache import BackgroundHasher, HashCache
 from lesionseg.models.spec import check_threshold
@@ -267,6 +274,30 @@ def result_name(volume_node: Any, module: str, spec: ModelSpec, threshold: float
     return name if threshold is None else f"{name} (threshold {threshold:.2f})"
 
 
+_session_worker: ManagedWorker | None = None
+
+
+def session_worker(python: str, environment: Mapping[str, str] | None = None) -> ManagedWorker:
+    """The one warm worker of this Slicer session, shared by the modules, set to run with ``python``.
+
+    Nothing starts here: the first request starts the process. Another Python or environment (tests, a
+    changed setting) shuts the old process down, so no request reaches a worker started otherwise.
+    """
+    global _session_worker
+    if _session_worker is None:
+        _session_worker = ManagedWorker()
+        # Slicer unloads the modules (cleanup) on exit; atexit covers a Python that ends without that.
+        atexit.register(_session_worker.shutdown)
+    _session_worker.configure(python, child_environment(environment))
+    return _session_worker
+
+
+def shutdown_session_worker() -> None:
+    """End the session's worker, if any (module cleanup and application exit); the next Segment starts one."""
+    if _session_worker is not None:
+        _session_worker.shutdown()
+
+
 @dataclass
 class RunStatus:
     """What the panel shows: percent (None while unknown), stage text, and new log lines."""
@@ -292,6 +323,7 @@ class SegmentationRun:
         environment: Mapping[str, str] | None = None,
         crop_body: bool = False,
         threshold: float | None = None,
+        worker: ManagedWorker | None = None,
     ) -> None:
         image = check_input_volume(volume_node)
         problem = weights_problem(entry)
@@ -305,35 +337,55 @@ class SegmentationRun:
         self.output_path = self.work_dir / "labels.nrrd"
         self.input_image = image
         write_image(image, self.input_path)
-        extra: list[str] = ["--models-dir", str(models_dir)] if models_dir else []
-        if crop_body:
-            extra.append("--crop-body")
-        if threshold is not None:
-            extra += ["--threshold", repr(float(threshold))]
-        argv = segment_command(self.spec.id, self.input_path, self.output_path, device, python, extra)
-        self.job = Job(argv, timeout_s, self.output_path, env=child_environment(environment))
+        self.worker = worker or session_worker(python, environment)
+        self.models_dir, self.crop_body, self.timeout_s = models_dir, crop_body, timeout_s
+        self.user_threshold = threshold  # None: the spec's own cut, applied by the engine
+        self.request: WorkerRequest | None = None
         self.status = RunStatus(stage="waiting to start")
         self.started = 0.0
         self.warnings: list[str] = []  # the run's warnings: shown in the log and kept on the result node
+        self.model_reused: bool | None = None  # whether the worker had the model loaded already
 
     def start(self) -> SegmentationRun:
         self.started = time.monotonic()
-        self.job.start()
+        self.request = self.worker.submit(
+            self.spec.id,
+            self.input_path,
+            self.output_path,
+            device=self.device,
+            crop_body=self.crop_body,
+            threshold=None if self.user_threshold is None else float(self.user_threshold),
+            models_dir=self.models_dir,
+        )
         self.status.stage = "starting"
         return self
 
     @property
+    def worker_pid(self) -> int | None:
+        """The worker process that runs (or ran) this segmentation."""
+        return None if self.request is None else self.request.pid
+
+    @property
+    def job(self) -> WorkerRequest | None:
+        """The worker request (state, error text, stderr), as the background job was before the warm worker."""
+        return self.request
+
+    @property
     def finished(self) -> bool:
-        return self.job.state.finished
+        return self.state.finished
 
     @property
     def state(self) -> JobState:
-        return self.job.state
+        return JobState.PENDING if self.request is None else self.request.state
 
     def poll(self) -> RunStatus:
-        """Drain the job's events; returns the status with the log lines added since the last poll."""
+        """Drain the request's events; returns the status with the log lines added since the last poll."""
         self.status.log = []
-        for event in self.job.poll():
+        if self.request is None:
+            return self.status
+        if self.timeout_s is not None and not self.finished and time.monotonic() - self.started > self.timeout_s:
+            self.request.cancel(JobState.TIMED_OUT)
+        for event in self.request.poll():
             self._apply(event.kind, event.data)
         return self.status
 
@@ -349,6 +401,14 @@ class SegmentationRun:
                 self.status.log.append(("Warning: " if kind is EventKind.WARNING else "") + str(text))
             if text and kind is EventKind.WARNING:
                 self.warnings.append(str(text))
+        elif kind is EventKind.MODEL:
+            self.model_reused = bool(data.get("reused"))
+            if self.model_reused:
+                self.status.log.append(f"Model {data.get('model')} already loaded; not loaded again")
+            else:
+                dropped = data.get("dropped")
+                freed = f" (unloaded {dropped})" if dropped and dropped != data.get("model") else ""
+                self.status.log.append(f"Model {data.get('model')} loaded in {data.get('seconds', 0):.1f} s{freed}")
         elif kind is EventKind.OUTPUT:
             self.status.log.append(str(data.get("text", "")))
         elif kind is EventKind.ERROR:
@@ -372,20 +432,23 @@ class SegmentationRun:
 
     def failure(self) -> str:
         """Why the run did not succeed, in one message (empty while running or after success)."""
-        state = self.job.state
+        state = self.state
         if state is JobState.CANCELLED:
             return "Segmentation cancelled; nothing was added to the scene."
         if state in (JobState.FAILED, JobState.TIMED_OUT):
-            return f"Segmentation failed: {failure_line(self.job.error_text, self.job.stderr_text)}"
+            # not the worker's stderr: it may hold an earlier request's lines
+            return f"Segmentation failed: {failure_line(self.request.error_text)}"
         return ""
 
     def cancel(self) -> None:
-        self.job.cancel()
+        """Stop the run: the worker ends with its process tree (the next run starts a fresh one)."""
+        if self.request is not None:
+            self.request.cancel()
         self.cleanup()
 
     def load_result(self, scene: Any) -> Any:
         """A new segmentation node with the result (names, colours, terminology from the spec)."""
-        if self.job.state is not JobState.SUCCEEDED:
+        if self.state is not JobState.SUCCEEDED:
             raise RuntimeError(self.failure() or "the segmentation has not finished yet")
         labels = read_image(self.output_path)
         if not labels.same_grid(self.input_image):
@@ -546,6 +609,15 @@ class SegmentingLogic:
 
     def loadSegmentationResult(self, run: SegmentationRun, scene: Any) -> Any:
         return run.load_result(scene)
+
+    def modelChosen(self, modelId: str) -> None:
+        """The user chose ``modelId``: the warm worker unloads another model it holds, freeing its memory now."""
+        if _session_worker is not None:
+            _session_worker.release(unless=modelId)
+
+    def shutdownWorker(self) -> None:
+        """End the session's warm worker (module cleanup, application exit); the next Segment starts another."""
+        shutdown_session_worker()
 
     def startDownload(self, modelId: str) -> Job:
         python = self.pythonExecutable or slicer_python()

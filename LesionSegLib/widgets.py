@@ -400,6 +400,7 @@ class SegmentPanel:
             return
         if node is not None and node.modelId != entry.spec.id:
             node.modelId = entry.spec.id
+        self.logic.modelChosen(entry.spec.id)  # the warm worker frees another model's memory now
         problem = segmenting.weights_problem(entry)
         # Description, intended use and licence come from the spec, shown before anything runs.
         self.ui.modelInfoLabel.text = segmenting.model_summary(entry) + "\n" + (problem or _("Ready."))

@@ -1,13 +1,14 @@
 """Background segmentations without Qt: a child-process job runner and a warm worker."""
 
 from lesionseg.jobs.runner import EventKind, Job, JobEvent, JobState, kill_process_tree, segment_command
-from lesionseg.jobs.worker import WarmWorker, WorkerRequest
+from lesionseg.jobs.worker import ManagedWorker, WarmWorker, WorkerRequest
 
 __all__ = [
     "EventKind",
     "Job",
     "JobEvent",
     "JobState",
+    "ManagedWorker",
     "WarmWorker",
     "WorkerRequest",
     "kill_process_tree",

@@ -44,6 +44,7 @@ class EventKind(Enum):
     WARNING = "warning"
     RESULT = "result"
     ERROR = "error"
+    MODEL = "model"  # the warm worker: the model a request runs, loaded now or kept from the previous request
     OUTPUT = "output"  # a stdout line that is not an event
     FINISHED = "finished"  # added by the runner when the job ends
 

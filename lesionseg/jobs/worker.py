@@ -1,38 +1,72 @@
-"""The warm worker: a long-lived child that keeps torch imported and models loaded between segmentations.
+"""The warm worker: a long-lived child that keeps torch imported and the last model loaded between segmentations.
 
-Protocol (JSON lines): the worker prints ``{"event": "ready"}``, then reads requests on stdin::
+Protocol (JSON lines): the worker prints ``{"event": "ready", "pid": N}``, then reads requests on stdin::
 
     {"id": "r1", "command": "segment", "model": ID_OR_DIR, "input": PATH, "output": PATH,
      "device": "auto", "crop_body": false, "threshold": null, "models_dir": null}
+    {"command": "release"}     drop the loaded model (another model was chosen)
     {"command": "shutdown"}
 
-and answers each with the same events as ``segment --progress jsonl``, every one tagged ``"request": id``,
-ending with ``result`` or ``error``.  :class:`WarmWorker` is the client side.
+and answers each segment request with the same events as ``segment --progress jsonl``, every one tagged
+``"request": id``, ending with ``result`` or ``error``. Before the run a ``model`` event says whether the model
+was loaded now (``"reused": false``) or kept from the previous request (``"reused": true``), and which model
+was dropped for it. The worker holds one model at a time, so choosing another model frees the old one's memory;
+it ends when stdin closes, so it never outlives the application that started it.
+
+:class:`WarmWorker` is the client of one worker process; :class:`ManagedWorker` keeps one alive on demand,
+replacing a cancelled or crashed one at the next request.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import queue
 import sys
 import threading
+import time
 import traceback
 import uuid
 from pathlib import Path
 from typing import Any, TextIO
 
-from lesionseg.jobs.runner import EventKind, Job, JobEvent, JobState, drain
+from lesionseg.jobs.runner import EventKind, Job, JobEvent, JobState, drain, remove_partial_outputs
+
+
+def _model_key(spec: Any, device: str) -> tuple:
+    """What makes a loaded model still the right one: its spec's content and its weights file as it is now."""
+    weights = spec.weights_path
+    stat = weights.stat() if weights is not None and weights.exists() else None
+    stamp = None if stat is None else (stat.st_size, stat.st_mtime_ns)
+    return (spec.id, json.dumps(spec.source, sort_keys=True, default=str), str(weights), stamp, device)
+
+
+def _free_memory() -> None:
+    import gc
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def serve(stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
     """Answer requests until stdin closes or a shutdown request arrives."""
-    cache: dict[tuple, Any] = {}
+    loaded: dict[str, Any] = {"key": None, "model": None}  # one model at a time
 
     def send(event: dict[str, Any]) -> None:
         stdout.write(json.dumps(event) + "\n")
         stdout.flush()
 
-    send({"event": "ready"})
+    def drop() -> str | None:
+        dropped = None if loaded["model"] is None else loaded["model"].spec.id
+        loaded.update(key=None, model=None)
+        if dropped is not None:
+            _free_memory()
+        return dropped
+
+    send({"event": "ready", "pid": os.getpid()})
     for line in stdin:
         if not line.strip():
             continue
@@ -43,65 +77,136 @@ def serve(stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
             command = request.get("command")
             if command == "shutdown":
                 break
+            if command == "release":
+                drop()
+                continue
             if command != "segment":
-                raise ValueError(f"unknown worker command {command!r}; use segment or shutdown")
-            from lesionseg.inference.pipeline import load_model, segment_file
+                raise ValueError(f"unknown worker command {command!r}; use segment, release or shutdown")
+            from lesionseg.inference.pipeline import load_model, resolve_spec, segment_file
+            from lesionseg.models.weights import verify_weights
 
             def tagged(event: dict[str, Any], rid=request_id) -> None:
                 send({**event, "request": rid})
 
-            key = (str(request["model"]), request.get("device", "auto"), request.get("models_dir"))
-            if key not in cache:
-                cache[key] = load_model(key[0], key[1], key[2])
+            device = request.get("device", "auto")
+            spec = resolve_spec(str(request["model"]), request.get("models_dir"))
+            key = _model_key(spec, device)
+            reused = key == loaded["key"]
+            dropped = None
+            started = time.perf_counter()
+            if reused:
+                verify_weights(loaded["model"].spec)  # every run hashes the file it runs, as segment does
             else:
-                from lesionseg.models.weights import verify_weights
-
-                verify_weights(cache[key].spec)  # the file may have changed since it was loaded
+                dropped = drop()  # before loading the next one: never two models in memory
+                loaded.update(model=load_model(spec, device), key=key)
+            tagged(
+                {
+                    "event": "model",
+                    "model": spec.id,
+                    "reused": reused,
+                    "dropped": dropped,
+                    "pid": os.getpid(),
+                    "seconds": round(time.perf_counter() - started, 3),
+                }
+            )
             result = segment_file(
-                cache[key],
+                loaded["model"],
                 request["input"],
                 request["output"],
-                key[1],
+                device,
                 tagged,
                 bool(request.get("crop_body")),
                 threshold=request.get("threshold"),
             )
-            tagged({**result, "cached_model": True})
+            tagged({**result, "model_reused": reused})
         except Exception as error:  # one bad request must not end the worker
-            send(
-                {
-                    "event": "error",
-                    "type": type(error).__name__,
-                    "text": str(error),
-                    "traceback": traceback.format_exc(),
-                    "request": request_id,
-                }
-            )
+            from lesionseg.errors import EXIT_FAILURE, describe
+
+            text, status = describe(error)
+            event = {"event": "error", "type": type(error).__name__, "text": text, "exit_code": status}
+            if status == EXIT_FAILURE:
+                event["traceback"] = traceback.format_exc()
+            send({**event, "request": request_id})
     return 0
 
 
 class WorkerRequest:
-    """One request to a warm worker; polled like a :class:`Job`."""
+    """One request to a warm worker; polled like a :class:`Job` (its last event is ``finished``)."""
 
-    def __init__(self, worker: "WarmWorker", request_id: str):
+    def __init__(self, worker: "WarmWorker", request_id: str, output_path: str | Path | None = None):
         self.worker = worker
         self.id = request_id
+        self.output_path = output_path
         self.state = JobState.RUNNING
         self.result: dict[str, Any] | None = None
         self.error_type: str | None = None
         self.error_text: str | None = None
+        self._stop_reason: JobState | None = None
+        self._answered = False  # whether the worker has sent anything for it
+        self._message: dict[str, Any] = {}
+        self._resubmit: Any = None  # ManagedWorker's: send an unanswered request to a fresh worker, once
         self._events: queue.Queue[JobEvent] = queue.Queue()
         self._done = threading.Event()
+        self._lock = threading.Lock()
+
+    @property
+    def pid(self) -> int | None:
+        """The worker process answering this request."""
+        return self.worker.pid
+
+    @property
+    def stderr_text(self) -> str:
+        return self.worker.job.stderr_text
 
     def _deliver(self, event: JobEvent) -> None:
+        self._answered = True
         if event.kind is EventKind.RESULT:
-            self.result, self.state = event.data, JobState.SUCCEEDED
+            self._end(JobState.SUCCEEDED, result=event.data, event=event)
         elif event.kind is EventKind.ERROR:
-            self.state = JobState.FAILED
-            self.error_type, self.error_text = event.data.get("type"), event.data.get("text")
-        self._events.put(event)
-        if self.state.finished:
-            self._done.set()
+            self._end(JobState.FAILED, event.data.get("type"), event.data.get("text"), event=event)
+        else:
+            self._events.put(event)
+
+    def _end(
+        self,
+        state: JobState,
+        error_type: str | None = None,
+        error_text: str | None = None,
+        result: dict[str, Any] | None = None,
+        event: JobEvent | None = None,
+    ) -> None:
+        with self._lock:
+            if self.state.finished:
+                return
+            self.state, self.error_type, self.error_text, self.result = state, error_type, error_text, result
+            if event is not None:
+                self._events.put(event)
+            data = {"state": state.value, "type": error_type, "text": error_text}
+            self._events.put(JobEvent(EventKind.FINISHED, data))
+        self._done.set()
+
+    def _worker_ended(self) -> None:
+        """The worker process ended before answering: say why in one line."""
+        job = self.worker.job
+        if self._stop_reason is not None:
+            if self.output_path:
+                remove_partial_outputs(self.output_path)
+            if self._stop_reason is JobState.TIMED_OUT:
+                self._end(JobState.TIMED_OUT, "TimeoutError", "the segmentation ran past its time limit")
+            else:
+                self._end(JobState.CANCELLED, "Cancelled", "cancelled")
+            return
+        resubmit, self._resubmit = self._resubmit, None
+        if not self._answered and not self.worker.stopping and resubmit is not None and resubmit(self):
+            return  # it had died before reading the request (a crash while idle): a fresh worker has it now
+        last = next((ln.strip() for ln in reversed(job.stderr_lines) if ln.strip()), "")
+        if job.state is JobState.CANCELLED:
+            text = "the background worker was stopped (another segmentation was cancelled); segment again"
+        elif last:
+            text = f"the background worker ended: {last}"
+        else:
+            text = f"the background worker ended unexpectedly (exit status {job.returncode}); segment again"
+        self._end(JobState.FAILED, "WorkerExited", text)
 
     def poll(self) -> list[JobEvent]:
         return drain(self._events)
@@ -110,9 +215,15 @@ class WorkerRequest:
         self._done.wait(timeout_s)
         return self.state
 
-    def cancel(self) -> None:
-        """A request in flight cannot be interrupted alone: the worker (and its tree) is stopped."""
+    def cancel(self, reason: JobState = JobState.CANCELLED) -> None:
+        """A request in flight cannot be interrupted alone: the worker and its whole process tree are ended
+        (the next request starts a fresh worker)."""
+        if self.state.finished:
+            return
+        self._stop_reason = reason
         self.worker.stop()
+        if not self._done.wait(5.0):  # the dispatcher marks it; never leave the caller with a running state
+            self._worker_ended()
 
 
 class WarmWorker:
@@ -123,12 +234,24 @@ class WarmWorker:
         self._requests: dict[str, WorkerRequest] = {}
         self._ready = threading.Event()
         self._pump: threading.Thread | None = None
+        self._write_lock = threading.Lock()
+        self.stopping = False  # stopped or closed on purpose, not crashed
 
-    def start(self, timeout_s: float = 60.0) -> "WarmWorker":
+    @property
+    def pid(self) -> int | None:
+        return self.job.pid
+
+    @property
+    def alive(self) -> bool:
+        process = self.job._process
+        return process is not None and process.poll() is None and not self.job.state.finished
+
+    def start(self, timeout_s: float | None = 60.0) -> "WarmWorker":
+        """Start the process; wait up to ``timeout_s`` for it to be ready (None: do not wait, requests queue)."""
         self.job.start()
         self._pump = threading.Thread(target=self._dispatch, daemon=True)
         self._pump.start()
-        if not self._ready.wait(timeout_s):
+        if timeout_s is not None and not self._ready.wait(timeout_s):
             self.stop()
             raise RuntimeError(f"the worker did not start within {timeout_s} s: {self.job.stderr_text[-2000:]}")
         return self
@@ -138,20 +261,23 @@ class WarmWorker:
             try:
                 event = self.job._events.get(timeout=0.1)
             except queue.Empty:
-                if self.job.state.finished:
-                    return
-                continue
+                if self.job._done.is_set() and self.job._events.empty():
+                    event = JobEvent(EventKind.FINISHED, {})
+                else:
+                    continue
             if event.kind is EventKind.READY:
                 self._ready.set()
             elif event.kind is EventKind.FINISHED:
-                for request in self._requests.values():
-                    if not request.state.finished:
-                        request.error_type, request.error_text = "WorkerExited", self.job.stderr_text[-4000:]
-                        request.state = JobState.CANCELLED if self.job.state is JobState.CANCELLED else JobState.FAILED
-                        request._done.set()
+                for request in list(self._requests.values()):
+                    request._worker_ended()
+                self._requests.clear()
                 return
-            elif event.data.get("request") in self._requests:
-                self._requests[event.data["request"]]._deliver(event)
+            else:
+                request = self._requests.get(event.data.get("request"))
+                if request is not None:
+                    request._deliver(event)
+                    if request.state.finished:
+                        self._requests.pop(request.id, None)
 
     def submit(
         self,
@@ -161,13 +287,14 @@ class WarmWorker:
         device: str = "auto",
         crop_body: bool = False,
         threshold: float | None = None,
+        models_dir: str | Path | None = None,
     ) -> WorkerRequest:
-        if self.job._process is None or self.job.state.finished:
-            raise RuntimeError("the worker is not running; start() it first")
+        """Queue a segmentation; raises OSError when the worker is gone (start another)."""
+        if not self.alive:
+            raise BrokenPipeError("the worker is not running; start() it first")
         request_id = uuid.uuid4().hex[:12]
-        request = WorkerRequest(self, request_id)
-        self._requests[request_id] = request
-        message = {
+        request = WorkerRequest(self, request_id, output_path)
+        request._message = {
             "id": request_id,
             "command": "segment",
             "model": str(model),
@@ -176,22 +303,130 @@ class WarmWorker:
             "device": device,
             "crop_body": crop_body,
             "threshold": threshold,
+            "models_dir": None if models_dir is None else str(models_dir),
         }
-        stdin = self.job._process.stdin
-        stdin.write(json.dumps(message) + "\n")
-        stdin.flush()
+        self.adopt(request)
         return request
 
+    def adopt(self, request: WorkerRequest) -> None:
+        """Send ``request`` to this worker (a request is moved here when its first worker died before it)."""
+        if not self.alive:
+            raise BrokenPipeError("the worker is not running; start() it first")
+        request.worker = self
+        self._requests[request.id] = request
+        try:
+            self._send(request._message)
+        except OSError:
+            self._requests.pop(request.id, None)
+            raise
+
+    def release(self) -> None:
+        """Drop the loaded model (its memory goes back to the system); the next request loads its own."""
+        if self.alive:
+            self._send({"command": "release"})
+
+    def _send(self, message: dict[str, Any]) -> None:
+        stdin = self.job._process.stdin
+        with self._write_lock:
+            stdin.write(json.dumps(message) + "\n")
+            stdin.flush()
+
     def stop(self) -> None:
+        """Kill the worker and its whole process tree now."""
+        self.stopping = True
         self.job.cancel()
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Ask the worker to exit; kill it if it does not."""
         process = self.job._process
+        self.stopping = True
         if process is not None and process.poll() is None:
             try:
-                process.stdin.write(json.dumps({"command": "shutdown"}) + "\n")
-                process.stdin.flush()
+                self._send({"command": "shutdown"})
                 process.wait(timeout=timeout_s)
             except Exception:
                 self.stop()
+        self.job.wait(5.0)
+
+
+class ManagedWorker:
+    """One warm worker kept alive on demand: started by the first request, replaced when it was cancelled,
+    crashed or started with other settings, so a request never goes to a stale process."""
+
+    def __init__(self, python: str | None = None, env: dict[str, str] | None = None):
+        self.python, self.env = python, env
+        self.worker: WarmWorker | None = None
+        self.model: str | None = None  # the model of the last request: what the worker holds
+        self._lock = threading.Lock()
+
+    @property
+    def pid(self) -> int | None:
+        worker = self.worker
+        return worker.pid if worker is not None and worker.alive else None
+
+    def configure(self, python: str | None, env: dict[str, str] | None) -> None:
+        """Run later requests with this Python and environment; a worker started otherwise is shut down."""
+        with self._lock:
+            if (python, env) != (self.python, self.env):
+                self._shutdown_locked(timeout_s=2.0)
+                self.python, self.env = python, env
+
+    def _running(self) -> WarmWorker:
+        worker = self.worker
+        if worker is None or not worker.alive:
+            if worker is not None:
+                worker.stop()  # a crashed worker's group may still hold grandchildren
+            worker = self.worker = WarmWorker(self.python, self.env).start(timeout_s=None)
+            self.model = None
+        return worker
+
+    def submit(self, model: str, input_path, output_path, **options: Any) -> WorkerRequest:
+        with self._lock:
+            for attempt in range(2):
+                worker = self._running()
+                try:
+                    request = worker.submit(model, input_path, output_path, **options)
+                except OSError:  # it died between the check and the write
+                    worker.stop()
+                    self.worker = None
+                    if attempt:
+                        raise
+                    continue
+                self.model = str(model)
+                request._resubmit = self._resubmit
+                return request
+            raise AssertionError("unreachable")
+
+    def _resubmit(self, request: WorkerRequest) -> bool:
+        """Give a fresh worker a request whose worker died before reading it; False if that fails too."""
+        with self._lock:
+            if self.worker is not None and self.worker is not request.worker and self.worker.alive:
+                worker = self.worker
+            elif self.worker is request.worker:
+                worker = self._running()
+            else:
+                return False  # shut down meanwhile
+            try:
+                worker.adopt(request)
+            except OSError:
+                return False
+            self.model = request._message.get("model")
+            return True
+
+    def release(self, unless: str | None = None) -> None:
+        """Have the worker drop its model, unless it is ``unless`` (the model just chosen)."""
+        with self._lock:
+            if self.worker is not None and self.model is not None and self.model != unless:
+                with contextlib.suppress(OSError):
+                    self.worker.release()
+                self.model = None
+
+    def shutdown(self, timeout_s: float = 2.0) -> None:
+        """End the worker (asked first, killed with its tree after ``timeout_s``)."""
+        with self._lock:
+            self._shutdown_locked(timeout_s)
+
+    def _shutdown_locked(self, timeout_s: float) -> None:
+        worker, self.worker = self.worker, None
+        if worker is not None:
+            worker.close(timeout_s)
