@@ -29,7 +29,19 @@ COMMAND_MODULES: list[str] = [
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_modules(argv: Sequence[str] | None) -> list[str]:
+    """The modules to register: only the command's own when ``argv`` names one (each module may import more
+    when its command runs; the others are not imported at all), else every command (help, errors)."""
+    if argv is not None:
+        command = next((arg for arg in argv if not arg.startswith("-")), None)
+        module = f"lesionseg.commands.{command}"
+        if module in COMMAND_MODULES:
+            return [module]
+    return COMMAND_MODULES
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The command-line parser; given the ``argv`` it will parse, only the command named there is registered."""
     parser = argparse.ArgumentParser(
         prog="lesionseg",
         description="LesionSeg engine: AI segmentation of CT, from the command line.",
@@ -40,13 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", help="print debug messages, and the full traceback of an error"
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    for name in _command_modules(argv):
         importlib.import_module(name).register(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s")
     if not getattr(args, "func", None):

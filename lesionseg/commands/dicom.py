@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
-from lesionseg.dicom.convert import convert_folder
-from lesionseg.dicom.series import Scan, Series, scan_folder
+if TYPE_CHECKING:  # pydicom and the DICOM readers are imported when a dicom command runs, not to register it
+    from lesionseg.dicom.series import Scan, Series
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -95,6 +96,8 @@ def print_table(scan: Scan) -> None:
 
 
 def run_scan(args: argparse.Namespace) -> int:
+    from lesionseg.dicom.series import scan_folder
+
     scan = scan_folder(args.folder)
     if args.json:
         payload = {
@@ -111,6 +114,7 @@ def run_scan(args: argparse.Namespace) -> int:
 
 
 def run_convert(args: argparse.Namespace) -> int:
+    from lesionseg.dicom.convert import convert_folder
     from lesionseg.io.outputs import check_output_folder, remove_stale_folders
 
     remove_stale_folders(args.output, ".lesionseg-convert-")  # the staging folder of a killed earlier run
