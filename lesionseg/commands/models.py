@@ -17,6 +17,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     listing.add_argument("--json", action="store_true", help="print JSON")
     download = actions.add_parser("download", help="fetch a model's weights and verify their hash")
     download.add_argument("id", help="model id")
+    importing = actions.add_parser(
+        "import", help="copy an nnU-Net v2 result folder or export zip into the models folder"
+    )
+    importing.add_argument("source", help="Dataset*/ folder, Dataset*/Trainer__Plans__config/ or nnUNetv2 export zip")
+    importing.add_argument("--id", help="model id (default: the dataset folder's name, lower case)")
+    importing.add_argument(
+        "--lesion-labels", nargs="+", type=int, metavar="N", help="label values that are lesions (default: by name)"
+    )
+    importing.add_argument(
+        "--orientation",
+        choices=["as-stored", "RAS"],
+        default="as-stored",
+        help="how the model's training images were oriented: as stored (nnU-Net's own) or RAS-canonical",
+    )
+    importing.add_argument("--overwrite", action="store_true", help="replace an imported model with the same id")
     parser.set_defaults(func=run)
 
 
@@ -37,6 +52,19 @@ def run(args: argparse.Namespace) -> int:
     from lesionseg.models.registry import ModelRegistry
 
     registry = ModelRegistry(args.models_dir)
+    if args.action == "import":
+        from lesionseg.models.nnunet_import import import_nnunet_model
+
+        folder = import_nnunet_model(
+            args.source,
+            registry.root,
+            args.id,
+            args.lesion_labels,
+            "as stored" if args.orientation == "as-stored" else "RAS",
+            args.overwrite,
+        )
+        print(f"{folder.name}: imported into {folder} (checkpoint hashes recorded; segment --model {folder.name})")
+        return 0
     if args.action == "download":
         from lesionseg.models.download import download_weights
 

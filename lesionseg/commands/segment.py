@@ -100,8 +100,12 @@ def run(args: argparse.Namespace) -> int:
         check_output(args.output, [args.input, args.model], args.overwrite)  # before minutes of work, not after
         from lesionseg.inference.pipeline import segment_file
         from lesionseg.models.nnunet import is_nnunet_folder
+        from lesionseg.models.nnunet_import import imported_model_folder
 
-        if is_nnunet_folder(args.model):
+        nnunet_model = imported_model_folder(args.model, args.models_dir)
+        if nnunet_model is None and is_nnunet_folder(args.model):
+            nnunet_model = args.model
+        if nnunet_model is not None:
             from lesionseg.inference.nnunet import segment_file_nnunet
 
             if args.threshold is not None or args.crop_body:
@@ -110,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
                     "leave them out"
                 )
             result = segment_file_nnunet(
-                args.model, args.input, args.output, args.device, sink, options=_nnunet_options(args)
+                nnunet_model, args.input, args.output, args.device, sink, options=_nnunet_options(args)
             )
         else:
             result = segment_file(

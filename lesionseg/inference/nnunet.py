@@ -7,7 +7,10 @@ nnU-Net's own preprocessing, sliding window and resampling back run unchanged (`
   (:mod:`lesionseg.models.nnunet`), so no trainer lookup and no unpickled code;
 * the image is fed **as stored**, as nnU-Net's ``SimpleITKIO`` reader gives it: the array in SimpleITK's (z, y, x)
   order, which is our :class:`~lesionseg.image.Image`'s ``[k, j, i]``, and the spacing reversed to (z, y, x).
-  The direction is not used, as nnU-Net does not use it; the labelmap comes back on the input's grid;
+  The direction is not used, as nnU-Net does not use it; the labelmap comes back on the input's grid.
+  A model imported with orientation ``RAS`` (:mod:`lesionseg.models.nnunet_import`) gets the image re-indexed to
+  RAS-canonical axes instead, and the result is indexed back;
+* an imported model's checkpoints are checked against the SHA-256 recorded at import before they are loaded;
 * every fold present (or ``folds``) is softmax-averaged, as nnU-Net's ensembling does within one configuration;
 * a ``3d_cascade_fullres`` configuration runs its ``3d_lowres`` first stage and passes its labels on
   (a signed integer array: nnU-Net's one-hot encoding of a uint8 array overflows);
@@ -39,6 +42,7 @@ from lesionseg.models.nnunet import (
     previous_stage_folder,
     resolve_configuration_folder,
 )
+from lesionseg.models.nnunet_import import verify_checkpoints
 
 DEFAULT_TILE_STEP = 0.5
 _COLOURS = [(0.9, 0.3, 0.2), (0.95, 0.85, 0.55), (0.3, 0.6, 0.9), (0.4, 0.8, 0.4), (0.8, 0.5, 0.9), (0.9, 0.6, 0.2)]
@@ -72,6 +76,7 @@ class LoadedStage:
     predictor: Any
     folds: list[str]
     checkpoint_files: list[Path]
+    verified: bool = False  # checkpoints matched the SHA-256 recorded when the model was imported
 
 
 def labels_of(configuration: NnunetConfiguration) -> list[LabelInfo]:
@@ -144,6 +149,7 @@ def _load_stage(configuration: NnunetConfiguration, options: NnunetOptions, devi
             f"folds present: {', '.join(available)}"
         )
     files = [configuration.checkpoint_path(f, options.checkpoint) for f in folds]
+    verified = verify_checkpoints(configuration.folder, files)  # an imported model: hashes recorded at import
     checkpoints = [load_checkpoint(path) for path in files]
     first = checkpoints[0]
     trained = first["init_args"].get("configuration")
@@ -183,7 +189,22 @@ def _load_stage(configuration: NnunetConfiguration, options: NnunetOptions, devi
         str(first["trainer_name"]),
         tuple(axes) if axes is not None else None,
     )
-    return LoadedStage(configuration, predictor, folds, files)
+    return LoadedStage(configuration, predictor, folds, files, verified)
+
+
+def model_orientation(configuration_folder: Path) -> str:
+    """``as stored`` (nnU-Net's own behaviour) unless the import's sidecar says the model was trained in RAS."""
+    import json
+
+    from lesionseg.models.nnunet_import import find_sidecar
+
+    sidecar = find_sidecar(configuration_folder)
+    if sidecar is None:
+        return "as stored"
+    orientation = json.loads(sidecar.read_text(encoding="utf-8")).get("orientation", "as stored")
+    if orientation not in ("as stored", "RAS"):
+        raise NnunetModelError(f"{sidecar}: orientation {orientation!r} is neither 'as stored' nor 'RAS'")
+    return orientation
 
 
 def nnunet_input(image: Image) -> tuple[np.ndarray, dict]:
@@ -233,6 +254,15 @@ def predict_nnunet(
         stages.append(load_stage(config, stage_options, torch_device))
         reporter.update((index + 1) / len(chain))
     reporter.stage("preprocess")
+    orientation = model_orientation(configuration.folder)
+    permutation = None
+    if orientation == "RAS":
+        # A model trained on RAS-canonical images (TotalSegmentator's way): feed the image re-indexed to RAS
+        # (lossless: axes permuted and flipped), and index the result back to the input's axes.
+        from lesionseg.inference.axes import monai_reorientation, permute_axes
+
+        permutation = monai_reorientation(image, "RAS")
+        source_image, image = image, permute_axes(image, *permutation)
     if len(stages) > 1:
         reporter.message(f"cascade: {stages[0].configuration.name} first, then {configuration.name}")
     reporter.stage("inference")
@@ -251,6 +281,12 @@ def predict_nnunet(
     values = foreground_labels(configuration.labels)
     dtype = np.uint8 if not values or max(values) < 256 else np.uint16
     labelmap = image.with_array(labels.astype(dtype))
+    if permutation is not None:
+        from lesionseg.inference.axes import permute_axes, undo_permutation
+
+        labelmap = permute_axes(labelmap, *undo_permutation(*permutation))
+        if not labelmap.same_grid(source_image):
+            raise RuntimeError("internal error: the labelmap did not return to the input grid after reorientation")
     info = {
         "configuration": configuration.name,
         "folder": str(configuration.folder),
@@ -263,7 +299,9 @@ def predict_nnunet(
             for s in stages
         ],
         "mirroring": bool(stages[-1].predictor.use_mirroring),
+        "weights_verified": all(s.verified for s in stages),
         "tile_step_size": options.tile_step_size,
+        "orientation": orientation,
     }
     reporter.update(1.0)
     return labelmap, labels_of(configuration), info
