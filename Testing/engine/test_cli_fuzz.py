@@ -33,9 +33,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support.dicom_series import write_phantom
 from support.tiny_models import phantom_ct, threshold_spec_dict, threshold_state, write_model_folder
+from support.training_data import sphere_dataset_folder
 
 from lesionseg.cli import main
-from lesionseg.datasets import init_dataset
 from lesionseg.errors import describe, failure_line
 from lesionseg.io import read_image, write_image
 
@@ -300,7 +300,7 @@ def workspace(tmp_path_factory) -> dict[str, Path]:
     write_phantom(given / "dcm")
     reference = read_image(given / "dcm")
     write_image(reference.with_array((reference.array > -600).astype(np.uint8)), given / "seg.nii.gz")
-    init_dataset(given / "dataset", {1: "organ", 2: "lesion"}, name="Fuzz", lesion_labels=[2])
+    sphere_dataset_folder(given / "dataset", cases=2)  # trainable: without the guards, train would overwrite
     (given / "garbage.nrrd").write_bytes(b"NRRD0004\ntype: short\ndimension: 3\nsizes: 9 9\n\n\x00\x01")
     (given / "garbage.mha").write_bytes(b"ObjectType = Image\nNDims = 3\nElementDataFile = LOCAL\n\x07")
     good_gz = (given / "seg.nii.gz").read_bytes()
