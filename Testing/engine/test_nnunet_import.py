@@ -68,8 +68,15 @@ def test_import_an_export_zip_then_segment_by_its_id(dataset, case, tmp_path, ca
     assert 2 * ((labels == 1) & (case[1] == 1)).sum() / ((labels == 1).sum() + (case[1] == 1).sum()) > 0.9
 
 
-def test_a_checkpoint_changed_after_import_is_refused(dataset, case, tmp_path):
+def listed(models: Path, capsys) -> dict:
+    capsys.readouterr()
+    assert main(["models", "--models-dir", str(models), "list", "--json"]) == 0
+    return {row["id"]: row for row in json.loads(capsys.readouterr().out)}
+
+
+def test_a_checkpoint_changed_after_import_is_refused(dataset, case, tmp_path, capsys):
     folder = import_nnunet_model(dataset.configuration("3d_fullres"), tmp_path / "models", "fullres")
+    assert listed(tmp_path / "models", capsys)["fullres"]["verified"] is True
     checkpoint = folder / "nnUNetTrainer__nnUNetPlans__3d_fullres" / "fold_0" / "checkpoint_final.pth"
     image = read_image(case[0])
     _, _, info = predict_nnunet(image, folder, device="cpu")
@@ -79,6 +86,8 @@ def test_a_checkpoint_changed_after_import_is_refused(dataset, case, tmp_path):
     checkpoint.write_bytes(bytes(data))
     with pytest.raises(NnunetModelError, match="fold_0/checkpoint_final.pth: refused: its SHA-256 .* recorded at"):
         predict_nnunet(image, folder, NnunetOptions(), device="cpu")
+    row = listed(tmp_path / "models", capsys)["fullres"]
+    assert row["verified"] is False and "refused: its SHA-256" in row["problem"] and row["origin"] == "nnunet"
 
 
 @pytest.mark.parametrize(

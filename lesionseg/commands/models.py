@@ -81,6 +81,9 @@ def run(args: argparse.Namespace) -> int:
     if args.action not in (None, "list"):
         raise ValueError(f"unknown action {args.action!r}")
     entries = registry.entries()
+    from lesionseg.models.nnunet_import import imported_models
+
+    nnunet_models = imported_models(registry.root)
     if getattr(args, "json", False):
         rows = [
             {
@@ -96,6 +99,22 @@ def run(args: argparse.Namespace) -> int:
             }
             for e in entries
         ]
+        rows += [
+            {
+                "id": m["id"],
+                "version": "",
+                "origin": "nnunet",
+                "weights_present": "missing" not in m["problem"],
+                "verified": m["verified"],
+                "weights_path": m["folder"],
+                "lesion_labels": m.get("lesion_labels") or [],
+                "cascade": None,
+                "problem": m["problem"],
+                "configurations": m.get("configurations"),
+                "orientation": m.get("orientation"),
+            }
+            for m in nnunet_models
+        ]
         print(json.dumps(rows, indent=2))
         return 0
     print(f"models folder: {registry.root}")
@@ -103,6 +122,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"{e.spec.id:<32} {e.spec.version:<10} {e.origin:<9} {_kind(e.spec):<15} weights: {_status(e)}")
         if e.problem:
             print(f"    {e.problem}")
+    for m in nnunet_models:
+        kind = "lesion" if m.get("lesion_labels") else "organ"
+        state = "present, verified" if m["verified"] else "FAILED verification"
+        print(f"{m['id']:<32} {'nnU-Net':<10} {'user':<9} {kind:<15} weights: {state}")
+        if m["problem"]:
+            print(f"    {m['problem']}")
     for folder, problem in registry.problems.items():
         print(f"{folder:<32} {'?':<10} {'user':<9} {'?':<15} unreadable: {problem}")
     return 0

@@ -166,6 +166,12 @@ def verify_checkpoints(configuration_folder: Path, files: list[Path]) -> bool:
     sidecar_path = find_sidecar(configuration_folder)
     if sidecar_path is None:
         return False
+    check_against_sidecar(sidecar_path, files)
+    return True
+
+
+def check_against_sidecar(sidecar_path: Path, files: list[Path]) -> None:
+    """Refuse any of ``files`` whose SHA-256 is not the one the sidecar recorded at import."""
     try:
         recorded = json.loads(sidecar_path.read_text(encoding="utf-8"))["checkpoints"]
     except (ValueError, KeyError, TypeError) as error:
@@ -183,7 +189,6 @@ def verify_checkpoints(configuration_folder: Path, files: list[Path]) -> bool:
                 f"{path}: refused: its SHA-256 {actual[:12]}... differs from {recorded[relative][:12]}... recorded at "
                 "import, so the file was changed or damaged; import the model again from its source"
             )
-    return True
 
 
 def imported_model_folder(model: str | Path, models_root: str | Path | None) -> Path | None:
@@ -195,3 +200,32 @@ def imported_model_folder(model: str | Path, models_root: str | Path | None) -> 
         return None
     folder = models_dir(models_root) / text
     return folder if (folder / SIDECAR).is_file() else None
+
+
+def imported_models(models_root: str | Path | None = None) -> list[dict[str, Any]]:
+    """Every imported nnU-Net model with the state of its checkpoints (each one hashed again: this reads them all)."""
+    from lesionseg.models.registry import models_dir
+
+    rows = []
+    root = models_dir(models_root)
+    if not root.is_dir():
+        return rows
+    for sidecar_path in sorted(root.glob(f"*/{SIDECAR}")):
+        folder = sidecar_path.parent
+        row: dict[str, Any] = {"id": folder.name, "engine": "nnunet", "folder": str(folder), "problem": ""}
+        try:
+            sidecar = json.loads(sidecar_path.read_text(encoding="utf-8"))
+            row.update(
+                {key: sidecar.get(key) for key in ("configurations", "lesion_labels", "modality", "orientation")}
+            )
+            files = [folder / name for name in sidecar["checkpoints"]]
+            missing = [str(f) for f in files if not f.is_file()]
+            if missing:
+                raise NnunetModelError(f"checkpoint(s) missing: {', '.join(missing)}; import the model again")
+            check_against_sidecar(sidecar_path, files)
+            row["verified"] = True
+        except (NnunetModelError, ValueError, KeyError, TypeError, OSError) as error:
+            row["verified"] = False
+            row["problem"] = str(error)
+        rows.append(row)
+    return rows
