@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +22,6 @@ from lesionseg.inference.nnunet import NnunetOptions, predict_nnunet, segment_fi
 from lesionseg.io import read_image
 from lesionseg.models.nnunet import NnunetModelError, load_checkpoint, load_configuration
 
-REPO = Path(__file__).resolve().parents[2]
 CPU = "cpu"
 
 
@@ -191,19 +188,23 @@ def test_plans_naming_a_class_outside_the_network_packages_is_refused(dataset, t
         load_configuration(folder).build_network()
 
 
-def test_segment_command_takes_an_nnunet_folder_with_progress_events(dataset, case, tmp_path):
+def test_background_job_segments_with_an_nnunet_dataset_folder(dataset, case, tmp_path):
+    """The modules' background job (a `lesionseg segment --progress jsonl` child) with nnU-Net options."""
+    from lesionseg.jobs.runner import EventKind, Job, JobState
+
     input_file, truth = case
     output = tmp_path / "seg.nii.gz"
-    command = [sys.executable, "-m", "lesionseg", "segment", "--model", str(dataset.configuration("3d_fullres"))]
-    command += ["--input", str(input_file), "--output", str(output), "--device", "cpu", "--progress", "jsonl"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO)
-    assert done.returncode == 0, done.stderr[-2000:]
-    events = [json.loads(line) for line in done.stdout.splitlines()]  # nnU-Net's prints stay off stdout
-    assert events[-1]["event"] == "result" and events[-1]["engine"] == "nnunet"
-    assert [e["stage"] for e in events if e["event"] == "stage"][0] == "load"
-    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(output)))
-    assert dice(labels, truth, 1) > 0.9
-    refused = subprocess.run(
-        command[:-2] + ["--crop-body", "--overwrite"], capture_output=True, text=True, timeout=600, cwd=REPO
-    )
-    assert refused.returncode != 0 and "--crop-body apply to LesionSeg's own models" in refused.stderr
+    job = Job.segment(str(dataset.root), input_file, output, "cpu", extra=["--configuration", "2d", "--folds", "0"])
+    assert job.start().wait(600) is JobState.SUCCEEDED, job.stderr_text[-2000:]
+    events = job.poll()
+    assert not [e for e in events if e.kind is EventKind.OUTPUT]  # nnU-Net's prints stay off stdout
+    stages = [e.data["stage"] for e in events if e.kind is EventKind.STAGE]
+    assert stages == ["load", "preprocess", "inference", "postprocess", "write"]
+    result = next(e.data for e in events if e.kind is EventKind.RESULT)
+    assert result["engine"] == "nnunet" and result["nnunet"]["configuration"] == "2d"
+    assert result["nnunet"]["stages"][0]["folds"] == ["0"]
+    assert dice(sitk.GetArrayFromImage(sitk.ReadImage(str(output))), truth, 1) > 0.9
+    refused = Job.segment(str(dataset.root), input_file, tmp_path / "other.nii.gz", "cpu", extra=["--crop-body"])
+    assert refused.start().wait(600) is JobState.FAILED
+    error = next(e.data for e in refused.poll() if e.kind is EventKind.ERROR)
+    assert "--crop-body apply to LesionSeg's own models" in error["text"]
