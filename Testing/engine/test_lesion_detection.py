@@ -116,8 +116,11 @@ def test_evaluate_cohort_reports_detection_by_size_and_a_froc_point_per_threshol
     assert (pooled["n_ref"], pooled["tp"], pooled["fp"], pooled["fp_per_case"]) == (3, 1, 1, 0.5)
     assert [(p["threshold"], p["tp"], p["fp_per_case"]) for p in result["froc"]] == [(0.3, 2, 0.5), (0.5, 1, 0.5)]
     assert [case["detection"]["tp"] for case in result["cases"]] == [1, 0]
+    # Lesion voxels: case a predicts 216 + 27 against 432 (216 shared), case b nothing against 216.
+    assert pooled["dice_pooled"] == pytest.approx(2 * 216 / (243 + 432 + 216))
+    assert pooled["dice_mean"] == pytest.approx((2 * 216 / (243 + 432) + 0.0) / 2)
     assert "detection (reference lesions >= 10 mm, FP >= 50 mm³): sensitivity 0.333 (1/3)" in done.stdout
-    assert "FROC threshold 0.3: sensitivity 0.667 (2/3), FP 0.50 per case" in done.stdout
+    assert "FROC threshold 0.3: sensitivity 0.667 (2/3), FP 0.50 per case, lesion Dice" in done.stdout
 
 
 def test_evaluate_csv_writes_the_froc_points_beside_the_metrics(tmp_path):

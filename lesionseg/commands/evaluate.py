@@ -320,7 +320,11 @@ def _print_lesions(lesions: dict[str, Any]) -> None:
 def _print_detection(pooled: dict[str, Any], froc: list[dict[str, Any]], args: argparse.Namespace) -> None:
     def line(point: dict[str, Any]) -> str:
         sens = "—" if point["sensitivity"] is None else f"{point['sensitivity']:.3f}"
-        return f"sensitivity {sens} ({point['tp']}/{point['n_ref']}), FP {point['fp_per_case']:.2f} per case"
+        dice = "—" if point["dice_pooled"] is None else f"{point['dice_pooled']:.3f}"
+        return (
+            f"sensitivity {sens} ({point['tp']}/{point['n_ref']}), FP {point['fp_per_case']:.2f} per case, "
+            f"lesion Dice {dice} pooled"
+        )
 
     print(
         f"detection (reference lesions >= {args.min_reference_mm:g} mm, FP >= {args.min_prediction_mm3:g} mm³): "

@@ -108,16 +108,25 @@ def lesion_detection(
         "n_pred": n_pred_all,
         "n_pred_small_unmatched": len(unmatched) - len(fp),
         "dice": dice_coefficient(pred, ref),
+        "voxels_pred": int(pred.sum()),
+        "voxels_ref": int(ref.sum()),
+        "voxels_overlap": int((pred & ref).sum()),
         "reference_lesions": rows,
     }
 
 
 def pool_detection(cases: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Pooled sensitivity (all counted lesions of all cases together) and false positives per case."""
+    """Pooled sensitivity (all counted lesions of all cases together) and false positives per case.
+
+    ``dice_pooled`` is Dice over all cases' lesion voxels together; ``dice_mean`` averages the cases that hold
+    reference lesion voxels, since a lesion-free case predicted empty scores 1 and would flatter the mean.
+    """
     n_ref = sum(int(case["n_ref"]) for case in cases)
     tp = sum(int(case["tp"]) for case in cases)
     fp = sum(int(case["fp"]) for case in cases)
-    dice = [case["dice"] for case in cases if case.get("dice") is not None]
+    dice = [case["dice"] for case in cases if case["voxels_ref"] > 0]
+    overlap = sum(int(case["voxels_overlap"]) for case in cases)
+    both = sum(int(case["voxels_pred"]) + int(case["voxels_ref"]) for case in cases)
     return {
         "n_cases": len(cases),
         "n_ref": n_ref,
@@ -127,6 +136,7 @@ def pool_detection(cases: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "sensitivity": tp / n_ref if n_ref else None,
         "fp_per_case": fp / len(cases) if cases else None,
         "fp_per_case_max": max((int(case["fp"]) for case in cases), default=None),
+        "dice_pooled": 2.0 * overlap / both if both else None,
         "dice_mean": float(np.mean(dice)) if dice else None,
     }
 

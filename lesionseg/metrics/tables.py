@@ -77,7 +77,18 @@ def write_cohort_csv(path: Path, result: dict[str, Any]) -> list[Path]:
     return [path, lesion_path]
 
 
-DETECTION_COLUMNS = ("threshold", "n_cases", "n_ref", "tp", "fn", "fp", "sensitivity", "fp_per_case", "dice_mean")
+DETECTION_COLUMNS = (
+    "threshold",
+    "n_cases",
+    "n_ref",
+    "tp",
+    "fn",
+    "fp",
+    "sensitivity",
+    "fp_per_case",
+    "dice_pooled",
+    "dice_mean",
+)
 
 
 def detection_csv_path(path: Path) -> Path:
