@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -208,3 +209,16 @@ def test_background_job_segments_with_an_nnunet_dataset_folder(dataset, case, tm
     assert refused.start().wait(600) is JobState.FAILED
     error = next(e.data for e in refused.poll() if e.kind is EventKind.ERROR)
     assert "--crop-body apply to LesionSeg's own models" in error["text"]
+
+
+def test_missing_nnunet_package_or_checkpoint_name_is_one_clear_error(dataset, case, monkeypatch):
+    image = read_image(case[0])
+    with pytest.raises(
+        NnunetModelError, match="no fold_\\*/checkpoint_best.pth; give --checkpoint checkpoint_final.pth"
+    ):
+        predict_nnunet(image, dataset.root, NnunetOptions(checkpoint="checkpoint_best.pth"), device=CPU)
+    with pytest.raises(NnunetModelError, match="tile step size 0 is out of range"):
+        predict_nnunet(image, dataset.root, NnunetOptions(tile_step_size=0), device=CPU)
+    monkeypatch.setitem(sys.modules, "nnunetv2.inference.predict_from_raw_data", None)  # as where it is not installed
+    with pytest.raises(NnunetModelError, match="need the nnunetv2 package.*--no-deps -r requirements/nnunet.txt"):
+        predict_nnunet(image, dataset.root, device=CPU)

@@ -128,19 +128,27 @@ def load_stage(configuration: NnunetConfiguration, options: NnunetOptions, devic
         return _load_stage(configuration, options, device)
 
 
+def require_nnunet() -> None:
+    """nnunetv2 and dynamic-network-architectures are importable, or one error that says how to install them."""
+    try:
+        import dynamic_network_architectures  # noqa: F401
+        import nnunetv2.inference.predict_from_raw_data  # noqa: F401
+    except ImportError as error:
+        raise NnunetModelError(
+            f"nnU-Net models need the nnunetv2 package, which cannot be imported here ({error}); install it with "
+            "`pip install --no-deps -r requirements/nnunet.txt` (without --no-deps pip would replace the CPU torch)"
+        ) from error
+
+
 def _load_stage(configuration: NnunetConfiguration, options: NnunetOptions, device: Any) -> LoadedStage:
+    require_nnunet()
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     available = configuration.folds(options.checkpoint)
     if not available:
-        raise NnunetModelError(
-            f"{configuration.folder}: no fold_*/{options.checkpoint}; "
-            + (
-                "give --checkpoint checkpoint_best.pth"
-                if configuration.folds("checkpoint_best.pth")
-                else "the training of this configuration has not finished"
-            )
-        )
+        others = [name for name in CHECKPOINT_NAMES if name != options.checkpoint and configuration.folds(name)]
+        fix = f"give --checkpoint {others[0]}" if others else "the training of this configuration has not finished"
+        raise NnunetModelError(f"{configuration.folder}: no fold_*/{options.checkpoint}; {fix}")
     folds = [str(f) for f in options.folds] if options.folds else available
     missing = [f for f in folds if f not in available]
     if missing:
