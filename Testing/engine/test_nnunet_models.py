@@ -1,8 +1,8 @@
 """nnU-Net v2 result folders as models: ``segment --model Dataset*/...`` equals nnU-Net's own prediction.
 
 The folders are real nnU-Net trained configurations made at test time (Testing/support/nnunet_models.py). The
-reference is nnU-Net's own file pipeline, ``nnUNetPredictor.predict_from_files_sequential`` (its reader,
-preprocessing, sliding window and export), with the network built by nnU-Net's ``get_network_from_plans`` and the
+reference is nnU-Net's own file pipeline, ``nnUNetPredictor.predict_from_files`` (its reader, preprocessing worker,
+sliding window and export worker), with the network built by nnU-Net's ``get_network_from_plans`` and the
 checkpoints loaded as nnU-Net loads them. ``initialize_from_trained_model_folder`` cannot be the reference here: its
 trainer lookup imports torchvision, which does not load beside the CPU torch (requirements/nnunet.txt).
 """
@@ -83,9 +83,11 @@ def nnunet_reference(folder: Path, input_file: Path, out_dir: Path, previous_sta
         checkpoints[0]["inference_allowed_mirroring_axes"],
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    predictor.predict_from_files_sequential(
+    predictor.predict_from_files(
         [[str(input_file)]],
         str(out_dir),
+        num_processes_preprocessing=1,
+        num_processes_segmentation_export=1,
         folder_with_segs_from_prev_stage=None if previous_stage_dir is None else str(previous_stage_dir),
     )
     return out_dir / "case.nii.gz"
