@@ -17,11 +17,7 @@ from lesionseg.inference.crop import region_around_labels
 from lesionseg.io import read_image, write_image
 from lesionseg.models import load_spec
 from lesionseg.models.registry import ModelRegistry
-
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-from LesionSegLib.selftest import write_threshold_model  # noqa: E402
+from LesionSegLib.selftest import write_threshold_model
 
 SPACING = (1.0, 1.0, 2.0)
 MARGIN_MM = 10.0

@@ -11,7 +11,6 @@ from support.geometries import NAMED_GEOMETRIES, assert_same_physical_image, axi
 from lesionseg.image import Image
 from lesionseg.labels import LabelInfo
 from lesionseg.mrml import (
-    ensure_segmentation_converters,
     image_from_volume_node,
     labelmap_from_segmentation_node,
     segmentation_node_from_labelmap,
@@ -19,12 +18,6 @@ from lesionseg.mrml import (
 )
 
 slicer = pytest.importorskip("slicer")
-
-
-@pytest.fixture
-def scene():
-    ensure_segmentation_converters()
-    return slicer.vtkMRMLScene()
 
 
 def ras_position(node, ijk):

@@ -9,7 +9,6 @@ import time
 
 import numpy as np
 import pytest
-from support.slicer_modules import REPO
 
 from lesionseg.image import Image
 from lesionseg.jobs import JobState
@@ -18,8 +17,6 @@ from lesionseg.mrml import ensure_segmentation_converters, volume_node_from_imag
 
 slicer = pytest.importorskip("slicer")
 pytest.importorskip("torch")
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 from LesionSegLib import segmenting  # noqa: E402
 from LesionSegLib.selftest import write_threshold_model  # noqa: E402

@@ -20,11 +20,9 @@ from support.slicer_modules import REPO
 
 from lesionseg.dicom import read_dicom_volume, write_ct_series
 from lesionseg.image import Image
-from lesionseg.mrml import ensure_segmentation_converters, segmentation_node_from_labelmap, volume_node_from_image
+from lesionseg.mrml import segmentation_node_from_labelmap, volume_node_from_image
 
 slicer = pytest.importorskip("slicer")
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # LesionSegLib lives in the repository root, beside the modules
 
 from LesionSegLib import export  # noqa: E402
 from LesionSegLib.results import SegmentationResultsLogic  # noqa: E402
@@ -40,12 +38,6 @@ STUDY_UID = "1.2.826.0.1.3680043.8.498.4711.1"
 FRAME_UID = "1.2.826.0.1.3680043.8.498.4711.2"
 ACCESSION = "ACC20260412"
 IDENTITY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "AccessionNumber")
-
-
-@pytest.fixture
-def scene():
-    ensure_segmentation_converters()
-    return slicer.vtkMRMLScene()
 
 
 def a_ct() -> Image:

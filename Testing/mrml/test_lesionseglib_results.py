@@ -17,24 +17,15 @@ from lesionseg.dicom import read_dicom_volume, write_ct_series
 from lesionseg.image import Image
 from lesionseg.metrics import dice_coefficient, lesion_table
 from lesionseg.mrml import (
-    ensure_segmentation_converters,
     labelmap_from_segmentation_node,
     segmentation_node_from_labelmap,
     volume_node_from_image,
 )
 
 slicer = pytest.importorskip("slicer")
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # LesionSegLib lives in the repository root, beside the modules
 
 from LesionSegLib import comparison, export, lesions, tables  # noqa: E402
 from LesionSegLib.results import SegmentationResultsLogic  # noqa: E402
-
-
-@pytest.fixture
-def scene():
-    ensure_segmentation_converters()
-    return slicer.vtkMRMLScene()
 
 
 def flipped_ct() -> Image:

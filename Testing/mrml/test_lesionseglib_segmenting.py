@@ -14,7 +14,6 @@ from support.slicer_modules import REPO
 from lesionseg.image import Image
 from lesionseg.jobs import JobState
 from lesionseg.mrml import (
-    ensure_segmentation_converters,
     labelmap_from_segmentation_node,
     segmentation_node_from_labelmap,
     volume_node_from_image,
@@ -22,18 +21,10 @@ from lesionseg.mrml import (
 
 slicer = pytest.importorskip("slicer")
 pytest.importorskip("torch")
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 from LesionSegLib import segmenting  # noqa: E402
 from LesionSegLib.results import SegmentationResultsLogic  # noqa: E402
 from LesionSegLib.selftest import write_threshold_model  # noqa: E402
-
-
-@pytest.fixture
-def scene():
-    ensure_segmentation_converters()
-    return slicer.vtkMRMLScene()
 
 
 @pytest.fixture(scope="module")

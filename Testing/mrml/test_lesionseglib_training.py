@@ -8,23 +8,14 @@ import sys
 
 import numpy as np
 import pytest
-from support.slicer_modules import REPO
 
 from lesionseg.datasets import Dataset
 from lesionseg.image import Image
-from lesionseg.mrml import ensure_segmentation_converters, segmentation_node_from_labelmap, volume_node_from_image
+from lesionseg.mrml import segmentation_node_from_labelmap, volume_node_from_image
 
 slicer = pytest.importorskip("slicer")
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 from LesionSegLib import segmenting, tables, training  # noqa: E402
-
-
-@pytest.fixture
-def scene():
-    ensure_segmentation_converters()
-    return slicer.vtkMRMLScene()
 
 
 def case_nodes(scene, seed: int, name: str):

@@ -11,7 +11,6 @@ import time
 
 import numpy as np
 import pytest
-from support.slicer_modules import REPO
 from support.training_data import sphere_dataset_folder
 
 from lesionseg.image import Image
@@ -20,8 +19,6 @@ from lesionseg.mrml import volume_node_from_image
 
 slicer = pytest.importorskip("slicer")
 pytest.importorskip("torch")
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 from LesionSegLib import segmenting, training  # noqa: E402
 from LesionSegLib.selftest import write_threshold_model  # noqa: E402

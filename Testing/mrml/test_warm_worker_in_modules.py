@@ -22,8 +22,6 @@ from lesionseg.mrml import ensure_segmentation_converters, labelmap_from_segment
 
 slicer = pytest.importorskip("slicer")
 pytest.importorskip("torch")
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 from LesionSegLib import segmenting  # noqa: E402
 from LesionSegLib.selftest import write_threshold_model  # noqa: E402
@@ -270,3 +268,35 @@ def test_a_result_event_from_the_worker_still_carries_warnings_and_the_threshold
     result = next(e for e in seen if e.kind is EventKind.RESULT)
     assert result.data["threshold"] == 0.4 and "warnings" in result.data
     assert seen[-1].kind is EventKind.FINISHED and seen[-1].data["state"] == "succeeded"
+
+
+def test_a_busy_worker_ends_when_the_application_dies_without_cleanup(models, tmp_path):
+    """Slicer killed mid-run: no cleanup, no atexit; the worker must not go on segmenting for nobody."""
+    script = textwrap.dedent(
+        f"""
+        import os, sys, time
+        sys.path.insert(0, {str(REPO)!r})
+        import numpy as np
+        from lesionseg.image import Image
+        from lesionseg.mrml import ensure_segmentation_converters, volume_node_from_image
+        from LesionSegLib import segmenting
+        import slicer
+        ensure_segmentation_converters()
+        scene = slicer.vtkMRMLScene()
+        values = np.random.default_rng(0).integers(-100, 300, (20, 40, 40)).astype(np.int16)  # no constant windows
+        volume = volume_node_from_image(scene, Image(values, (1.0, 1.0, 1.0)), "CT")
+        logic = segmenting.SegmentingLogic()
+        logic.moduleName, logic.modelsDir, logic.pythonExecutable = "SpleenSeg", {str(models)!r}, sys.executable
+        logic.workRoot = {str(tmp_path)!r}
+        run = logic.startSegmentation(volume, logic.modelEntry("organ-slow"), "cpu")
+        while run.poll().stage != "inference" and not run.finished:
+            time.sleep(0.02)
+        print(run.state.value, run.worker_pid, flush=True)
+        os._exit(0)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    state, pid = done.stdout.split()
+    assert state == "running"
+    assert gone(int(pid), seconds=10)

@@ -7,17 +7,13 @@ import ast
 import io
 import os
 import subprocess
-import sys
 import textwrap
 import unittest
 
 import pytest
 from support.slicer_modules import MODULES, REPO, classes, parse_module
 
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # LesionSegLib lives in the repository root, beside the modules
-
-from LesionSegLib.selftest import run_scenarios  # noqa: E402
+from LesionSegLib.selftest import run_scenarios
 
 
 def _own_nodes(function: ast.FunctionDef):
