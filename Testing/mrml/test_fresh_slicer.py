@@ -10,9 +10,10 @@ Python that cannot import the missing packages (an import blocker, put in place 
 imported) and that reads DICOM with pydicom 2.4.4. The child builds a real slicer-core scene, runs each
 action, and prints one JSON line per action.
 
-The module files themselves need Slicer's app (ScriptedLoadableModule, qt, parameter node wrappers). The
-child runs their top-level imports minus the app's own modules, and runs each logic class's own code from the
-module file, on a stand-in base class in place of the app's ScriptedLoadableModuleLogic.
+The module files import Slicer's framework (ScriptedLoadableModule, qt, parameter node wrappers), which
+Testing/slicer_framework/ assembles from Slicer's released files; this child keeps to a fresh install's packages
+instead. It runs the modules' top-level imports minus Slicer's own modules, and runs each logic class's own code
+from the module file, on a stand-in base class in place of ScriptedLoadableModuleLogic.
 """
 
 from __future__ import annotations
@@ -475,8 +476,6 @@ EXPECTED_ACTIONS = [
 def _prepare(root: Path) -> Path:
     """Everything the child reads, made here with all packages: a CT as a DICOM series, two segmentations,
     a models folder with one model per module, and a dataset with cases."""
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
     from support.dicom_series import compress_files
     from support.training_data import sphere_case, sphere_dataset_folder
 

@@ -1,7 +1,8 @@
 """Static readers for the Slicer layer: module sources (ast), Qt Designer files (XML) and CMake lists.
 
-The Slicer app cannot run here, so the checks read the files the way Slicer's loaders and build macros
-would, without importing the modules (that needs slicer.ScriptedLoadableModule, i.e. the app).
+The checks that use these read the files the way Slicer's loaders and build macros would, without importing
+the modules: they are fast and need no Slicer at all. The modules are imported and run on Slicer's own released
+Python framework (ScriptedLoadableModule, parameterNodeWrapper) in Testing/slicer_framework/.
 """
 
 from __future__ import annotations
@@ -17,14 +18,6 @@ REPO = Path(__file__).resolve().parents[2]
 MODULES = ("SpleenSeg", "ProstateMetSeg", "LesionSegTraining")
 ENGINE = REPO / "lesionseg"
 LIBRARY = REPO / "LesionSegLib"  # Qt-side pieces the modules share, installed like Slicer's DICOMLib
-
-# Actions a later version of LesionSeg builds. Until then each is a disabled button that says so, and no
-# code is connected to it. Remove a name here in the change that makes the action real.
-NOT_YET_AVAILABLE = {
-    "SpleenSeg": [],
-    "ProstateMetSeg": [],
-    "LesionSegTraining": [],
-}
 
 
 def module_dir(module: str) -> Path:
