@@ -54,20 +54,18 @@ def inputs(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_cancel_mid_inference_ends_the_child_fast_and_leaves_no_output(inputs, tmp_path):
+def test_cancel_mid_inference_ends_the_child_and_leaves_no_output(inputs, tmp_path):
     _root, _fast, slow, ct = inputs
     output = tmp_path / "labels.nii.gz"
     job = Job.segment(str(slow), ct, output, device="cpu").start()
     events = wait_for(job, lambda e: e.kind is EventKind.PROGRESS and e.data.get("windows_done"))
     last = events[-1].data
     assert last["stage"] == "inference" and last["windows_done"] < last["windows_total"]
-    pid = job.pid
-    started = time.monotonic()
-    job.cancel()
-    while alive(pid) and time.monotonic() - started < 5:
-        time.sleep(0.02)
-    assert time.monotonic() - started < 2.0 and not alive(pid)
-    assert job.state is JobState.CANCELLED
+    job.cancel()  # returns once the child has been reaped
+    # How fast is for benchmarks; here: the job says it was cancelled, and its child is gone.
+    finished = [e for e in job.poll() if e.kind is EventKind.FINISHED]
+    assert [e.data["state"] for e in finished] == [JobState.CANCELLED.value] and job.state is JobState.CANCELLED
+    assert job.returncode is not None and not alive(job.pid)
     assert not output.exists() and not list(tmp_path.glob(".labels.*"))
 
 
@@ -83,13 +81,13 @@ def test_cancel_ends_grandchildren_too(tmp_path):
     job = Job([sys.executable, "-c", script]).start()
     events = wait_for(job, lambda e: e.kind is EventKind.MESSAGE, timeout_s=30)
     grandchild = int(events[-1].data["text"])
-    started = time.monotonic()
     job.cancel()
-    while (alive(grandchild) or alive(job.pid)) and time.monotonic() - started < 5:
+    assert job.state is JobState.CANCELLED and job.returncode is not None and not alive(job.pid)
+    # The grandchild got its SIGKILL with the group; a loaded machine may take a moment to end it.
+    deadline = time.monotonic() + 30
+    while alive(grandchild) and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert time.monotonic() - started < 2.0
-    assert not alive(grandchild) and not alive(job.pid)
-    assert job.state is JobState.CANCELLED
+    assert not alive(grandchild)
 
 
 def test_crashing_child_fails_with_its_traceback():
@@ -113,25 +111,25 @@ def test_segment_error_event_reaches_the_job(inputs, tmp_path):
 
 def test_timeout_stops_the_job():
     job = Job([sys.executable, "-c", "import time; time.sleep(60)"], timeout_s=1.0).start()
-    started = time.monotonic()
-    assert job.wait(10) is JobState.TIMED_OUT
-    assert time.monotonic() - started < 4 and not alive(job.pid)
-    assert job.error_type == "TimeoutError"
+    assert job.wait(30) is JobState.TIMED_OUT  # long before the child's 60 s sleep would end
+    assert not alive(job.pid)
+    assert job.error_type == "TimeoutError" and "longer than 1.0 s" in job.error_text
+    assert [e.data["state"] for e in job.poll() if e.kind is EventKind.FINISHED] == [JobState.TIMED_OUT.value]
 
 
 @pytest.mark.slow
-def test_warm_worker_second_request_is_faster_and_identical(inputs, tmp_path):
+def test_warm_worker_second_request_reuses_the_model_and_gives_the_same_labels(inputs, tmp_path):
     _root, fast, _slow, ct = inputs
     worker = WarmWorker().start()
     try:
-        timings = []
+        reused = []  # the time this saves is measured by benchmarks/inference.py --warm-repeat
         for name in ("first.nii.gz", "second.nii.gz"):
-            started = time.monotonic()
             request = worker.submit(str(fast), ct, tmp_path / name, device="cpu")
             assert request.wait(120) is JobState.SUCCEEDED, (request.error_text, worker.job.stderr_text[-2000:])
-            timings.append(time.monotonic() - started)
-            assert any(e.kind is EventKind.PROGRESS for e in request.poll())
-        assert timings[1] < timings[0], timings
+            events = request.poll()
+            assert any(e.kind is EventKind.PROGRESS for e in events)
+            reused += [e.data["reused"] for e in events if e.kind is EventKind.MODEL]
+        assert reused == [False, True]
         first, second = read_image(tmp_path / "first.nii.gz"), read_image(tmp_path / "second.nii.gz")
         np.testing.assert_array_equal(first.array, second.array)
         np.testing.assert_array_equal(first.array, sphere_label(read_image(ct)))
