@@ -179,12 +179,24 @@ def run_sampling(args: argparse.Namespace) -> dict[str, Any]:
 
     set_determinism(seed=7)
     out: dict[str, Any] = {}
+    demo = demo_config("demo")
     for preset in ("demo", "lesion"):
         config = demo_config(preset)
-        cases = cohort(args.work, args.cases, args.seed)[: (args.cases if preset == "demo" else 3)]
-        items = _lesion_labels(cases, args.work)
+        items = _lesion_labels(cohort(args.work, args.cases, args.seed), args.work)
         # Whether a patch holds a lesion is the crop's doing; the rotations and zooms after it only cost time.
-        fixed, random_chain = Compose(deterministic_transforms(config)), random_transforms(config)[0]
+        # The lesion preset's crops (96 mm at 1 mm) are drawn as the same 96 mm cubes on the demo's 4 mm grid:
+        # the same physical crops, without resampling every phantom to 1 mm (minutes and gigabytes each here).
+        crop = {**config, "augmentation": dict(config["augmentation"])}
+        crop["augmentation"]["patch_size"] = [
+            int(round(n * s / t))
+            for n, s, t in zip(
+                config["augmentation"]["patch_size"],
+                config["preprocessing"]["spacing"],
+                demo["preprocessing"]["spacing"],
+                strict=True,
+            )
+        ]
+        fixed, random_chain = Compose(deterministic_transforms(demo)), random_transforms(crop)[0]
         patches = with_lesion = with_bone = with_node = lesion_voxels = total_voxels = 0
         volumes_with_lesion = 0
         for item in items:
@@ -203,6 +215,7 @@ def run_sampling(args: argparse.Namespace) -> dict[str, Any]:
         out[preset] = {
             "spacing_mm": config["preprocessing"]["spacing"],
             "patch_size": aug["patch_size"],
+            "drawn_as": crop["augmentation"]["patch_size"],
             "positive": aug["positive"],
             "negative": aug["negative"],
             "volumes": len(items),
