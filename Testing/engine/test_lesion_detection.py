@@ -153,3 +153,22 @@ def test_evaluate_explains_bad_detection_options(tmp_path, capsys, monkeypatch, 
     assert main(["evaluate", "--pred", "p50", "--ref", "ref", "-o", "m.json", *extra]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "m.json").exists()
+
+
+def test_evaluate_one_case_gives_a_froc_point_per_prediction_file(tmp_path, capsys):
+    prob, ref = _probabilities()[0]
+    ref_path = write_image(Image(ref.astype(np.uint8), spacing=SPACING), tmp_path / "ref.nii.gz")
+    paths = {}
+    for threshold in (0.1, 0.7):
+        pred = Image((prob > threshold).astype(np.uint8), spacing=SPACING)
+        paths[threshold] = write_image(pred, tmp_path / f"p{int(threshold * 10)}.nii.gz")
+    out = tmp_path / "m.json"
+    args = ["evaluate", "--pred", str(paths[0.7]), "--ref", str(ref_path), "-o", str(out), "--min-reference-mm", "10"]
+    froc = [f"--froc={t}={path}" for t, path in paths.items()]
+    assert main([*args, "--min-prediction-mm3", "50", *froc]) == 0
+    points = json.loads(out.read_text())["froc"]
+    assert [(p["threshold"], p["tp"], p["n_ref"], p["fp"]) for p in points] == [(0.1, 2, 2, 2), (0.7, 1, 2, 0)]
+    # One case takes one prediction file per threshold, not a folder.
+    (tmp_path / "folder").mkdir()
+    assert main([*args, "--overwrite", "--froc", f"0.5={tmp_path / 'folder'}"]) == 2
+    assert "is not a file" in capsys.readouterr().err

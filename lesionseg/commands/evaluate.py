@@ -39,8 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "evaluate",
         help="metrics of predicted labelmaps against reference labelmaps",
         description=(
-            "Dice, IoU, HD95, HD, ASSD and volumes per label, and lesion-wise TP/FP/FN with autoPET's FP and FN "
-            "volumes. Give one case (--pred FILE --ref FILE), two folders paired by file name, or --pairs CSV."
+            "Dice, IoU, HD95, HD, ASSD and volumes per label, lesion-wise TP/FP/FN with autoPET's FP and FN "
+            "volumes, and detection by size (sensitivity, false positives per case, a FROC point per --froc set). "
+            "Give one case (--pred FILE --ref FILE), two folders paired by file name, or --pairs CSV."
         ),
     )
     parser.add_argument("--pred", help="predicted labelmap, or a folder of them")
