@@ -9,7 +9,7 @@ The child is the session's warm worker (:func:`session_worker`): one process per
 the first Segment, keeping the last model loaded so that the next patient costs only the network's time.
 Cancel ends it with its whole process tree, and the next Segment starts a fresh one; so does a crash. It is
 shut down by the modules' cleanup (:func:`shutdown_session_worker`), at interpreter exit (``atexit``), and,
-should Slicer die first, by its own stdin closing.
+should Slicer die first, by itself (its stdin closes, or its next event finds no reader).
 """
 
 from __future__ import annotations

@@ -271,7 +271,8 @@ def test_a_result_event_from_the_worker_still_carries_warnings_and_the_threshold
 
 
 def test_a_busy_worker_ends_when_the_application_dies_without_cleanup(models, tmp_path):
-    """Slicer killed mid-run: no cleanup, no atexit; the worker must not go on segmenting for nobody."""
+    """Slicer killed mid-run: no cleanup, no atexit; the worker must not go on segmenting for nobody (its next
+    progress event finds no reader, and it ends)."""
     script = textwrap.dedent(
         f"""
         import os, sys, time

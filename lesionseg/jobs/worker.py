@@ -11,7 +11,8 @@ and answers each segment request with the same events as ``segment --progress js
 ``"request": id``, ending with ``result`` or ``error``. Before the run a ``model`` event says whether the model
 was loaded now (``"reused": false``) or kept from the previous request (``"reused": true``), and which model
 was dropped for it. The worker holds one model at a time, so choosing another model frees the old one's memory;
-it ends when stdin closes, so it never outlives the application that started it.
+it ends when stdin closes (idle) or when its next event finds no reader (busy), so it never outlives the
+application that started it.
 
 :class:`WarmWorker` is the client of one worker process; :class:`ManagedWorker` keeps one alive on demand,
 replacing a cancelled or crashed one at the next request.
