@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--tree", help="another checkout root whose lesionseg/ to measure beside this one")
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT / "Testing"))
+    sys.path[:0] = [str(ROOT / "Testing"), str(ROOT)]  # the tiny model is the self-test one, in LesionSegLib
     from support.tiny_models import phantom_ct, threshold_spec_dict, threshold_state, write_model_folder
 
     from lesionseg.io import write_image

@@ -2,7 +2,8 @@
 
 * ``threshold_model``: a real ``monai.networks.nets.SegResNet`` whose weights are set by hand so that its
   output is class 1 exactly where the scaled intensity exceeds a threshold.  Its answer is known for any
-  input, so geometry tests can demand exact equality.
+  input, so geometry tests can demand exact equality. It is the modules' self-test model
+  (``LesionSegLib.selftest``), made from that one definition.
 * ``trained_unet_state``: the spleen spec's UNet trained for a few steps on a phantom sphere, so its argmax
   is confident (a random UNet's argmax is noise, and noise makes pipeline comparisons meaningless).
 * ``phantom_ct``: an analytic CT-like phantom (air, a body ellipsoid, a dense blob with smooth edges)
@@ -20,64 +21,28 @@ import numpy as np
 from lesionseg.image import Image
 
 THRESHOLD_HU = 100.0
-RANGE = (-1000.0, 1000.0)
 
 
 def threshold_spec_dict(model_id: str = "threshold", spacing=(1.5, 1.5, 2.0), roi=(32, 32, 32), **inference) -> dict:
-    return {
-        "schema_version": 1,
-        "id": model_id,
-        "version": "1.0",
-        "task": "segmentation",
-        "description": "hand-set SegResNet: class 1 where HU > 100",
-        "network": {
-            "name": "SegResNet",
-            "parameters": {
-                "spatial_dims": 3,
-                "init_filters": 2,
-                "in_channels": 1,
-                "out_channels": 2,
-                "blocks_down": [1],
-                "blocks_up": [],
-                "norm": "batch",
-            },
-        },
-        "input_channels": 1,
-        "preprocessing": {
-            "orientation": "RAS",
-            "spacing": None if spacing is None else list(spacing),
-            "intensity": {
-                "kind": "range",
-                "a_min": RANGE[0],
-                "a_max": RANGE[1],
-                "b_min": 0.0,
-                "b_max": 1.0,
-                "clip": True,
-            },
-        },
-        "inference": {"roi_size": list(roi), "overlap": 0.25, "sw_batch_size": 2, "blend": "constant", **inference},
-        "labels": [{"value": 1, "name": "dense", "color": [0.9, 0.2, 0.1]}],
-        "weights": {"format": "safetensors", "path": "model.safetensors", "sha256": None},
-    }
+    """The modules' self-test model (LesionSegLib.selftest), with the grid, tiles and label these tests expect."""
+    # Imported here, not at the top: the benchmarks import this file for its phantoms with only Testing/ on
+    # their path, while LesionSegLib lives in the repository root (on pytest's path through pyproject).
+    from LesionSegLib.selftest import threshold_model_spec
+
+    spec = threshold_model_spec(model_id, "dense", THRESHOLD_HU)
+    spec["version"] = "1.0"
+    spec["description"] = "hand-set SegResNet: class 1 where HU > 100"
+    spec["preprocessing"]["spacing"] = None if spacing is None else list(spacing)
+    spec["inference"] = {"roi_size": list(roi), "overlap": 0.25, "sw_batch_size": 2, "blend": "constant", **inference}
+    spec["labels"][0]["color"] = [0.9, 0.2, 0.1]
+    return spec
 
 
 def threshold_state(gain: float = 200.0) -> dict:
     """Weights that make the SegResNet above compute ``logit1 = gain * (x - t)``, ``logit0 = 0``."""
-    import torch
-    from monai.networks.nets import SegResNet
+    from LesionSegLib.selftest import threshold_weights
 
-    spec = threshold_spec_dict()
-    net = SegResNet(**spec["network"]["parameters"])
-    state = {k: torch.zeros_like(v) for k, v in net.state_dict().items()}
-    t = (THRESHOLD_HU - RANGE[0]) / (RANGE[1] - RANGE[0])
-    state["convInit.conv.weight"][0, 0, 1, 1, 1] = 1.0  # channel 0 copies the input (centre tap)
-    for name in ("down_layers.0.1.norm1", "down_layers.0.1.norm2", "conv_final.0"):
-        state[name + ".weight"].fill_(1.0)
-        state[name + ".running_var"].fill_(1.0 - 1e-5)  # with BatchNorm's eps this divides by exactly 1
-    # conv2 of the residual block stays zero, so the block passes its input through unchanged.
-    state["conv_final.2.conv.weight"][1, 0] = gain
-    state["conv_final.2.conv.bias"][1] = -gain * t
-    return state
+    return threshold_weights(THRESHOLD_HU, steepness=gain)
 
 
 def write_model_folder(folder: Path, spec: dict, state: dict, record_hash: bool = True) -> Path:
