@@ -13,7 +13,6 @@ import json
 import math
 import shutil
 import tempfile
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -388,12 +387,3 @@ def _duration(seconds: float) -> str:
     if seconds < 5400:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
-
-
-def wait_for(run: Any, timeout_s: float) -> None:
-    """Poll a run until it ends (scripts and tests; the widget uses a timer)."""
-    deadline = time.monotonic() + timeout_s
-    while not run.finished and time.monotonic() < deadline:
-        run.poll()
-        time.sleep(0.1)
-    run.poll()

@@ -437,7 +437,7 @@ class LesionSegTrainingLogic(ScriptedLoadableModuleLogic):
         return LesionSegLib.training.training_presets()
 
     def startTraining(self, folder, preset, modelName, device="auto", epochs=None, learningRate=None, resume=False):
-        """Start a background training run; the caller polls it (or waits with LesionSegLib.training.wait_for)."""
+        """Start a background training run; the caller polls it (the widget on a timer)."""
         run = LesionSegLib.training.TrainingRun(
             folder,
             preset,

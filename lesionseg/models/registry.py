@@ -48,7 +48,7 @@ def builtin_specs() -> list[ModelSpec]:
 @dataclass(frozen=True)
 class ModelEntry:
     spec: ModelSpec
-    origin: str  # "built-in", "user" or "folder"
+    origin: str  # "built-in" or "user"
     weights_present: bool
     verified: bool | None  # None: present but no hash to check against; False: mismatch or missing
     problem: str = ""
