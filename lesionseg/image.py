@@ -4,7 +4,7 @@ Geometry convention, stated once for the whole engine
 -----------------------------------------------------
 * World coordinates are **LPS** millimetres (DICOM and ITK's patient space: +x to the
   patient's left, +y posterior, +z superior).  Slicer's RAS is converted at the MRML
-  bridge, NIfTI's RAS at the NIfTI reader and writer; nowhere else.
+  bridge, NIfTI's RAS at the NIfTI reader and writer, both with :data:`RAS_FROM_LPS`; nowhere else.
 * ``array`` is indexed ``array[k, j, i]``: the slowest axis is the third image axis.
   This is the order of ``SimpleITK.GetArrayFromImage`` and ``slicer.util.arrayFromVolume``.
 * ``spacing``, ``origin`` and the columns of ``direction`` are in ``(i, j, k)`` order.
@@ -22,6 +22,11 @@ import numpy as np
 
 ORTHONORMAL_TOLERANCE = 1e-4
 GRID_TOLERANCE_MM = 1e-3
+
+# The one LPS <-> RAS conversion of the engine, for 4x4 index-to-world matrices: RAS negates LPS's x and y.
+# It is its own inverse, so ``RAS_FROM_LPS @ lps`` gives RAS and ``RAS_FROM_LPS @ ras`` gives LPS.
+RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+RAS_FROM_LPS.setflags(write=False)  # shared by every caller: nobody may change it in place
 
 
 def _as_vector(value: Iterable[float], name: str) -> np.ndarray:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lesionseg.image import Image
-
-_RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+from lesionseg.image import RAS_FROM_LPS, Image
 
 
 def permute_axes(image: Image, source_axis: list[int], flip: list[bool]) -> Image:
@@ -34,7 +32,7 @@ def monai_reorientation(image: Image, axcodes: str) -> tuple[list[int], list[boo
     """The (source_axis, flip) that MONAI's Orientationd(axcodes) applies to ``image``."""
     import nibabel as nib
 
-    start = nib.orientations.io_orientation(_RAS_FROM_LPS @ image.index_to_world)
+    start = nib.orientations.io_orientation(RAS_FROM_LPS @ image.index_to_world)
     end = nib.orientations.axcodes2ornt(tuple(axcodes.upper()), labels=(("L", "R"), ("P", "A"), ("I", "S")))
     transform = nib.orientations.ornt_transform(start, end)  # per old axis: (new axis, ±1)
     source_axis = [0, 0, 0]

@@ -7,9 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from lesionseg.image import Image
-
-_LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+from lesionseg.image import RAS_FROM_LPS, Image
 
 
 def read_nifti(path: str | Path) -> Image:
@@ -21,7 +19,7 @@ def read_nifti(path: str | Path) -> Image:
         data = data[..., np.newaxis]
     if data.ndim != 3:
         raise ValueError(f"{path}: expected a 3D volume, got shape {data.shape}")
-    affine = _LPS_FROM_RAS @ img.affine
+    affine = RAS_FROM_LPS @ img.affine  # the flip is its own inverse
     linear = affine[:3, :3]
     spacing = np.linalg.norm(linear, axis=0)
     if np.any(spacing == 0):
@@ -35,7 +33,7 @@ def read_nifti(path: str | Path) -> Image:
 
 
 def write_nifti(image: Image, path: str | Path) -> None:
-    affine = np.linalg.inv(_LPS_FROM_RAS) @ image.index_to_world
+    affine = RAS_FROM_LPS @ image.index_to_world
     data = np.transpose(image.array, (2, 1, 0))
     out = nib.Nifti1Image(data, affine)
     out.header.set_data_dtype(image.array.dtype)

@@ -12,13 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lesionseg.image import Image
+from lesionseg.image import RAS_FROM_LPS, Image
 from lesionseg.labels import LabelInfo, label_table
 
 if TYPE_CHECKING:  # pragma: no cover
     import slicer
 
-_RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _VOLUME_CLASSES = ("vtkMRMLScalarVolumeNode", "vtkMRMLLabelMapVolumeNode")
 
 
@@ -72,7 +71,7 @@ def image_from_volume_node(node: "slicer.vtkMRMLVolumeNode") -> Image:
 
     dims = image_data.GetDimensions()
     array = numpy_support.vtk_to_numpy(image_data.GetPointData().GetScalars()).reshape(dims[::-1]).copy()
-    lps = _RAS_FROM_LPS @ _world_ras_from_ijk(node)  # the flip is its own inverse
+    lps = RAS_FROM_LPS @ _world_ras_from_ijk(node)  # the flip is its own inverse
     linear = lps[:3, :3]
     spacing = np.linalg.norm(linear, axis=0)
     return Image(array, spacing=spacing, origin=lps[:3, 3], direction=linear / spacing)
@@ -116,7 +115,7 @@ def _slicer_safe_array(array: np.ndarray) -> np.ndarray:
 
 def set_node_geometry(node: Any, image: Image) -> None:
     """Give a volume node ``image``'s grid (spacing, origin and directions, converted to RAS)."""
-    node.SetIJKToRASMatrix(_numpy_to_matrix(_RAS_FROM_LPS @ image.index_to_world))
+    node.SetIJKToRASMatrix(_numpy_to_matrix(RAS_FROM_LPS @ image.index_to_world))
 
 
 def volume_node_from_image(
