@@ -292,3 +292,100 @@ def write_case(path: Path, image_zyx: np.ndarray, spacing_xyz=IMAGE_SPACING_XYZ,
     path.parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(itk, str(path))
     return path
+
+
+# -- A two-channel (CT + PET) model --------------------------------------------------------------------------------
+PET_DATASET = "Dataset901_PetCt"
+PET_INTENSITY = {"max": 20.0, "mean": 2.0, "median": 1.0, "min": 0.0, "percentile_00_5": 0.0,
+                 "percentile_99_5": 15.0, "std": 3.0}  # fmt: skip
+CT_LESION_HU = 120.0  # lesion: CT above this ...
+PET_LESION_SUV = 4.0  # ... and PET above this, in the same place
+
+
+def pet_ct_dataset_dict() -> dict:
+    return {"channel_names": {"0": "CT", "1": "PET"}, "labels": {"background": 0, "lesion": 1}, "numTraining": 8,
+            "file_ending": ".nii.gz"}  # fmt: skip
+
+
+def pet_ct_plans_dict() -> dict:
+    """One ``3d_fullres`` configuration with CT normalization on channel 0 and none (values as given) on PET."""
+    plans = plans_dict()
+    fullres = copy.deepcopy(plans["configurations"]["3d_fullres"])
+    fullres["normalization_schemes"] = ["CTNormalization", "NoNormalization"]
+    fullres["use_mask_for_norm"] = [False, False]
+    fullres["data_identifier"] = "nnUNetPlans_3d_fullres"
+    plans.update(
+        dataset_name=PET_DATASET,
+        configurations={"3d_fullres": fullres},
+        foreground_intensity_properties_per_channel={"0": dict(INTENSITY), "1": dict(PET_INTENSITY)},
+    )
+    return plans
+
+
+def hand_set_pet_ct(network) -> None:
+    """Weights that make the network answer lesion where CT > CT_LESION_HU *and* PET > PET_LESION_SUV.
+
+    With ``a`` the CT above its cut (normalized units) and ``b`` the PET above its cut (a quarter SUV per unit), the
+    lesion logit is ``min(a, b) = a - relu(a - b)`` and the background's 0: neither channel alone decides, so a PET
+    fed off by some millimetres moves the answer.  The first encoder stage computes ``a + _SHIFT`` (kept positive,
+    so LeakyReLU passes it) and ``relu(a - b)``; the last decoder stage passes both through its skip connection.
+    """
+    import torch
+
+    cut_ct = (CT_LESION_HU - INTENSITY["mean"]) / INTENSITY["std"]
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.zero_()
+        first = network.encoder.stages[0][0].convs[0].conv
+        last = network.decoder.stages[-1].convs[0].conv
+        seg = network.decoder.seg_layers[-1]
+        features0 = first.weight.shape[0]
+        centre = tuple(k // 2 for k in first.weight.shape[2:])
+        first.weight[(0, 0, *centre)] = 1.0  # a + _SHIFT
+        first.bias[0] = _SHIFT - cut_ct
+        first.weight[(1, 0, *centre)] = 1.0  # relu(a - b), b = (pet - PET_LESION_SUV) / 4
+        first.weight[(1, 1, *centre)] = -0.25
+        first.bias[1] = -cut_ct + PET_LESION_SUV * 0.25
+        lc = tuple(k // 2 for k in last.weight.shape[2:])
+        for c in (0, 1):
+            last.weight[(c, features0 + c, *lc)] = 1.0
+        ones = (0,) * (seg.weight.dim() - 2)
+        seg.weight[(1, 0, *ones)] = 1.0
+        seg.weight[(1, 1, *ones)] = -1.0
+        seg.bias[1] = -_SHIFT
+
+
+def pet_phantom(hot_centre_xyz, hot_radius_mm: float = 9.0, spacing_xyz=(2.5, 2.5, 3.0), origin=(-30.0, -25.0, -12.0),
+                size_xyz=(34, 30, 24)):  # fmt: skip
+    """A PET on its own grid (coarser than the CT, a larger field of view), identity direction: SUV 1, and 8 in a
+    sphere around ``hot_centre_xyz`` (mm). Returns (array z, y, x float32, spacing_xyz, origin)."""
+    spacing = np.asarray(spacing_xyz, float)
+    k, j, i = np.meshgrid(*(np.arange(n) for n in size_xyz[::-1]), indexing="ij")
+    x, y, z = origin[0] + i * spacing[0], origin[1] + j * spacing[1], origin[2] + k * spacing[2]
+    c = hot_centre_xyz
+    inside = (x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2 <= hot_radius_mm**2
+    return np.where(inside, 8.0, 1.0).astype(np.float32), tuple(spacing_xyz), tuple(origin)
+
+
+def build_pet_ct_dataset(parent: Path, folds=(0,)) -> NnunetDataset:
+    """Write ``parent/Dataset901_PetCt/nnUNetTrainer__nnUNetPlans__3d_fullres`` (channels CT, PET)."""
+    import torch
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+    plans, dataset = pet_ct_plans_dict(), pet_ct_dataset_dict()
+    root = Path(parent) / PET_DATASET
+    folder = root / f"{TRAINER}__{PLANS}__3d_fullres"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "plans.json").write_text(json.dumps(plans, indent=2), encoding="utf-8")
+    (folder / "dataset.json").write_text(json.dumps(dataset, indent=2), encoding="utf-8")
+    arch = plans["configurations"]["3d_fullres"]["architecture"]
+    for fold in folds:
+        network = get_network_from_plans(
+            arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"], 2, 2,
+            allow_init=True, deep_supervision=False,
+        )  # fmt: skip
+        hand_set_pet_ct(network)
+        optimizer = torch.optim.SGD(network.parameters(), 0.01, momentum=0.99, nesterov=True)
+        save_checkpoint(folder / f"fold_{fold}" / "checkpoint_final.pth", network, optimizer, plans, dataset,
+                        "3d_fullres", fold, -0.5)  # fmt: skip
+    return NnunetDataset(root)

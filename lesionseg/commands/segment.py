@@ -15,11 +15,38 @@ from lesionseg.errors import EXIT_FAILURE, describe
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("segment", help="segment an image with a model")
     parser.add_argument("--model", required=True, help="model id (see `lesionseg models list`), model folder or bundle")
-    parser.add_argument("--input", required=True, help=".nrrd, .nii/.nii.gz or a DICOM series folder")
+    parser.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        help=".nrrd, .nii/.nii.gz or a DICOM series folder; a model with several channels (e.g. CT and PET) takes "
+        "--input once per channel, in the model's order. Further channels are resampled onto the first one's grid",
+    )
+    parser.add_argument(
+        "--channel",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="a multi-channel model's input by channel name (e.g. --channel CT=ct/ --channel PET=pet.nii.gz), "
+        "instead of --input",
+    )
     parser.add_argument("--output", required=True, help="labelmap: .nii.gz, .nrrd or .seg.nrrd (Slicer segmentation)")
     parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     parser.add_argument("--progress", choices=["jsonl"], help="print JSON-lines events on stdout")
+    parser.add_argument(
+        "--backend",
+        choices=["auto", "torch", "openvino"],
+        default="auto",
+        help="what runs the network (default auto: OpenVINO when the network runs on the CPU and openvino is "
+        "installed, else torch; on CUDA always torch). The compiled network is cached in the model folder",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        help="the OpenVINO CPU network's precision (default: the spec's inference.precision, else fp32); "
+        "bf16 is faster on CPUs with BF16 (AVX-512 BF16, AMX) and runs fp32 elsewhere",
+    )
     parser.add_argument("--crop-body", action="store_true", help="skip the air around the body (CT: > -500 HU)")
     parser.add_argument(
         "--threshold",
@@ -97,7 +124,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         from lesionseg.io.outputs import check_output  # here, not at the top: registering the command stays cheap
 
-        check_output(args.output, [args.input, args.model], args.overwrite)  # before minutes of work, not after
+        if not args.input and not args.channel:
+            raise ValueError("give the image to segment with --input PATH (or --channel NAME=PATH per channel)")
+        given = [*args.input, *(item.partition("=")[2] for item in args.channel if "=" in item)]
+        check_output(args.output, [*given, args.model], args.overwrite)  # before minutes of work, not after
         from lesionseg.inference.pipeline import segment_file
         from lesionseg.models.nnunet import is_nnunet_folder
         from lesionseg.models.nnunet_import import imported_model_folder
@@ -114,12 +144,23 @@ def run(args: argparse.Namespace) -> int:
                     "leave them out"
                 )
             result = segment_file_nnunet(
-                nnunet_model, args.input, args.output, args.device, sink, options=_nnunet_options(args)
+                nnunet_model,
+                args.input,
+                args.output,
+                args.device,
+                sink,
+                options=_nnunet_options(args),
+                named_channels=args.channel,
             )
         else:
+            if args.channel or len(args.input) > 1:
+                raise ValueError(
+                    f"model {args.model!r} takes one input image; give --input once "
+                    f"({len(given)} inputs given: {', '.join(given)})"
+                )
             result = segment_file(
                 args.model,
-                args.input,
+                args.input[0],
                 args.output,
                 args.device,
                 sink,
@@ -127,6 +168,8 @@ def run(args: argparse.Namespace) -> int:
                 models_dir=args.models_dir,
                 threshold=args.threshold,
                 allow_modality=args.allow_modality,
+                backend=args.backend,
+                precision=args.precision,
             )
     except Exception as error:
         if args.progress != "jsonl":

@@ -215,14 +215,29 @@ def model_orientation(configuration_folder: Path) -> str:
     return orientation
 
 
-def nnunet_input(image: Image) -> tuple[np.ndarray, dict]:
-    """The array and properties nnU-Net's SimpleITKIO reader gives for this image's file: (1, z, y, x), (z, y, x)."""
-    array = np.asarray(image.array, dtype=np.float32)[None]
+def nnunet_input(image: Image, *further: Image) -> tuple[np.ndarray, dict]:
+    """The array and properties nnU-Net's SimpleITKIO reader gives for these channels' files: (c, z, y, x) and the
+    spacing (z, y, x).  Further channels must already lie on the first's grid (:func:`align_channels`)."""
+    for other in further:
+        if not other.same_grid(image):
+            raise RuntimeError("internal error: a further channel is not on the first channel's grid")
+    array = np.stack([np.asarray(each.array, dtype=np.float32) for each in (image, *further)])
     return array, {"spacing": [float(s) for s in image.spacing[::-1]]}
 
 
-def _run_stage(stage: LoadedStage, image: Image, previous: np.ndarray | None, counter: _WindowCounter) -> np.ndarray:
-    array, properties = nnunet_input(image)
+def channel_names(configuration: NnunetConfiguration) -> list[str]:
+    """The model's input channels in order, by their dataset.json names (one unnamed channel when it has none)."""
+    names = configuration.channel_names
+    if not names:
+        return ["image"]
+    return [names[key] for key in sorted(names, key=lambda k: int(k) if k.isdigit() else 0)]
+
+
+def _run_stage(
+    stage: LoadedStage, images: Sequence[Image], previous: np.ndarray | None, counter: _WindowCounter
+) -> np.ndarray:
+    image = images[0]
+    array, properties = nnunet_input(*images)
     stage.predictor.counter = counter
     with contextlib.redirect_stdout(sys.stderr):
         labels = stage.predictor.predict_single_npy_array(array, properties, previous)
@@ -233,9 +248,19 @@ def _run_stage(stage: LoadedStage, image: Image, previous: np.ndarray | None, co
 
 
 def predict_nnunet(
-    image: Image, model: str | Path, options: NnunetOptions | None = None, device: str = "auto", progress=None
+    image: Image | Sequence[Image],
+    model: str | Path,
+    options: NnunetOptions | None = None,
+    device: str = "auto",
+    progress=None,
 ) -> tuple[Image, list[LabelInfo], dict[str, Any]]:
-    """The labelmap (uint8, on ``image``'s grid), the labels and a description of what ran."""
+    """The labelmap (uint8, on the first image's grid), the labels and a description of what ran.
+
+    ``image`` is one image, or one per channel of ``dataset.json`` in its order, all on the first one's grid
+    (:func:`lesionseg.inference.channels.align_channels` puts them there).
+    """
+    images = [image] if isinstance(image, Image) else list(image)
+    image = images[0]
     from lesionseg.inference.devices import resolve_device
 
     options = options or NnunetOptions()
@@ -247,11 +272,11 @@ def predict_nnunet(
     chain = [configuration]
     if configuration.previous_stage is not None:
         chain.insert(0, load_configuration(previous_stage_folder(configuration)))
-    channels = len(chain[-1].channel_names) or 1
-    if channels != 1:
+    names = channel_names(configuration)
+    if len(images) != len(names):
         raise NnunetModelError(
-            f"{configuration.folder} needs {channels} input channels ({', '.join(chain[-1].channel_names.values())}); "
-            "segment feeds one image, multi-channel input is not supported yet"
+            f"{configuration.folder} needs {len(names)} input image(s) ({', '.join(names)}), "
+            f"{len(images)} given; give one per channel, in this order"
         )
     stages = []
     for index, config in enumerate(chain):
@@ -270,7 +295,9 @@ def predict_nnunet(
         from lesionseg.inference.axes import monai_reorientation, permute_axes
 
         permutation = monai_reorientation(image, "RAS")
-        source_image, image = image, permute_axes(image, *permutation)
+        source_image = image
+        images = [permute_axes(each, *permutation) for each in images]
+        image = images[0]
     if len(stages) > 1:
         reporter.message(f"cascade: {stages[0].configuration.name} first, then {configuration.name}")
     reporter.stage("inference")
@@ -281,7 +308,7 @@ def predict_nnunet(
             last = done >= total  # never throttled: the bar must reach the end of the stage
             reporter.update((index + done / total) / len(stages), force=last, windows_done=done, windows_total=total)
 
-        labels = _run_stage(stage, image, previous, _WindowCounter(windows))
+        labels = _run_stage(stage, images, previous, _WindowCounter(windows))
         if index < len(stages) - 1:
             # Signed: nnU-Net one-hot encodes it and a uint8 array overflows there (NOTES §7).
             previous = labels.astype(np.int16)[None]
@@ -310,6 +337,7 @@ def predict_nnunet(
         "weights_verified": all(s.verified for s in stages),
         "tile_step_size": options.tile_step_size,
         "orientation": orientation,
+        "channels": names,
     }
     reporter.update(1.0)
     return labelmap, labels_of(configuration), info
@@ -317,15 +345,20 @@ def predict_nnunet(
 
 def segment_file_nnunet(
     model: str | Path,
-    input_path: str | Path,
+    input_path: str | Path | Sequence[str | Path],
     output_path: str | Path,
     device: str = "auto",
     progress: EventSink | None = None,
     options: NnunetOptions | None = None,
+    named_channels: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Read an image, segment it with an nnU-Net result folder, write the labelmap atomically; the result event."""
+    """Read the image(s), segment with an nnU-Net result folder, write the labelmap atomically; the result event.
+
+    ``input_path`` is one path, or one per channel of ``dataset.json`` in its order; ``named_channels`` gives them
+    as ``NAME=PATH`` instead.  Further channels are resampled onto the first one's grid, which the labelmap lies on.
+    """
+    from lesionseg.inference.channels import align_channels, assign_channels, read_channel
     from lesionseg.inference.output import labelmap_format, write_labelmap
-    from lesionseg.inference.validity import read_model_input
 
     started = time.perf_counter()
     labelmap_format(output_path)  # a bad output name is refused before any work
@@ -338,8 +371,11 @@ def segment_file_nnunet(
             progress(event)
 
     reporter = Progress(recorded, min_interval_s=0.05)
-    source = read_model_input(input_path)
-    labelmap, labels, info = predict_nnunet(source.image, model, options, device, reporter)
+    inputs = [input_path] if isinstance(input_path, (str, Path)) else list(input_path or [])
+    configuration = load_configuration(resolve_configuration_folder(model, (options or NnunetOptions()).configuration))
+    assigned = assign_channels(channel_names(configuration), [str(p) for p in inputs], named_channels)
+    images = align_channels([read_channel(name, path) for name, path in assigned])
+    labelmap, labels, info = predict_nnunet(images, model, options, device, reporter)
     reporter.stage("write")
     written = write_labelmap(labelmap, labels, output_path)
     reporter.finish()
@@ -347,7 +383,8 @@ def segment_file_nnunet(
     return {
         "event": "result",
         "output": str(written),
-        "input": str(input_path),
+        "input": assigned[0][1],
+        **({"inputs": dict(assigned)} if len(assigned) > 1 else {}),
         "model": str(model),
         "engine": "nnunet",
         "nnunet": info,
