@@ -152,3 +152,26 @@ def test_own_model_with_two_inputs_is_refused(tmp_path):
     )  # fmt: skip
     assert cli.returncode != 0
     assert "takes one input image; give --input once (2 inputs given: a.nii.gz, b.nii.gz)" in cli.stderr, cli.stderr
+
+
+def test_own_model_spec_names_its_input_channels_and_their_modalities():
+    from support.tiny_models import threshold_spec_dict
+
+    from lesionseg.models.spec import spec_from_dict
+
+    base = threshold_spec_dict()
+    base["network"]["parameters"].pop("in_channels", None)
+    two = {**base, "input_channels": 2, "modality": "CT", "inputs": [{"name": "CT"}, {"name": "PET", "modality": "PT"}]}
+    spec = spec_from_dict(two)
+    assert spec.channel_names == ["CT", "PET"]
+    assert (spec.expected_modality(0), spec.expected_modality(1)) == ("CT", "PT")  # PET's own; CT from the spec's
+    with pytest.raises(IndexError, match="has 2 input channel\\(s\\), not 3"):
+        spec.expected_modality(2)
+    with pytest.raises(ValueError, match="inputs names 1 channel\\(s\\) but input_channels is 2"):
+        spec_from_dict({**two, "inputs": [{"name": "CT"}]})
+    with pytest.raises(ValueError, match="inputs names repeat"):
+        spec_from_dict({**two, "inputs": [{"name": "CT"}, {"name": "ct"}]})
+    with pytest.raises(ValueError, match="invalid at inputs/1/modality"):
+        spec_from_dict({**two, "inputs": [{"name": "CT"}, {"name": "PET", "modality": "pet"}]})
+    single = spec_from_dict(base)  # a spec without inputs: unchanged, one channel
+    assert single.inputs == () and single.channel_names == ["image"] and single.expected_modality(0) is None

@@ -76,6 +76,7 @@ class InferenceSpec:
     flip_tta: bool = False
     activation: str = "softmax"
     amp: bool = True
+    precision: str = "fp32"  # the CPU network through OpenVINO: fp32 or bf16
     threshold: float | None = None  # foreground probability cut for one-label models; None: argmax
 
 
@@ -104,6 +105,14 @@ class CascadeSpec:
 
 
 @dataclass(frozen=True)
+class InputSpec:
+    """One input channel of a multi-channel model (spec ``inputs``), in the network's channel order."""
+
+    name: str
+    modality: str | None = None  # None: the spec's modality
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     id: str
     version: str
@@ -122,9 +131,10 @@ class ModelSpec:
     demo: bool = False  # trained on synthetic phantoms: never preselected, listed last
     lesion_labels: tuple[int, ...] = ()
     cascade: CascadeSpec | None = None
-    # DICOM Modality of the training images (one code for every input channel; None: any).  A later per-channel
-    # ``inputs`` list will name one per channel; callers ask expected_modality(channel), so they need not change.
+    # DICOM Modality of the training images (for every input channel that ``inputs`` does not give one; None: any).
+    # Callers ask expected_modality(channel), so per-channel inputs need no change there.
     modality: str | None = None
+    inputs: tuple[InputSpec, ...] = ()  # empty: one unnamed channel per input_channels (the single-image models)
     folder: Path | None = None  # where the weights file lives (None: not installed anywhere yet)
     builtin: bool = False
     source: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -165,7 +175,16 @@ class ModelSpec:
         """The DICOM Modality the model expects on input ``channel`` (None: not stated, anything goes)."""
         if not 0 <= channel < self.input_channels:
             raise IndexError(f"model {self.id!r} has {self.input_channels} input channel(s), not {channel + 1}")
+        if self.inputs and self.inputs[channel].modality is not None:
+            return self.inputs[channel].modality
         return self.modality
+
+    @property
+    def channel_names(self) -> list[str]:
+        """The input channels' names in order (``image`` for a single-channel model that names none)."""
+        if self.inputs:
+            return [each.name for each in self.inputs]
+        return ["image"] if self.input_channels == 1 else [f"channel{c}" for c in range(self.input_channels)]
 
     def with_folder(self, folder: Path | None) -> "ModelSpec":
         return replace(self, folder=None if folder is None else Path(folder))
@@ -224,6 +243,16 @@ def validate_spec_dict(data: Any, where: str = "model spec") -> None:
     in_channels = data["network"]["parameters"].get("in_channels")
     if in_channels is not None and int(in_channels) != int(data["input_channels"]):
         raise ValueError(f"{where}: input_channels {data['input_channels']} differs from the network's {in_channels}")
+    inputs = data.get("inputs")
+    if inputs is not None:
+        if len(inputs) != int(data["input_channels"]):
+            raise ValueError(
+                f"{where}: inputs names {len(inputs)} channel(s) but input_channels is {data['input_channels']}; "
+                "give one inputs entry per network input channel"
+            )
+        names = [each["name"].casefold() for each in inputs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{where}: inputs names repeat ({[each['name'] for each in inputs]}); name each once")
 
 
 def spec_from_dict(data: dict[str, Any], folder: Path | None = None, where: str = "model spec") -> ModelSpec:
@@ -246,6 +275,7 @@ def spec_from_dict(data: dict[str, Any], folder: Path | None = None, where: str 
         network_parameters=dict(data["network"]["parameters"]),
         input_channels=int(data["input_channels"]),
         modality=data.get("modality"),
+        inputs=tuple(InputSpec(str(each["name"]), each.get("modality")) for each in data.get("inputs", [])),
         preprocessing=PreprocessSpec(
             orientation=pre["orientation"],
             spacing=None if pre["spacing"] is None else tuple(float(s) for s in pre["spacing"]),
@@ -261,6 +291,7 @@ def spec_from_dict(data: dict[str, Any], folder: Path | None = None, where: str 
             flip_tta=bool(infer.get("flip_tta", False)),
             activation=infer.get("activation", "softmax"),
             amp=bool(infer.get("amp", True)),
+            precision=str(infer.get("precision", "fp32")),
             threshold=None if infer.get("threshold") is None else float(infer["threshold"]),
         ),
         postprocessing=PostprocessSpec(
