@@ -21,6 +21,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 ORTHONORMAL_TOLERANCE = 1e-4
+# Two positions read from DICOM (ImagePositionPatient, or one recomputed from origin + k * spacing) are one
+# point when they differ by less than this.  A DS value holds at most 16 characters, so the stored number is
+# exact to ~1e-10 mm, but scanners and converters round the positions they write to 1e-3..1e-2 mm, and a
+# position recomputed from a rounded spacing drifts by as much along a stack.  Slice-position comparisons
+# (duplicate slices, regular gaps, in-plane drift) must accept that rounding, yet stay far below any voxel:
+# 0.01 mm is a twentieth of the finest clinical voxel (0.2 mm), so no real slice gap or shift is hidden.
+POSITION_TOLERANCE_MM = 1e-2
+# Two grids the engine holds are one grid when spacing, origin and far corner agree this well.  Tighter than
+# POSITION_TOLERANCE_MM because both sides come from the same numbers (or float32 NIfTI affines, ~1e-4 mm),
+# never from two independently rounded DICOM headers.
 GRID_TOLERANCE_MM = 1e-3
 
 # The one LPS <-> RAS conversion of the engine, for 4x4 index-to-world matrices: RAS negates LPS's x and y.

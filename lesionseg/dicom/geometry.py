@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lesionseg.dicom.headers import SliceHeader
+from lesionseg.image import POSITION_TOLERANCE_MM
 
-# DS values carry at most 16 characters, so positions are exact to about 1e-10 mm; real scanners
-# round to 1e-3 or 1e-5 mm.  These tolerances accept that rounding and nothing bigger.
-POSITION_TOLERANCE_MM = 1e-2
+# Gaps and directions accept the same header rounding as positions (see POSITION_TOLERANCE_MM), and nothing bigger.
 SPACING_RELATIVE_TOLERANCE = 1e-3
 ORIENTATION_TOLERANCE = 1e-3
 # A gap wider than this many typical spacings splits a stack into two sub-series

@@ -10,11 +10,10 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from lesionseg.image import Image
+from lesionseg.image import POSITION_TOLERANCE_MM, Image
 
-# Slices closer than this along the normal count as one position; gaps may vary by this much.
-POSITION_TOLERANCE_MM = 1e-3
-SPACING_TOLERANCE_MM = 1e-2
+# Slices closer than POSITION_TOLERANCE_MM along the normal count as one position; gaps and in-plane
+# positions may vary by as much (header rounding; why that value: see lesionseg.image).
 
 
 # What the sorting and the checks need from every slice.
@@ -61,11 +60,11 @@ class ReferenceSeries:
         if len(self.slices) < 2:
             return True
         gaps = self.slice_gaps()
-        if np.ptp(gaps) > SPACING_TOLERANCE_MM:
+        if np.ptp(gaps) > POSITION_TOLERANCE_MM:
             return False
         step = self.normal * float(np.mean(gaps))
         drift = [np.abs(s.position - (self.slices[0].position + n * step)).max() for n, s in enumerate(self.slices)]
-        return max(drift) <= SPACING_TOLERANCE_MM
+        return max(drift) <= POSITION_TOLERANCE_MM
 
     def grid(self) -> Image:
         """The series' voxel grid as an empty image (k ascending along the slice normal)."""

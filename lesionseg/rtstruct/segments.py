@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lesionseg.image import Image
+from lesionseg.image import POSITION_TOLERANCE_MM, Image
 from lesionseg.labels import LabelInfo
 from lesionseg.orientation import orientation_code, reorient
 from lesionseg.rtstruct.reference import ReferenceSeries, read_reference_series
@@ -138,10 +138,6 @@ def _nearest_resample(label: Image, grid: Image) -> np.ndarray:
     return sitk.GetArrayFromImage(out)
 
 
-# Voxel centres this close outside the reference's outer voxel faces still count as inside (DS rounding).
-_INSIDE_TOLERANCE_MM = 1e-3
-
-
 def labelled_fraction_inside(label: Image, reference: ReferenceSeries) -> tuple[float, float, float]:
     """(fraction, inside mm³, labelled mm³): how much of the labelled volume lies inside the reference's voxels.
 
@@ -162,7 +158,7 @@ def labelled_fraction_inside(label: Image, reference: ReferenceSeries) -> tuple[
     limit_j = (reference.rows - 0.5) * reference.spacing_ij[1]
     scaled = np.asarray(label.direction, dtype=float) * np.asarray(label.spacing, dtype=float)  # ijk -> LPS
     start = np.asarray(label.origin, dtype=float) - origin
-    tol = _INSIDE_TOLERANCE_MM
+    tol = POSITION_TOLERANCE_MM  # centres this close outside the outer voxel faces still count (DS rounding)
     total = inside = 0
     for k, plane in enumerate(label.array):
         j, i = np.nonzero(plane)
