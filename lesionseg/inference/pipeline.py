@@ -62,6 +62,9 @@ class LoadedModel:
     device: Any
     weights_verified: bool
     coarse: "LoadedModel | None" = None  # a cascade's first stage (spec.cascade)
+    backend: str = "torch"  # what runs the network: torch or openvino (see openvino_backend.choose_backend)
+    precision: str = "fp32"  # the OpenVINO network's precision; torch runs fp32 (CUDA: AMP per the spec)
+    notes: tuple[str, ...] = ()  # lines each run reports: a fallback from the backend or precision asked for
 
 
 def resolve_spec(model: str | Path | ModelSpec, models_dir: str | Path | None = None) -> ModelSpec:
@@ -73,19 +76,54 @@ def resolve_spec(model: str | Path | ModelSpec, models_dir: str | Path | None = 
 
 
 def load_model(
-    model: str | Path | ModelSpec, device: str = "auto", models_dir: str | Path | None = None
+    model: str | Path | ModelSpec,
+    device: str = "auto",
+    models_dir: str | Path | None = None,
+    backend: str = "auto",
+    precision: str | None = None,
 ) -> LoadedModel:
-    """Resolve, verify and load a model; refuses altered or unsafe weights."""
+    """Resolve, verify and load a model; refuses altered or unsafe weights.
+
+    ``backend`` (auto, torch, openvino) and ``precision`` (fp32, bf16; None: the spec's ``inference.precision``)
+    choose what runs the network, as :mod:`lesionseg.inference.openvino_backend` describes.
+    """
+    from lesionseg.inference.openvino_backend import check_backend, check_precision
+
+    check_backend(backend)
+    if precision is not None:
+        check_precision(precision)
     spec = resolve_spec(model, models_dir)
     if spec.input_channels != 1:
         raise ValueError(f"model {spec.id!r} takes {spec.input_channels} input channels; segment feeds one image")
     torch_device = resolve_device(device)
     coarse_spec = spec.coarse_spec()
-    coarse = None if coarse_spec is None else load_model(coarse_spec, device)
+    coarse = None if coarse_spec is None else load_model(coarse_spec, device, backend=backend, precision=precision)
     hashes = verify_weights(spec)
     network = load_network(spec, verify=False).to(torch_device)
     verified = bool(hashes["verified"]) and (coarse is None or coarse.weights_verified)
-    return LoadedModel(spec, network, torch_device, verified, coarse)
+    network, chosen, precision, notes = _network_backend(spec, network, hashes, torch_device, backend, precision)
+    return LoadedModel(spec, network, torch_device, verified, coarse, chosen, precision, notes)
+
+
+def _network_backend(spec: ModelSpec, network, hashes: dict, device, backend: str, precision: str | None):
+    """The network wrapped for the backend that runs it, that backend, the precision it runs at, and notes."""
+    from lesionseg.inference.openvino_backend import bf16_supported, check_precision, choose_backend, openvino_network
+
+    precision = check_precision(precision or spec.inference.precision)
+    chosen, note = choose_backend(backend, device.type)
+    notes = [] if note is None else [note]
+    if chosen == "torch":
+        if precision != "fp32":
+            notes.append(f"precision {precision} applies to the OpenVINO CPU network; torch runs fp32")
+        return network, chosen, "fp32", tuple(notes)
+    if precision == "bf16" and not bf16_supported():
+        import openvino as ov
+
+        capabilities = ", ".join(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+        notes.append(f"this CPU has no bf16 (OpenVINO lists {capabilities}); the network runs fp32")
+        precision = "fp32"
+    wrapped = openvino_network(network, hashes["sha256"], spec.folder, spec.id, precision, log=log.info)
+    return wrapped, chosen, precision, tuple(notes)
 
 
 def _scale_intensity(volume, options: IntensitySpec):
@@ -210,7 +248,8 @@ def predict_labelmap(
     del volume
     progress.stage("inference")
     windows = count_windows(tuple(network_input.shape[1:][::-1]), inf.roi_size, inf.overlap)
-    progress.message(f"{windows} windows of {list(inf.roi_size)} voxels, batch {plan.sw_batch_size}, on {device}")
+    on = f"{device}" if model.backend == "torch" else f"{device} through OpenVINO ({model.precision})"
+    progress.message(f"{windows} windows of {list(inf.roi_size)} voxels, batch {plan.sw_batch_size}, on {on}")
     stats: dict = {}
     logits = sliding_window(
         network_input,
@@ -289,6 +328,8 @@ def segment_image(
     threshold: float | None = None,
     modality: str | None = None,
     allow_modality: str | None = None,
+    backend: str = "auto",
+    precision: str | None = None,
 ) -> tuple[Image, list[LabelInfo]]:
     """Segment an engine image; returns the labelmap on ``image``'s grid and the model's labels.
 
@@ -300,11 +341,12 @@ def segment_image(
     is ``allow_modality``.  Input the model cannot be right on (a single slice, a degenerate extent) is
     refused, and input that looks wrong for it (a "CT" without HU) is reported as a ``warning`` event
     (see :mod:`lesionseg.inference.validity`).
+    ``backend`` and ``precision`` choose what runs the network when the model is loaded here (see ``load_model``).
     """
     reporter = progress if isinstance(progress, Progress) else Progress(progress)
     if not isinstance(spec_or_model, LoadedModel):
         reporter.stage("load")
-        spec_or_model = load_model(spec_or_model, device, models_dir)
+        spec_or_model = load_model(spec_or_model, device, models_dir, backend, precision)
         reporter.update(1.0)
     model = spec_or_model
     check_threshold(model.spec, threshold)  # before any inference, a cascade's coarse pass included
@@ -313,6 +355,8 @@ def segment_image(
         reporter.warning(text)
     if not model.weights_verified:
         reporter.warning(f"model {model.spec.id!r}: its weights have no hash to check against (unverified)")
+    for note in model.notes:
+        reporter.message(note)
     with subnormals_flushed(model.device):
         if model.coarse is None:
             labelmap = predict_labelmap(image, model, reporter, crop_body=crop_body, threshold=threshold)
@@ -364,6 +408,8 @@ def segment_file(
     models_dir: str | Path | None = None,
     threshold: float | None = None,
     allow_modality: str | None = None,
+    backend: str = "auto",
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Read an image (file or DICOM folder), segment it, write the labelmap atomically; returns the result event.
 
@@ -392,7 +438,7 @@ def segment_file(
     image = source.image
     reporter.update(0.5)
     if not isinstance(model, LoadedModel):
-        model = load_model(model, device, models_dir)
+        model = load_model(model, device, models_dir, backend, precision)
     reporter.update(1.0)
     labelmap, labels = segment_image(
         image,
@@ -416,6 +462,8 @@ def segment_file(
         "model_version": model.spec.version,
         "labels": [dict(label.to_dict(), present=label.value in present) for label in labels],
         "device": str(model.device),
+        "backend": model.backend,
+        "precision": model.precision,
         "threshold": check_threshold(model.spec, threshold),
         "warnings": warnings,
         "seconds": round(time.perf_counter() - started, 3),
