@@ -55,16 +55,24 @@ def reorient(image: Image, code: str) -> Image:
     # new axis n comes from old axis perm[n], flipped when the signs disagree
     perm = [int(np.argmax(np.abs(current.T @ target[:, n]))) for n in range(3)]
     flips = [float(current[:, perm[n]] @ target[:, n]) < 0 for n in range(3)]
-    array_axes = [2 - perm[2 - a] for a in range(3)]  # array is [k, j, i]
+    return permute_axes(image, perm, flips)
+
+
+def permute_axes(image: Image, source_axis: list[int], flip: list[bool]) -> Image:
+    """New axis ``n`` is old axis ``source_axis[n]``, reversed where ``flip[n]``; voxel centres stay put.
+
+    The engine's one re-indexer: :func:`reorient` and the MONAI-exact reorientation of
+    :mod:`lesionseg.inference.axes` both end here.
+    """
+    array_axes = [2 - source_axis[2 - a] for a in range(3)]  # arrays are [k, j, i]
     array = np.transpose(image.array, array_axes)
     for n in range(3):
-        if flips[n]:
+        if flip[n]:
             array = np.flip(array, axis=2 - n)
-    direction = image.direction[:, perm] * np.where(flips, -1.0, 1.0)
-    spacing = image.spacing[perm]
-    size_old = np.array(image.size, dtype=float)
-    start = np.array([size_old[perm[n]] - 1 if flips[n] else 0.0 for n in range(3)])
-    old_index = np.zeros(3)
-    old_index[perm] = start
-    origin = image.world(old_index)
-    return Image(np.ascontiguousarray(array), spacing, origin, direction)
+    direction = image.direction[:, source_axis] * np.where(flip, -1.0, 1.0)
+    # The new origin is the old voxel that becomes index 0: the far end of every reversed axis.
+    old_sizes = np.array(image.size, dtype=float)
+    first = np.zeros(3)
+    for n in range(3):
+        first[source_axis[n]] = old_sizes[source_axis[n]] - 1 if flip[n] else 0.0
+    return Image(np.ascontiguousarray(array), image.spacing[source_axis], image.world(first), direction)

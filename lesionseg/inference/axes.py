@@ -3,29 +3,16 @@
 MONAI asks nibabel (``io_orientation``) which world axis each image axis is closest to.  For strongly oblique
 grids that choice can differ from :func:`lesionseg.orientation.orientation_code` (about 8 % of random
 rotations), and a different choice feeds the network a differently permuted volume.  So the pipeline takes
-the permutation from nibabel, and applies it losslessly here.
+the permutation from nibabel, and applies it losslessly with the engine's one re-indexer,
+:func:`lesionseg.orientation.permute_axes` (imported here for the pipeline).
 """
 
 from __future__ import annotations
 
-import numpy as np
-
 from lesionseg.image import RAS_FROM_LPS, Image
+from lesionseg.orientation import permute_axes
 
-
-def permute_axes(image: Image, source_axis: list[int], flip: list[bool]) -> Image:
-    """New axis ``n`` is old axis ``source_axis[n]``, reversed where ``flip[n]``; voxel centres stay put."""
-    array_axes = [2 - source_axis[2 - a] for a in range(3)]  # arrays are [k, j, i]
-    array = np.transpose(image.array, array_axes)
-    for n in range(3):
-        if flip[n]:
-            array = np.flip(array, axis=2 - n)
-    direction = image.direction[:, source_axis] * np.where(flip, -1.0, 1.0)
-    old_sizes = np.array(image.size, dtype=float)
-    first = np.zeros(3)
-    for n in range(3):
-        first[source_axis[n]] = old_sizes[source_axis[n]] - 1 if flip[n] else 0.0
-    return Image(np.ascontiguousarray(array), image.spacing[source_axis], image.world(first), direction)
+__all__ = ["monai_reorientation", "permute_axes", "undo_permutation"]
 
 
 def monai_reorientation(image: Image, axcodes: str) -> tuple[list[int], list[bool]]:
