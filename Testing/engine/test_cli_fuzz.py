@@ -278,10 +278,12 @@ CASES = [
 
 
 def _hashes(folder: Path) -> dict[str, str]:
+    # A model folder's .openvino/ is the compiled-network cache segment keeps there by design (verified by key and
+    # hash on every use, rebuilt when wrong): not the user's data, so writing it is no change to an input.
     return {
         str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder"
         for p in sorted(folder.rglob("*"))
-        if not p.is_symlink()
+        if not p.is_symlink() and ".openvino" not in p.relative_to(folder).parts
     }
 
 
