@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from lesionseg.image import Image
-from lesionseg.inference.progress import EventSink, Progress
+from lesionseg.inference.progress import EventSink, Progress, recording_warnings
 from lesionseg.labels import LabelInfo
 from lesionseg.models.nnunet import (
     CHECKPOINT_NAMES,
@@ -362,15 +362,7 @@ def segment_file_nnunet(
 
     started = time.perf_counter()
     labelmap_format(output_path)  # a bad output name is refused before any work
-    warnings: list[str] = []
-
-    def recorded(event: dict[str, Any]) -> None:
-        if event.get("event") == "warning":
-            warnings.append(str(event.get("text", "")))
-        if progress is not None:
-            progress(event)
-
-    reporter = Progress(recorded, min_interval_s=0.05)
+    reporter, warnings = recording_warnings(progress)
     inputs = [input_path] if isinstance(input_path, (str, Path)) else list(input_path or [])
     configuration = load_configuration(resolve_configuration_folder(model, (options or NnunetOptions()).configuration))
     assigned = assign_channels(channel_names(configuration), [str(p) for p in inputs], named_channels)

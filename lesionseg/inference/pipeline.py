@@ -30,7 +30,7 @@ from lesionseg.inference.crop import body_box_world, box_on_grid, region_around_
 from lesionseg.inference.devices import free_memory_bytes, host_memory, resolve_device
 from lesionseg.inference.memory import check_memory_plan, plan_memory
 from lesionseg.inference.postprocess import postprocess
-from lesionseg.inference.progress import EventSink, Progress
+from lesionseg.inference.progress import EventSink, Progress, recording_warnings
 from lesionseg.inference.resample import (
     AxisMap,
     axis_map,
@@ -424,15 +424,7 @@ def segment_file(
     labelmap_format(output_path)  # refuse a bad output name before any work
     if threshold is not None:
         check_probability(threshold)
-    warnings: list[str] = []
-
-    def recorded(event: dict[str, Any]) -> None:
-        if event.get("event") == "warning":
-            warnings.append(str(event.get("text", "")))
-        if progress is not None:
-            progress(event)
-
-    reporter = Progress(recorded, min_interval_s=0.05)
+    reporter, warnings = recording_warnings(progress)
     reporter.stage("load")
     source = read_model_input(input_path)
     image = source.image

@@ -56,3 +56,19 @@ class Progress:
     def finish(self) -> None:
         self.percent = 100.0
         self._emit({"event": "progress", "percent": 100.0, "stage": "write"})
+
+
+def recording_warnings(progress: EventSink | None, min_interval_s: float = 0.05) -> tuple[Progress, list[str]]:
+    """A reporter that passes every event on to ``progress`` and keeps each warning's text in the returned list.
+
+    The result event repeats these warnings, so a caller that keeps only the result still sees them.
+    """
+    warnings: list[str] = []
+
+    def recorded(event: dict[str, Any]) -> None:
+        if event.get("event") == "warning":
+            warnings.append(str(event.get("text", "")))
+        if progress is not None:
+            progress(event)
+
+    return Progress(recorded, min_interval_s=min_interval_s), warnings
