@@ -358,7 +358,7 @@ def segment_file_nnunet(
     as ``NAME=PATH`` instead.  Further channels are resampled onto the first one's grid, which the labelmap lies on.
     """
     from lesionseg.inference.channels import align_channels, assign_channels, read_channel
-    from lesionseg.inference.output import labelmap_format, write_labelmap
+    from lesionseg.inference.output import labelmap_format, write_result_labelmap
 
     started = time.perf_counter()
     labelmap_format(output_path)  # a bad output name is refused before any work
@@ -368,10 +368,7 @@ def segment_file_nnunet(
     assigned = assign_channels(channel_names(configuration), [str(p) for p in inputs], named_channels)
     images = align_channels([read_channel(name, path) for name, path in assigned])
     labelmap, labels, info = predict_nnunet(images, model, options, device, reporter)
-    reporter.stage("write")
-    written = write_labelmap(labelmap, labels, output_path)
-    reporter.finish()
-    present = {int(v) for v in np.unique(labelmap.array) if v}
+    written, listed = write_result_labelmap(labelmap, labels, output_path, reporter)
     return {
         "event": "result",
         "output": str(written),
@@ -380,7 +377,7 @@ def segment_file_nnunet(
         "model": str(model),
         "engine": "nnunet",
         "nnunet": info,
-        "labels": [dict(label.to_dict(), present=label.value in present) for label in labels],
+        "labels": listed,
         "device": device,
         "warnings": warnings,
         "seconds": round(time.perf_counter() - started, 3),

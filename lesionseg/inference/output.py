@@ -92,3 +92,16 @@ def write_labelmap(labelmap: Image, labels: Iterable[LabelInfo], path: str | Pat
     with atomic_path(path) as tmp:
         write_nrrd(labelmap, tmp, segmentation_fields(labelmap, labels))
     return path
+
+
+def write_result_labelmap(
+    labelmap: Image, labels: Iterable[LabelInfo], path: str | Path, reporter: Any
+) -> tuple[Path, list[dict[str, Any]]]:
+    """The ``write`` stage of a segmentation run: the labelmap written atomically, then each label of the model as
+    the result event lists it (``present``: whether any voxel has it)."""
+    labels = list(labels)
+    reporter.stage("write")
+    written = write_labelmap(labelmap, labels, path)
+    reporter.finish()
+    present = {int(v) for v in np.unique(labelmap.array) if v}
+    return written, [dict(label.to_dict(), present=label.value in present) for label in labels]

@@ -418,7 +418,7 @@ def segment_file(
     """
     import time
 
-    from lesionseg.inference.output import labelmap_format, write_labelmap
+    from lesionseg.inference.output import labelmap_format, write_result_labelmap
 
     started = time.perf_counter()
     labelmap_format(output_path)  # refuse a bad output name before any work
@@ -442,17 +442,14 @@ def segment_file(
         modality=source.modality,
         allow_modality=allow_modality,
     )
-    reporter.stage("write")
-    written = write_labelmap(labelmap, labels, output_path)
-    reporter.finish()
-    present = {int(v) for v in np.unique(labelmap.array) if v}
+    written, listed = write_result_labelmap(labelmap, labels, output_path, reporter)
     return {
         "event": "result",
         "output": str(written),
         "input": str(input_path),
         "model": model.spec.id,
         "model_version": model.spec.version,
-        "labels": [dict(label.to_dict(), present=label.value in present) for label in labels],
+        "labels": listed,
         "device": str(model.device),
         "backend": model.backend,
         "precision": model.precision,
