@@ -94,6 +94,18 @@ def missing_export_requirements(python: tuple[int, ...] | None = None) -> list[t
     return [(name, requirement) for name, requirement in EXPORT_REQUIREMENTS if importlib.util.find_spec(name) is None]
 
 
+# Offered with Segment's install, not needed to segment: on the CPU the background job runs the network through
+# OpenVINO when it can import it (faster than torch there), and through torch otherwise, saying so in its log.
+SPEED_REQUIREMENTS = (("openvino", "openvino>=2025.0"),)
+
+
+def missing_speed_requirements() -> list[tuple[str, str]]:
+    """The optional CPU-speed packages (OpenVINO) this Python lacks."""
+    import importlib.util
+
+    return [(name, requirement) for name, requirement in SPEED_REQUIREMENTS if importlib.util.find_spec(name) is None]
+
+
 def packages_problem() -> str:
     """What to install before segmenting in this Slicer (a fresh one lacks most of REQUIREMENTS); empty if none."""
     missing = missing_requirements()

@@ -273,9 +273,12 @@ def ensurePythonPackages(log: Callable[[str], None]) -> bool:
     missing = segmenting.missing_requirements()
     if missing:
         names = ", ".join(requirement for _name, requirement in missing)
-        # DICOM SEG's highdicom comes along with the required install, not as a prompt of its own at each Segment.
+        # DICOM SEG's highdicom and the CPU's OpenVINO come along with the required install, not as prompts of
+        # their own at each Segment.
         extras = segmenting.missing_export_requirements()
         extraNames = ", ".join(requirement for _name, requirement in extras)
+        speed = segmenting.missing_speed_requirements()
+        speedNames = ", ".join(requirement for _name, requirement in speed)
         if not slicer.util.confirmOkCancelDisplay(
             _(
                 "LesionSeg needs Python packages that this Slicer does not have yet: {names}.\n\n"
@@ -288,6 +291,12 @@ def ensurePythonPackages(log: Callable[[str], None]) -> bool:
                     "bundled pydicom 2.4 to 3)."
                 ).format(extras=extraNames)
                 if extras
+                else ""
+            )
+            + (
+                "\n\n"
+                + _("{speed} is installed with them, to run the network faster on the CPU.").format(speed=speedNames)
+                if speed
                 else ""
             ),
             _("Install Python packages"),
@@ -316,6 +325,16 @@ def ensurePythonPackages(log: Callable[[str], None]) -> bool:
                     log(
                         _("{extras} was not installed ({error}); DICOM SEG export stays unavailable.").format(
                             extras=extraNames, error=error
+                        )
+                    )
+            if speed:
+                try:  # optional too: without it the network runs through torch on the CPU
+                    slicer.util.pip_install([requirement for _name, requirement in speed])
+                    names += ", " + speedNames
+                except Exception as error:
+                    log(
+                        _("{speed} was not installed ({error}); the network runs through torch.").format(
+                            speed=speedNames, error=error
                         )
                     )
         importlib.invalidate_caches()

@@ -235,6 +235,24 @@ def test_segments_install_offers_highdicom_for_dicom_seg_where_it_can_run():
     assert all(name != "highdicom" for name, _ in segmenting.REQUIREMENTS)  # segmenting itself never waits for it
 
 
+def test_segments_install_offers_openvino_for_the_cpu_and_never_waits_for_it():
+    """OpenVINO speeds the CPU network; the install offers it with the required packages, and Segment does not
+    require it (the job falls back to torch)."""
+    script = (
+        "import sys\n"
+        "sys.modules['openvino'] = None  # absent, as in a fresh Slicer\n"
+        "from LesionSegLib import segmenting\n"
+        "print(segmenting.missing_speed_requirements())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["[('openvino', 'openvino>=2025.0')]"]
+    from LesionSegLib import segmenting
+
+    assert segmenting.missing_speed_requirements() == []  # openvino is installed here
+    assert all(name != "openvino" for name, _ in segmenting.REQUIREMENTS)
+
+
 def test_exporting_into_the_dicom_database_imports_only_the_files_the_export_wrote(scene, patient_ct, tmp_path):
     """The export folder may be a Desktop full of other files; Slicer's indexer walks a folder recursively, so
     the database import is given the written files, never the folder."""
