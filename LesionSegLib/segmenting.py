@@ -70,11 +70,15 @@ REQUIREMENTS = (
 )
 
 
-def missing_requirements() -> list[tuple[str, str]]:
-    """The (import name, pip requirement) pairs whose package this Python cannot import."""
+def _not_importable(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     import importlib.util
 
-    return [(name, requirement) for name, requirement in REQUIREMENTS if importlib.util.find_spec(name) is None]
+    return [(name, requirement) for name, requirement in pairs if importlib.util.find_spec(name) is None]
+
+
+def missing_requirements() -> list[tuple[str, str]]:
+    """The (import name, pip requirement) pairs whose package this Python cannot import."""
+    return _not_importable(REQUIREMENTS)
 
 
 # Offered with Segment's install, not needed to segment: DICOM SEG export writes with highdicom, which Slicer 5.12
@@ -87,11 +91,9 @@ EXPORT_REQUIREMENTS_PYTHON = (3, 10)
 def missing_export_requirements(python: tuple[int, ...] | None = None) -> list[tuple[str, str]]:
     """The export packages (highdicom for DICOM SEG) this Python lacks and could run; empty on a Python they need
     more than (``python``: a version to judge instead of this one)."""
-    import importlib.util
-
     if tuple(python or sys.version_info[:2]) < EXPORT_REQUIREMENTS_PYTHON:
         return []
-    return [(name, requirement) for name, requirement in EXPORT_REQUIREMENTS if importlib.util.find_spec(name) is None]
+    return _not_importable(EXPORT_REQUIREMENTS)
 
 
 # Offered with Segment's install, not needed to segment: on the CPU the background job runs the network through
@@ -101,9 +103,7 @@ SPEED_REQUIREMENTS = (("openvino", "openvino>=2025.0"),)
 
 def missing_speed_requirements() -> list[tuple[str, str]]:
     """The optional CPU-speed packages (OpenVINO) this Python lacks."""
-    import importlib.util
-
-    return [(name, requirement) for name, requirement in SPEED_REQUIREMENTS if importlib.util.find_spec(name) is None]
+    return _not_importable(SPEED_REQUIREMENTS)
 
 
 def packages_problem() -> str:
