@@ -317,24 +317,21 @@ def ensurePythonPackages(log: Callable[[str], None]) -> bool:
             others = [requirement for name, requirement in missing if name != "torch"]
             if others:
                 slicer.util.pip_install(others)
-            if extras:
-                try:  # segmenting does not need it: a failure here only leaves DICOM SEG export unavailable
-                    slicer.util.pip_install([requirement for _name, requirement in extras])
-                    names += ", " + extraNames
+            # Optional groups: segmenting needs neither, so a failed install only costs what each one is for.
+            optional = (
+                (extras, extraNames, _("DICOM SEG export stays unavailable")),
+                (speed, speedNames, _("the network runs through torch")),
+            )
+            for group, groupNames, without in optional:
+                if not group:
+                    continue
+                try:
+                    slicer.util.pip_install([requirement for _name, requirement in group])
+                    names += ", " + groupNames
                 except Exception as error:
                     log(
-                        _("{extras} was not installed ({error}); DICOM SEG export stays unavailable.").format(
-                            extras=extraNames, error=error
-                        )
-                    )
-            if speed:
-                try:  # optional too: without it the network runs through torch on the CPU
-                    slicer.util.pip_install([requirement for _name, requirement in speed])
-                    names += ", " + speedNames
-                except Exception as error:
-                    log(
-                        _("{speed} was not installed ({error}); the network runs through torch.").format(
-                            speed=speedNames, error=error
+                        _("{packages} was not installed ({error}); {without}.").format(
+                            packages=groupNames, error=error, without=without
                         )
                     )
         importlib.invalidate_caches()

@@ -11,20 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support.processes import alive
 from support.tiny_models import phantom_ct, sphere_label, threshold_spec_dict, threshold_state, write_model_folder
 
 from lesionseg.io import read_image, write_image
 from lesionseg.jobs import EventKind, Job, JobState, WarmWorker
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="process-group checks below read /proc")
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
-    except FileNotFoundError:
-        return False
 
 
 def wait_for(job: Job, predicate, timeout_s: float = 90.0) -> list:

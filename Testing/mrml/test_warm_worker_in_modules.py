@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 import pytest
+from support.processes import alive
 from support.slicer_modules import REPO
 
 from lesionseg.image import Image
@@ -30,14 +31,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(os.name == "nt", reason="process checks below read /proc"),
 ]
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
-    except FileNotFoundError:
-        return False
 
 
 def group_members(pgid: int) -> list[int]:
