@@ -375,7 +375,7 @@ def test_oblique_grid_is_reoriented_and_resampled_exactly_as_monai(tmp_path):
     from scipy.spatial.transform import Rotation
 
     from lesionseg.inference.axes import monai_reorientation, permute_axes
-    from lesionseg.inference.resample import axis_map, grid_starts, resample_separable, target_shape_ijk
+    from lesionseg.inference.network_grid import axis_map, grid_starts, resample_separable, target_shape_ijk
     from lesionseg.orientation import orientation_code
 
     # A strongly oblique grid on which nibabel's axis choice differs from the engine's orientation_code.

@@ -21,7 +21,7 @@ from support.tiny_models import threshold_spec_dict, threshold_state, write_mode
 from lesionseg.image import Image
 from lesionseg.inference.devices import address_space_room_bytes, cgroup_room_bytes, host_memory
 from lesionseg.inference.memory import GIB, MemoryPlanError, check_memory_plan, plan_memory
-from lesionseg.inference.resample import axis_map, resample_array_in_slabs, resample_separable
+from lesionseg.inference.network_grid import axis_map, resample_array_in_slabs, resample_separable
 from lesionseg.io import write_image
 
 REPO = Path(__file__).resolve().parents[2]

@@ -4,7 +4,7 @@ The steps reproduce a MONAI bundle's canonical inference (LoadImage → Orientat
 ScaleIntensityRange → SlidingWindowInferer → softmax → Invertd → argmax) with the same sampling points:
 
 1. reorient to the spec's axcodes as MONAI does, oblique grids included (lossless re-indexing, :mod:`.axes`);
-2. resample to the spec's spacing with separable linear interpolation (:mod:`.resample`), scale intensities;
+2. resample to the spec's spacing with separable linear interpolation (:mod:`.network_grid`), scale intensities;
 3. optionally crop to the body on that grid, and flip for the Decathlon quirk when the spec compensates it;
 4. sliding window (:mod:`.window`), softmax of the stitched logits;
 5. resample the probabilities back onto the reoriented input grid, in slabs, and take the argmax there
@@ -31,7 +31,7 @@ from lesionseg.inference.devices import free_memory_bytes, host_memory, resolve_
 from lesionseg.inference.memory import check_memory_plan, plan_memory
 from lesionseg.inference.postprocess import postprocess
 from lesionseg.inference.progress import EventSink, Progress, recording_warnings
-from lesionseg.inference.resample import (
+from lesionseg.inference.network_grid import (
     AxisMap,
     axis_map,
     first_pass_voxels,
