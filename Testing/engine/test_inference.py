@@ -192,15 +192,14 @@ def test_window_loop_equals_monai_sliding_window_inference():
     volume_ijk = torch.randn(1, 1, 40, 27, 19)  # smaller than the ROI along k: padding path
     for blend in ("constant", "gaussian"):
         expected = sliding_window_inference(volume_ijk, (16, 16, 24), 3, network, overlap=0.4, mode=blend)
-        ours = sliding_window(volume_ijk[0].permute(0, 3, 2, 1), network, (16, 16, 24), 3, 0.4, 3, blend)
+        ours = sliding_window(volume_ijk[0].permute(0, 3, 2, 1), network, (16, 16, 24), 3, 0.4, 3, blend).logits
         torch.testing.assert_close(ours.permute(0, 3, 2, 1), expected[0].detach(), atol=1e-5, rtol=1e-5)
     # Windows of constant input (air) are computed once and reused: still MONAI's result.
     volume_ijk[..., 20:, :, :] = 0.0
-    stats: dict = {}
     expected = sliding_window_inference(volume_ijk, (8, 8, 8), 3, network, overlap=0.25)
-    ours = sliding_window(volume_ijk[0].permute(0, 3, 2, 1), network, (8, 8, 8), 3, 0.25, 4, stats=stats)
-    assert stats["computed"] == stats["windows"] - 45 + 1  # 45 windows lie in the zeros; one of them runs
-    torch.testing.assert_close(ours.permute(0, 3, 2, 1), expected[0].detach(), atol=1e-5, rtol=1e-5)
+    ours = sliding_window(volume_ijk[0].permute(0, 3, 2, 1), network, (8, 8, 8), 3, 0.25, 4)
+    assert ours.computed == ours.windows - 45 + 1  # 45 windows lie in the zeros; one of them runs
+    torch.testing.assert_close(ours.logits.permute(0, 3, 2, 1), expected[0].detach(), atol=1e-5, rtol=1e-5)
 
 
 def test_flip_tta_averages_the_flipped_predictions():
@@ -209,7 +208,7 @@ def test_flip_tta_averages_the_flipped_predictions():
     volume_ijk = torch.randn(1, 1, 12, 10, 8)
     with torch.no_grad():
         expected = sum(network(volume_ijk.flip(d)).flip(d) for d in ((), (2,), (3,), (4,))) / 4
-    ours = sliding_window(volume_ijk[0].permute(0, 3, 2, 1), network, (12, 10, 8), 2, flip_tta=True)
+    ours = sliding_window(volume_ijk[0].permute(0, 3, 2, 1), network, (12, 10, 8), 2, 0.25, flip_tta=True).logits
     torch.testing.assert_close(ours.permute(0, 3, 2, 1), expected[0], atol=1e-5, rtol=1e-5)
 
 

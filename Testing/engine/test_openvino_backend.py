@@ -82,9 +82,9 @@ def test_openvino_logits_equal_torch_on_phantom_windows(name, tmp_path):
     ct = phantom_ct(shape_kji=(40, 56, 56))
     volume = torch.from_numpy(np.clip((ct.array.astype(np.float32) + 200.0) / 400.0, 0.0, 1.0))[None]
     args = dict(roi_ijk=(32, 32, 32), num_classes=2, overlap=0.25, sw_batch_size=3, device="cpu")
-    reference = sliding_window(volume, network, **args)
+    reference = sliding_window(volume, network, **args).logits
     compiled = OpenVINONetwork(network, "0" * 64, tmp_path / "cache")
-    logits = sliding_window(volume, compiled, **args)
+    logits = sliding_window(volume, compiled, **args).logits
     assert compiled.rebuilt == ["network-1x32x32x32-fp32.blob"]
     np.testing.assert_allclose(logits.numpy(), reference.numpy(), rtol=TOLERANCE[name], atol=TOLERANCE[name])
     agreement = float((logits.argmax(0) == reference.argmax(0)).float().mean())

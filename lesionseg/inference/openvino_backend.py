@@ -1,8 +1,9 @@
 """The network on the CPU through OpenVINO, with its compiled form cached on disk.
 
 On the CPU, OpenVINO runs the MONAI networks about twice as fast as eager torch at fp32 with the same argmax
-(NOTES §8).  ``OpenVINONetwork`` stands in for the torch module in :func:`lesionseg.inference.window.sliding_window`:
-it takes a window batch ``[batch, channels, i, j, k]`` (a torch tensor) and returns the logits as a torch tensor.
+(NOTES §8).  ``OpenVINONetwork`` stands in for the torch module that :func:`lesionseg.inference.window.sliding_window`
+runs on each batch of windows: it takes ``[batch, channels, i, j, k]`` (a torch tensor) and returns the logits as a
+torch tensor.
 
 Converting a torch network takes seconds to a minute (it is traced), so the compiled model is exported once per
 window shape and precision to ``<model folder>/.openvino/`` (or, when that folder is read-only, to

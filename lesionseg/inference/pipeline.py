@@ -25,32 +25,21 @@ from typing import Any
 import numpy as np
 
 from lesionseg.image import Image
-from lesionseg.inference.axes import monai_reorientation, permute_axes, undo_permutation
 from lesionseg.inference.crop import body_box_world, box_on_grid, region_around_labels
 from lesionseg.inference.devices import free_memory_bytes, host_memory, resolve_device
-from lesionseg.inference.memory import check_memory_plan, plan_memory
+from lesionseg.inference.memory import MemoryPlan, check_memory_plan, plan_memory
+from lesionseg.inference.plan import NetworkPlan
 from lesionseg.inference.postprocess import postprocess
 from lesionseg.inference.progress import EventSink, Progress, recording_warnings
-from lesionseg.inference.network_grid import (
-    AxisMap,
-    axis_map,
-    first_pass_voxels,
-    grid_starts,
-    interpolate_axis,
-    is_axis_aligned,
-    resample_array_in_slabs,
-    target_shape_ijk,
-)
 from lesionseg.inference.validity import check_model_input, read_model_input
-from lesionseg.inference.window import count_windows, sliding_window
+from lesionseg.inference.window import Stitched, count_windows, sliding_window
 from lesionseg.labels import LabelInfo
 from lesionseg.models.network import load_network
-from lesionseg.models.spec import IntensitySpec, ModelSpec, check_probability, check_threshold
+from lesionseg.models.spec import IntensitySpec, ModelSpec, check_threshold
 from lesionseg.models.weights import verify_weights
 
 log = logging.getLogger(__name__)
 CROP_MARGIN_MM = 20.0
-_INVERT_SLAB = 16  # output slices resampled at a time: bounds the memory of the inversion
 
 
 @dataclass
@@ -147,41 +136,71 @@ def _scale_intensity(volume, options: IntensitySpec):
     return (volume - mean) / std
 
 
-def _grid_image(reference: Image, spacing: np.ndarray, shape_ijk: tuple, start_ijk: tuple) -> Image:
-    """Geometry of the network grid (a broadcast array stands in for voxels: only the grid is used)."""
-    dummy = np.broadcast_to(np.zeros(1, dtype=np.uint8), tuple(reversed(shape_ijk)))
-    return Image(dummy, spacing, reference.world(start_ijk), reference.direction)
+def _plan_memory(plan: NetworkPlan, model: LoadedModel, crop_body: bool) -> MemoryPlan:
+    """Where the run's big tensors live and its window batch; refuses, before any work, a run that cannot fit."""
+    inf, device = model.spec.inference, model.device
+    host = host_memory()
+    memory = plan_memory(
+        int(np.prod(plan.grid.size)),
+        model.spec.num_classes,
+        inf.roi_size,
+        inf.sw_batch_size,
+        device.type,
+        free_memory_bytes(device) if device.type == "cuda" else 0,
+        host.available_bytes,
+        input_voxels=int(np.prod(plan.reoriented.size)),
+        amp=inf.amp,
+        input_itemsize=plan.reoriented.array.dtype.itemsize,
+        first_pass_voxels=plan.first_pass_voxels,
+    )
+    check_memory_plan(memory, host, device.type, crop_body)
+    return memory
 
 
-def _invert_to_labels(
-    scores,
-    maps_kji: list[AxisMap],
-    binary: bool,
-    progress: Callable[[float], None] | None = None,
-    cut: float = 0.0,
-) -> np.ndarray:
-    """Resample class scores from the network grid to the input grid in slabs; argmax per voxel.
+def _crop_to_body(plan: NetworkPlan, progress: Progress) -> NetworkPlan:
+    corners = body_box_world(plan.source)
+    if corners is None:
+        progress.warning("--crop-body found no body (nothing above -500 HU); segmenting the whole volume")
+        return plan
+    region = box_on_grid(corners, plan.grid, CROP_MARGIN_MM)
+    progress.message(f"body crop: {[int(s.stop - s.start) for s in region][::-1]} of {list(plan.grid.size)} voxels")
+    return plan.cropped(region)
 
-    For a binary model ``scores`` holds p1 - p0 and a voxel is foreground above ``cut`` (0: the argmax).
-    """
-    import torch
 
-    kmap, jmap, imap = maps_kji
-    n_out = len(kmap.lower)
-    out = np.zeros((n_out, len(jmap.lower), len(imap.lower)), dtype=np.uint8)
-    for k0 in range(0, n_out, _INVERT_SLAB):
-        k1 = min(k0 + _INVERT_SLAB, n_out)
-        first = int(kmap.lower[k0:k1].min())
-        last = int(kmap.upper[k0:k1].max())
-        local = AxisMap(kmap.lower[k0:k1] - first, kmap.upper[k0:k1] - first, kmap.weight[k0:k1])
-        slab = scores[:, first : last + 1]
-        slab = interpolate_axis(slab, 1, local)
-        slab = interpolate_axis(interpolate_axis(slab, 2, jmap), 3, imap)
-        labels = (slab[0] > cut) if binary else slab.argmax(dim=0)
-        out[k0:k1] = labels.to(torch.uint8).cpu().numpy()
-        if progress:
-            progress(k1 / n_out)
-    return out
+def _run_windows(network_input, model: LoadedModel, memory: MemoryPlan, stitch_device, progress: Progress) -> Stitched:
+    inf, device = model.spec.inference, model.device
+    windows = count_windows(tuple(network_input.shape[1:][::-1]), inf.roi_size, inf.overlap)
+    on = f"{device}" if model.backend == "torch" else f"{device} through OpenVINO ({model.precision})"
+    progress.message(f"{windows} windows of {list(inf.roi_size)} voxels, batch {memory.sw_batch_size}, on {on}")
+    stitched = sliding_window(
+        network_input,
+        model.network,
+        inf.roi_size,
+        model.spec.num_classes,
+        overlap=inf.overlap,
+        sw_batch_size=memory.sw_batch_size,
+        blend=inf.blend,
+        device=device,
+        stitch_device=stitch_device,
+        amp=inf.amp,
+        flip_tta=inf.flip_tta,
+        progress=lambda done, total: progress.update(done / total, windows_done=done, windows_total=total),
+    )
+    if stitched.computed < stitched.windows:
+        reused = stitched.windows - stitched.computed
+        progress.message(f"{reused} windows of constant input reused one computed prediction")
+    return stitched
+
+
+def _class_scores(probabilities, threshold: float | None) -> tuple[Any, list[float], Callable[[Any], Any]]:
+    """What :meth:`NetworkPlan.to_input` resamples, its value outside a crop (per channel), and its labels."""
+    classes = probabilities.shape[0]
+    if classes != 2:
+        return probabilities, [1.0] + [0.0] * (classes - 1), lambda slab: slab.argmax(dim=0)
+    # Linear interpolation commutes with p1 - p0, so its sign after inversion is MONAI's argmax; and p1 - p0 is
+    # 2 p1 - 1, so "p1 > t" is "p1 - p0 > 2t - 1" (interpolation keeps this exact).  Outside a crop: -1, background.
+    cut = 0.0 if threshold is None else 2.0 * threshold - 1.0
+    return (probabilities[1] - probabilities[0])[None], [-1.0], lambda slab: slab[0] > cut
 
 
 def predict_labelmap(
@@ -189,114 +208,35 @@ def predict_labelmap(
 ) -> Image:
     """Labelmap (uint8) on ``image``'s grid, before post-processing.
 
-    ``threshold`` (one-foreground-label models only): foreground where its probability exceeds it, instead of
-    the argmax; None takes the spec's ``inference.threshold``, and the argmax when that is unset.
+    ``threshold`` (one-foreground-label models only, already checked): foreground where its probability exceeds
+    it, instead of the argmax; None: the argmax.
     """
     import torch
 
-    threshold = check_threshold(model.spec, threshold)
-
-    spec, device = model.spec, model.device
-    pre, inf = spec.preprocessing, spec.inference
     progress.stage("preprocess")
-    permutation = monai_reorientation(image, pre.orientation)
-    reoriented = permute_axes(image, *permutation)
-    size_ijk = reoriented.size
-    spacing = reoriented.spacing
-    target_spacing = np.asarray(pre.spacing if pre.spacing is not None else spacing, dtype=float)
-    shape_ijk = target_shape_ijk(size_ijk, spacing, pre.spacing)
-    step = target_spacing / spacing
-    start = grid_starts(size_ijk, shape_ijk, step, is_axis_aligned(reoriented.direction))
-    forward = [axis_map(size_ijk[a], shape_ijk[a], step[a], start[a]) for a in (2, 1, 0)]
-    backward = [axis_map(shape_ijk[a], size_ijk[a], 1.0 / step[a], -start[a] / step[a]) for a in (2, 1, 0)]
-    grid = _grid_image(reoriented, target_spacing, shape_ijk, start)
-    num_classes = spec.num_classes
-    host = host_memory()
-    plan = plan_memory(
-        int(np.prod(shape_ijk)),
-        num_classes,
-        inf.roi_size,
-        inf.sw_batch_size,
-        device.type,
-        free_memory_bytes(device) if device.type == "cuda" else 0,
-        host.available_bytes,
-        input_voxels=int(np.prod(size_ijk)),
-        amp=inf.amp,
-        input_itemsize=reoriented.array.dtype.itemsize,
-        first_pass_voxels=first_pass_voxels(reoriented.array.shape, forward),
-    )
-    check_memory_plan(plan, host, device.type, crop_body)
-    if plan.note:
-        progress.message(plan.note)
-    volume_device = device if plan.stitch_on_device else torch.device("cpu")
+    plan = NetworkPlan.for_image(image, model.spec.preprocessing)
+    memory = _plan_memory(plan, model, crop_body)
+    if memory.note:
+        progress.message(memory.note)
+    volume_device = model.device if memory.stitch_on_device else torch.device("cpu")
     progress.update(0.3)
-    volume = resample_array_in_slabs(reoriented.array, forward, volume_device)
-    progress.update(0.8)
-    volume = _scale_intensity(volume, pre.intensity)
-    region = (slice(None), slice(None), slice(None))
     if crop_body:
-        corners = body_box_world(image)
-        if corners is None:
-            progress.warning("--crop-body found no body (nothing above -500 HU); segmenting the whole volume")
-        else:
-            region = box_on_grid(corners, grid, CROP_MARGIN_MM)
-            progress.message(f"body crop: {[int(s.stop - s.start) for s in region][::-1]} of {list(shape_ijk)} voxels")
-    network_input = volume[region]
-    if pre.orientation_quirk == "compensate":
-        network_input = network_input.flip(-1, -2)  # tensor axes 0 and 1 (i, j) are the last two here
-    network_input = network_input[None].contiguous()
-    del volume
+        plan = _crop_to_body(plan, progress)
+    intensity = model.spec.preprocessing.intensity
+    network_input = plan.to_network(volume_device, lambda volume: _scale_intensity(volume, intensity))
+    progress.update(0.8)
     progress.stage("inference")
-    windows = count_windows(tuple(network_input.shape[1:][::-1]), inf.roi_size, inf.overlap)
-    on = f"{device}" if model.backend == "torch" else f"{device} through OpenVINO ({model.precision})"
-    progress.message(f"{windows} windows of {list(inf.roi_size)} voxels, batch {plan.sw_batch_size}, on {on}")
-    stats: dict = {}
-    logits = sliding_window(
-        network_input,
-        model.network,
-        inf.roi_size,
-        num_classes,
-        overlap=inf.overlap,
-        sw_batch_size=plan.sw_batch_size,
-        blend=inf.blend,
-        device=device,
-        stitch_device=volume_device,
-        amp=inf.amp,
-        flip_tta=inf.flip_tta,
-        progress=lambda done, total: progress.update(done / total, windows_done=done, windows_total=total),
-        stats=stats,
-    )
-    if stats.get("computed", windows) < windows:
-        progress.message(f"{windows - stats['computed']} windows of constant input reused one computed prediction")
+    stitched = _run_windows(network_input, model, memory, volume_device, progress)
     del network_input
     progress.stage("postprocess")
-    if pre.orientation_quirk == "compensate":
-        logits = logits.flip(-1, -2)
+    # Each step lets go of the tensor before it: the logits and probabilities are the run's largest.
+    logits = plan.from_network(stitched.logits)
+    del stitched
     probabilities = torch.softmax(logits, dim=0)
     del logits
-    binary = num_classes == 2
-    if binary:
-        # Linear interpolation commutes with p1 - p0, so its sign after inversion is MONAI's argmax.
-        probabilities = (probabilities[1] - probabilities[0])[None]
-    full_shape = (probabilities.shape[0], *reversed(shape_ijk))
-    if region != (slice(None),) * 3:
-        scores = torch.zeros(full_shape, dtype=torch.float32, device=probabilities.device)
-        if binary:
-            scores.fill_(-1.0)
-        else:
-            scores[0] = 1.0
-        scores[(slice(None), *region)] = probabilities
-    else:
-        scores = probabilities
+    scores, outside, decide = _class_scores(probabilities, threshold)
     del probabilities
-    # p1 - p0 = 2 p1 - 1 for two classes, so "p1 > t" is "p1 - p0 > 2t - 1" (interpolation keeps this exact).
-    cut = 0.0 if threshold is None else 2.0 * threshold - 1.0
-    labels = _invert_to_labels(scores, backward, binary, lambda fraction: progress.update(0.8 * fraction), cut)
-    labelmap = Image(labels, reoriented.spacing, reoriented.origin, reoriented.direction)
-    restored = permute_axes(labelmap, *undo_permutation(*permutation))
-    if not restored.same_grid(image):
-        raise RuntimeError("internal error: the labelmap did not return to the input grid after reorientation")
-    return restored
+    return plan.to_input(scores, outside, decide, lambda fraction: progress.update(0.8 * fraction))
 
 
 @contextlib.contextmanager
@@ -349,7 +289,20 @@ def segment_image(
         spec_or_model = load_model(spec_or_model, device, models_dir, backend, precision)
         reporter.update(1.0)
     model = spec_or_model
-    check_threshold(model.spec, threshold)  # before any inference, a cascade's coarse pass included
+    threshold = check_threshold(model.spec, threshold)  # before any inference, a cascade's coarse pass included
+    return _segment_loaded(image, model, reporter, crop_body, threshold, modality, allow_modality)
+
+
+def _segment_loaded(
+    image: Image,
+    model: LoadedModel,
+    reporter: Progress,
+    crop_body: bool,
+    threshold: float | None,
+    modality: str | None,
+    allow_modality: str | None,
+) -> tuple[Image, list[LabelInfo]]:
+    """``segment_image`` once the model is loaded and ``threshold`` checked (by ``check_threshold``)."""
     stages = () if model.coarse is None else (model.coarse.spec,)
     for text in check_model_input(image, model.spec, modality, allow_modality, window_specs=stages):
         reporter.warning(text)
@@ -382,7 +335,8 @@ def _predict_two_steps(
         elif event["event"] in ("message", "warning"):
             getattr(reporter, event["event"])(f"coarse stage: {event['text']}")
 
-    coarse = predict_labelmap(image, coarse_model, Progress(forward), crop_body=crop_body)
+    coarse_cut = coarse_model.spec.inference.threshold  # checked with its spec
+    coarse = predict_labelmap(image, coarse_model, Progress(forward), crop_body=crop_body, threshold=coarse_cut)
     coarse = postprocess(coarse, coarse_model.spec.postprocessing)
     box = region_around_labels(coarse, model.spec.cascade.margin_mm)
     if box is None:
@@ -421,26 +375,18 @@ def segment_file(
     from lesionseg.inference.output import labelmap_format, write_result_labelmap
 
     started = time.perf_counter()
-    labelmap_format(output_path)  # refuse a bad output name before any work
-    if threshold is not None:
-        check_probability(threshold)
+    labelmap_format(output_path)  # refuse a bad output name or threshold before any work
+    spec = model.spec if isinstance(model, LoadedModel) else resolve_spec(model, models_dir)
+    threshold = check_threshold(spec, threshold)
     reporter, warnings = recording_warnings(progress)
     reporter.stage("load")
     source = read_model_input(input_path)
-    image = source.image
     reporter.update(0.5)
     if not isinstance(model, LoadedModel):
-        model = load_model(model, device, models_dir, backend, precision)
+        model = load_model(spec, device, models_dir, backend, precision)
     reporter.update(1.0)
-    labelmap, labels = segment_image(
-        image,
-        model,
-        device,
-        reporter,
-        crop_body=crop_body,
-        threshold=threshold,
-        modality=source.modality,
-        allow_modality=allow_modality,
+    labelmap, labels = _segment_loaded(
+        source.image, model, reporter, crop_body, threshold, source.modality, allow_modality
     )
     written, listed = write_result_labelmap(labelmap, labels, output_path, reporter)
     return {
@@ -453,7 +399,7 @@ def segment_file(
         "device": str(model.device),
         "backend": model.backend,
         "precision": model.precision,
-        "threshold": check_threshold(model.spec, threshold),
+        "threshold": threshold,
         "warnings": warnings,
         "seconds": round(time.perf_counter() - started, 3),
     }
