@@ -3,14 +3,17 @@
 The steps reproduce a MONAI bundle's canonical inference (LoadImage → Orientation → Spacing →
 ScaleIntensityRange → SlidingWindowInferer → softmax → Invertd → argmax) with the same sampling points:
 
-1. reorient to the spec's axcodes as MONAI does, oblique grids included (lossless re-indexing, :mod:`.axes`);
-2. resample to the spec's spacing with separable linear interpolation (:mod:`.network_grid`), scale intensities;
-3. optionally crop to the body on that grid, and flip for the Decathlon quirk when the spec compensates it;
-4. sliding window (:mod:`.window`), softmax of the stitched logits;
-5. resample the probabilities back onto the reoriented input grid, in slabs, and take the argmax there
-   (or, for a model with one foreground label and a threshold, keep voxels whose probability exceeds it);
-6. undo the reorientation, so the labelmap lies on the input's grid whatever its orientation;
-7. post-process (largest component, minimum volume, holes).
+1. a :class:`~lesionseg.inference.plan.NetworkPlan` takes the image to the network's input: reoriented to the
+   spec's axcodes as MONAI does, resampled onto the spec's spacing, intensities scaled, optionally cropped to the
+   body, mirrored for the Decathlon quirk when the spec compensates it;
+2. sliding window (:mod:`.window`), softmax of the stitched logits;
+3. the plan takes the probabilities back the same way in reverse, onto the input's grid, where each voxel
+   takes the argmax (or, for a model with one foreground label and a threshold, is foreground where its
+   probability exceeds it);
+4. post-process (largest component, minimum volume, holes).
+
+The threshold is checked once, where a run enters: :func:`segment_file` (the command line and the worker) or
+:func:`segment_image`.
 """
 
 from __future__ import annotations
