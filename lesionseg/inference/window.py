@@ -93,7 +93,7 @@ class WindowPlan:
         return padded[..., k0 : k - k1, j0 : j - j1, i0 : i - i1]
 
 
-def plan_windows(volume, roi_ijk: Sequence[int], overlap: float):
+def plan_windows(volume, roi_ijk: Sequence[int], overlap: float) -> tuple[Any, WindowPlan]:
     """``volume`` (``[channels, k, j, i]``) padded with zeros up to the ROI, and the plan of its windows."""
     import torch
 
@@ -118,7 +118,7 @@ def plan_windows(volume, roi_ijk: Sequence[int], overlap: float):
     return volume, WindowPlan(roi, padding, starts, computed, repeats)
 
 
-def batch_predictor(network: Callable, device, amp: bool = False, flip_tta: bool = False) -> Callable:
+def batch_predictor(network: Callable, device: Any, amp: bool = False, flip_tta: bool = False) -> Callable:
     """A function from a batch of windows ``[batch, channels, k, j, i]`` to the network's float32 outputs."""
     import torch
 
