@@ -143,3 +143,12 @@ def test_the_evaluate_csv_header_is_the_metric_keys_in_their_described_order(tmp
     assert header == ",".join(["label", "name", *(info.key for info in MASK_METRICS), "empty"])
     # Byte for byte the header files have always had.
     assert header == "label,name,dice,iou,hd95_mm,hd_mm,assd_mm,volume_pred_ml,volume_ref_ml,volume_diff_ml,empty"
+
+
+def test_the_report_titles_its_metric_columns_from_the_same_descriptors():
+    from lesionseg.report.document import _LABEL_HEADER
+
+    assert _LABEL_HEADER[2:-1] == [info.short_header for info in MASK_METRICS]
+    # The report reads as it always has.
+    expected = "Label,Name,Dice,IoU,HD95 (mm),HD (mm),ASSD (mm),V pred (mL),V ref (mL),ΔV (mL),Empty"
+    assert ",".join(_LABEL_HEADER) == expected

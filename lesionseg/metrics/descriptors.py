@@ -17,11 +17,21 @@ class MetricInfo:
     title: str  # the name a person reads in a table
     unit: str = ""  # empty: a ratio without unit
     description: str = ""
+    short: str = ""  # the title in the report's narrow tables; empty: the title
 
     @property
     def header(self) -> str:
         """The title with its unit, e.g. ``HD95 (mm)``."""
-        return f"{self.title} ({self.unit})" if self.unit else self.title
+        return _with_unit(self.title, self.unit)
+
+    @property
+    def short_header(self) -> str:
+        """The short title with its unit, e.g. ``ΔV (mL)``."""
+        return _with_unit(self.short or self.title, self.unit)
+
+
+def _with_unit(title: str, unit: str) -> str:
+    return f"{title} ({unit})" if unit else title
 
 
 # What :func:`lesionseg.metrics.mask_metrics` measures for one mask pair, in the order tables list them.
@@ -31,9 +41,9 @@ MASK_METRICS = (
     MetricInfo("hd95_mm", "HD95", "mm", "max of the two directed 95th percentiles (linear interpolation)"),
     MetricInfo("hd_mm", "HD", "mm", "max of the two directed maxima"),
     MetricInfo("assd_mm", "ASSD", "mm", "mean of both directions' surface distances pooled"),
-    MetricInfo("volume_pred_ml", "Volume", "mL", "predicted voxels times the voxel volume"),
-    MetricInfo("volume_ref_ml", "Reference volume", "mL", "reference voxels times the voxel volume"),
-    MetricInfo("volume_diff_ml", "Volume difference", "mL", "prediction minus reference"),
+    MetricInfo("volume_pred_ml", "Volume", "mL", "predicted voxels times the voxel volume", "V pred"),
+    MetricInfo("volume_ref_ml", "Reference volume", "mL", "reference voxels times the voxel volume", "V ref"),
+    MetricInfo("volume_diff_ml", "Volume difference", "mL", "prediction minus reference", "ΔV"),
 )
 MASK_METRIC_KEYS = tuple(info.key for info in MASK_METRICS)
 _BY_KEY = {info.key: info for info in MASK_METRICS}
