@@ -46,11 +46,6 @@ SOURCE_VOLUME_ATTRIBUTE = "LesionSeg.SourceVolume"
 THRESHOLD_ATTRIBUTE = "LesionSeg.Threshold"  # the probability cut; empty for the most probable class
 WARNINGS_ATTRIBUTE = "LesionSeg.Warnings"  # what the run warned about (e.g. input not like CT), one per line
 
-# A model is a lesion model (ProstateMetSeg lists those; SpleenSeg the others) when its spec names lesion
-# labels. Specs that predate ``lesion_labels`` (MONAI bundles, hand-written specs) are judged by these words
-# in their label names; the training module also uses them to propose a dataset's lesion labels.
-LESION_WORDS = ("lesion", "metasta", "tumor", "tumour", "nodal", "node")
-
 
 # What the background segmentation imports, as (import name, pip requirement). torch comes first and is
 # installed on its own (through PyTorchUtils when present), so that its CUDA build matches the driver.
@@ -169,9 +164,8 @@ def check_input_volume(volume_node: Any) -> Image:
 
 
 def is_lesion_model(spec: ModelSpec) -> bool:
-    if "lesion_labels" in spec.source:
-        return bool(spec.lesion_labels)
-    return any(word in label.name.lower() for label in spec.labels for word in LESION_WORDS)
+    """ProstateMetSeg lists the models with a lesion label (the spec's ``lesion_labels``, else label names)."""
+    return any(label.is_lesion for label in spec.labels)
 
 
 def model_entries(

@@ -21,9 +21,9 @@ import lesionseg.mrml
 from lesionseg.datasets import CaseRecord, Dataset, add_case, init_dataset, remove_case
 from lesionseg.errors import failure_line
 from lesionseg.jobs import EventKind, Job, JobState
+from lesionseg.labels import named_like_lesion
 from lesionseg.models import ModelRegistry, ModelSpec
 from LesionSegLib.segmenting import (
-    LESION_WORDS,
     MODEL_ID_ATTRIBUTE,
     MODEL_VERSION_ATTRIBUTE,
     THRESHOLD_ATTRIBUTE,
@@ -61,7 +61,7 @@ def create_dataset(folder: str | Path, label_names: list[str]) -> Dataset:
     if not label_names:
         raise ValueError("name at least one label for the new dataset (the segments of the first case)")
     labels = {value: name for value, name in enumerate(label_names, start=1)}
-    lesions = [value for value, name in labels.items() if any(word in name.lower() for word in LESION_WORDS)]
+    lesions = [value for value, name in labels.items() if named_like_lesion(name)]
     return init_dataset(folder, labels, lesion_labels=lesions)
 
 

@@ -40,7 +40,6 @@ def build_spec(
         "schema_version": 1,
         "id": model_id,
         "version": config["model"]["version"],
-        "task": "segmentation",
         "description": config["model"]["description"] or f"Trained by lesionseg train on dataset {dataset['name']}",
         "network": {"name": net_name, "parameters": net_params},
         "input_channels": int(net_params.get("in_channels", 1)),
@@ -48,7 +47,6 @@ def build_spec(
             "orientation": pre["orientation"],
             "orientation_quirk": "none",
             "spacing": None if pre["spacing"] is None else [float(v) for v in pre["spacing"]],
-            "interpolation": "bilinear",
             "intensity": intensity,
         },
         "inference": {
@@ -56,7 +54,6 @@ def build_spec(
             "overlap": float(config["validation"]["overlap"]),
             "sw_batch_size": int(config["validation"]["sw_batch_size"]),
             "blend": "constant",
-            "activation": "softmax",
             "amp": bool(config["training"]["amp"]),
         },
         "postprocessing": {},
