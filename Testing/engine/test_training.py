@@ -39,20 +39,20 @@ def sphere_dataset(tmp_path_factory) -> Path:
 
 def test_config_errors_name_the_key_and_what_is_allowed(tmp_path: Path) -> None:
     assert {"tiny", "spleen", "lesion", "lesion-unet", "lesion-segresnet", "lesion-unetr"} <= set(presets())
-    from lesionseg.training.networks import build_network
+    from lesionseg.training.networks import config_network
 
     architectures = set()
     for name in ("spleen", "lesion", "lesion-unet", "lesion-segresnet", "lesion-unetr"):
-        net_name, params, module = build_network(load_config(name), out_channels=2)
+        net_name, params, module = config_network(load_config(name), out_channels=2)
         assert sum(p.numel() for p in module.parameters()) > 1_000_000, name
         if name.startswith("lesion"):
             architectures.add(net_name)
     assert architectures == {"UNet", "SegResNet", "UNETR", "DynUNet"}  # one lesion preset per architecture
     # Slice mode: a 3D network whose kernels span only the first two axes, fed one-slice patches.
     slices = load_config({"base": "tiny", "network": {"slice_mode": True}, "augmentation": {"patch_size": [32, 32, 1]}})
-    from lesionseg.training.networks import build_network
+    from lesionseg.training.networks import config_network
 
-    _, params, module = build_network(slices, out_channels=3)
+    _, params, module = config_network(slices, out_channels=3)
     assert params["kernel_size"] == [3, 3, 1] and params["strides"] == [[2, 2, 1], [2, 2, 1]]
     assert tuple(module.eval()(torch.zeros(1, 1, 32, 32, 1)).shape) == (1, 3, 32, 32, 1)
     with pytest.raises(ValueError, match=r"slice_mode needs patch_size \[H, W, 1\]"):
