@@ -4,6 +4,7 @@ process's subnormal-float setting as it found it."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from support.training_data import one_torch_thread, sphere_dataset_folder  # noq
 
 from lesionseg.datasets import Dataset
 from lesionseg.inference import segment_image
-from lesionseg.inference.devices import subnormals_flush, subnormals_flushed
+from lesionseg.inference.devices import flushes_subnormals, subnormals_flushed
 from lesionseg.io import read_image
 from lesionseg.training import load_config, train
 
@@ -34,23 +35,23 @@ def trained(tmp_path_factory) -> dict:
     dataset = sphere_dataset_folder(root / "spheres")
     torch.set_flush_denormal(False)
     result = train(dataset, load_config(CONFIG), root / "model", device="cpu")
-    return {"dataset": dataset, "result": result, "flush_after": subnormals_flush()}
+    return {"dataset": dataset, "result": result, "flush_after": flushes_subnormals()}
 
 
 def test_training_on_the_cpu_restores_the_subnormal_setting_it_found(trained: dict) -> None:
     # The run flushes subnormals while it trains (a 30x slower step otherwise) and hands the setting back.
     assert trained["flush_after"] is False
     with subnormals_flushed(torch.device("cpu")):
-        assert subnormals_flush()
+        assert flushes_subnormals()
         with subnormals_flushed(torch.device("cpu")):
-            assert subnormals_flush()
-        assert subnormals_flush(), "an inner scope must give back the outer scope's setting, not switch it off"
-    assert not subnormals_flush()
+            assert flushes_subnormals()
+        assert flushes_subnormals(), "an inner scope must give back the outer scope's setting, not switch it off"
+    assert not flushes_subnormals()
     torch.set_flush_denormal(True)
     try:
         with subnormals_flushed("cpu"):
             pass
-        assert subnormals_flush(), "a setting made outside the scope must survive it"
+        assert flushes_subnormals(), "a setting made outside the scope must survive it"
     finally:
         torch.set_flush_denormal(False)
 
@@ -77,3 +78,21 @@ def test_validation_dice_is_the_dice_of_the_shipped_model_on_the_validation_case
     rounded = {name: round(value, 5) for name, value in shipped.items()}  # as metrics.jsonl keeps them
     assert rounded == validated["dice"]
     assert round(float(np.mean(list(rounded.values()))), 5) == validated["dice_mean"]
+
+
+def test_training_reads_the_device_name_as_segment_does(tmp_path: Path) -> None:
+    from lesionseg.inference.devices import resolve_device
+
+    # One reader of --device: what segment refuses, train refuses in the same words, before it reads any data.
+    with pytest.raises(ValueError, match=r"unknown device 'gpu'; use auto, cpu, cuda or cuda:N"):
+        resolve_device("gpu")
+    with pytest.raises(ValueError, match=r"unknown device 'gpu'; use auto, cpu, cuda or cuda:N"):
+        train(tmp_path / "no-dataset", load_config(CONFIG), tmp_path / "run", device="gpu")
+    assert not (tmp_path / "run").exists()
+    assert resolve_device("CPU", local_rank=1) == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="sees no CUDA GPU; use --device cpu"):
+            train(tmp_path / "no-dataset", load_config(CONFIG), tmp_path / "run", device="cuda")
+        assert resolve_device("auto", local_rank=1) == torch.device("cpu")
+    else:
+        assert resolve_device("auto", local_rank=0) == resolve_device("cuda", local_rank=0) == torch.device("cuda:0")

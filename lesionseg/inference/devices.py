@@ -14,7 +14,7 @@ from typing import Any
 def resolve_device(name: str = "auto", local_rank: int | None = None):
     """A torch.device for ``auto``, ``cpu``, ``cuda`` or ``cuda:N``; a missing GPU is a clear error.
 
-    ``local_rank`` (a torchrun process's GPU): ``auto`` takes ``cuda:<local_rank>`` rather than the current GPU.
+    ``local_rank`` (a torchrun process's GPU): ``auto`` and ``cuda`` take ``cuda:<local_rank>``, not the default GPU.
     """
     import torch
 
@@ -31,7 +31,7 @@ def resolve_device(name: str = "auto", local_rank: int | None = None):
                 f"device {name!r} asked for, but this torch ({torch.__version__}) sees no CUDA GPU; "
                 "use --device cpu, or install a CUDA build of torch that matches the driver"
             )
-        index = 0 if name == "cuda" else name.split(":", 1)[1]
+        index = (local_rank or 0) if name == "cuda" else name.split(":", 1)[1]
         if not str(index).isdigit():
             raise ValueError(f"bad device {name!r}; write cuda:0, cuda:1, ...")
         count = torch.cuda.device_count()
@@ -43,7 +43,7 @@ def resolve_device(name: str = "auto", local_rank: int | None = None):
     raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
 
 
-def subnormals_flush() -> bool:
+def flushes_subnormals() -> bool:
     """Whether this thread flushes subnormal floats to zero (``torch.set_flush_denormal``, which has no getter)."""
     import torch
 
@@ -65,7 +65,7 @@ def subnormals_flushed(device: Any) -> Iterator[None]:
     if getattr(device, "type", str(device)) != "cpu":
         yield
         return
-    before = subnormals_flush()
+    before = flushes_subnormals()
     torch.set_flush_denormal(True)
     try:
         yield

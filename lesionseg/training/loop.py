@@ -317,6 +317,21 @@ def _start_device(device: str) -> Any:
     return torch_device
 
 
+def _seed(config: dict[str, Any], rank: int, torch_device: Any) -> None:
+    import torch
+    from monai.utils import set_determinism
+
+    seed = int(config["training"]["seed"]) + rank
+    if config["training"]["deterministic"]:
+        set_determinism(seed=seed)  # also turns cuDNN's autotuner off and its deterministic kernels on
+    else:
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        # Seeded but fast: cuDNN may pick the quickest convolution algorithms for the fixed patch size.
+        torch.backends.cudnn.benchmark = torch_device.type == "cuda"
+
+
 class _Training:
     """One run: its setup (seeds, data, network, optimiser, a checkpoint's state), then epochs, checkpoints and the
     model folder at the finish."""
@@ -333,25 +348,40 @@ class _Training:
         kept_split: dict[str, Any] | None,
     ) -> None:
         import torch
-        from monai.data import CacheDataset, ThreadDataLoader
-        from monai.transforms import Compose, Randomizable
-        from monai.utils import set_determinism
 
         from lesionseg.training.networks import config_network
 
         rank, world, _local_rank = _distributed()
         self.config, self.output, self.rank, self.world, self.device = config, output, rank, world, torch_device
         self.amp = bool(config["training"]["amp"]) and torch_device.type == "cuda"
-        seed = int(config["training"]["seed"]) + rank
-        if config["training"]["deterministic"]:
-            set_determinism(seed=seed)  # also turns cuDNN's autotuner off and its deterministic kernels on
-        else:
-            random.seed(seed)
-            np.random.seed(seed)
-            torch.manual_seed(seed)
-            # Seeded but fast: cuDNN may pick the quickest convolution algorithms for the fixed patch size.
-            torch.backends.cudnn.benchmark = torch_device.type == "cuda"
+        _seed(config, rank, torch_device)
+        self._load_data(dataset_dir, checkpoint, new_split, kept_split)
+        self.net_name, self.net_params, model = config_network(config, max(self.labels) + 1)
+        self.model = model.to(torch_device)
+        self.optimizer = _optimizer(config, self.model.parameters())
+        self.scheduler = _scheduler(config, self.optimizer, config["training"]["epochs"])
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.loss_function = _loss(config)
+        self.history: list[dict[str, Any]] = []
+        self.start_epoch = 1
+        if checkpoint is not None:
+            self._resume(checkpoint)
+        self.trained = self.model
+        if world > 1:
+            self.trained = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[torch_device.index] if torch_device.type == "cuda" else None
+            )
+        self.writer = summary_writer(log_dir=str(output / "tensorboard")) if summary_writer and rank == 0 else None
+        self.curve = _CurveSchedule(output)
 
+    def _load_data(
+        self, dataset_dir: str | Path, checkpoint: dict[str, Any] | None, new_split: bool, kept_split: dict | None
+    ) -> None:
+        """The split (a resumed run's own unless ``new_split``), written to ``split.json``; the cached loaders."""
+        from monai.data import CacheDataset, ThreadDataLoader
+        from monai.transforms import Compose, Randomizable
+
+        config, output, rank, world = self.config, self.output, self.rank, self.world
         kept = json.loads(checkpoint["split"]) if checkpoint is not None and "split" in checkpoint else kept_split
         data = dataset_datalists(dataset_dir, config, None if new_split else kept)
         self.data = data
@@ -378,7 +408,7 @@ class _Training:
             from monai.data import partition_dataset
 
             train_items = partition_dataset(train_items, num_partitions=world, shuffle=False, even_divisible=True)[rank]
-        random_chain = random_transforms(config, torch_device)
+        random_chain = random_transforms(config, self.device)
         self.random_parts = _random_sources(random_chain, Randomizable)
         train_ds = CacheDataset(
             train_items,
@@ -403,31 +433,17 @@ class _Training:
         )
         self.val_loader = ThreadDataLoader(val_ds, batch_size=1, num_workers=0) if val_ds is not None else None
 
-        self.net_name, self.net_params, model = config_network(config, max(self.labels) + 1)
-        self.model = model.to(torch_device)
-        self.optimizer = _optimizer(config, self.model.parameters())
-        self.scheduler = _scheduler(config, self.optimizer, config["training"]["epochs"])
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.loss_function = _loss(config)
-        self.history: list[dict[str, Any]] = []
-        self.start_epoch = 1
-        if checkpoint is not None:
-            self.model.load_state_dict(checkpoint["model"])
-            self.optimizer.load_state_dict(checkpoint["optimizer"])
-            self.scheduler.load_state_dict(checkpoint["scheduler"])
-            self.scaler.load_state_dict(checkpoint["scaler"])
-            self.history = [json.loads(line) for line in checkpoint["history"]]
-            self.start_epoch = int(checkpoint["epoch"]) + 1
-            restore_rng_state(checkpoint["rng"], self.random_parts)
-            if rank == 0:
-                _write_metrics(output, self.history)
-        self.trained = self.model
-        if world > 1:
-            self.trained = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[torch_device.index] if torch_device.type == "cuda" else None
-            )
-        self.writer = summary_writer(log_dir=str(output / "tensorboard")) if summary_writer and rank == 0 else None
-        self.curve = _CurveSchedule(output)
+    def _resume(self, checkpoint: dict[str, Any]) -> None:
+        """Continue from a checkpoint: weights, optimiser, schedule, scaler, history and every random state."""
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        self.history = [json.loads(line) for line in checkpoint["history"]]
+        self.start_epoch = int(checkpoint["epoch"]) + 1
+        restore_rng_state(checkpoint["rng"], self.random_parts)
+        if self.rank == 0:
+            _write_metrics(self.output, self.history)
 
     def best(self) -> dict[str, Any] | None:
         validated = [h for h in self.history if selection_score(self.config, h) is not None]
