@@ -15,9 +15,8 @@ ScaleIntensityRange → SlidingWindowInferer → softmax → Invertd → argmax)
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ import numpy as np
 from lesionseg.image import Image
 from lesionseg.inference.axes import monai_reorientation, permute_axes, undo_permutation
 from lesionseg.inference.crop import body_box_world, box_on_grid, region_around_labels
-from lesionseg.inference.devices import free_memory_bytes, host_memory, resolve_device
+from lesionseg.inference.devices import free_memory_bytes, host_memory, resolve_device, subnormals_flushed
 from lesionseg.inference.memory import check_memory_plan, plan_memory
 from lesionseg.inference.postprocess import postprocess
 from lesionseg.inference.progress import EventSink, Progress, recording_warnings
@@ -297,25 +296,6 @@ def predict_labelmap(
     if not restored.same_grid(image):
         raise RuntimeError("internal error: the labelmap did not return to the input grid after reorientation")
     return restored
-
-
-@contextlib.contextmanager
-def subnormals_flushed(device: Any) -> Iterator[None]:
-    """On the CPU, flush subnormal floats to zero while the network runs, then restore the default.
-
-    x86 CPUs handle subnormals in microcode; near-zero activations (air, padding) made a UNet step
-    up to 30x slower. Values below 1e-38 cannot change an argmax or a probability that matters.
-    """
-    import torch
-
-    if getattr(device, "type", str(device)) != "cpu":
-        yield
-        return
-    torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(False)
 
 
 def segment_image(
