@@ -153,14 +153,9 @@ def run(args: argparse.Namespace) -> int:
                 named_channels=args.channel,
             )
         else:
-            if args.channel or len(args.input) > 1:
-                raise ValueError(
-                    f"model {args.model!r} takes one input image; give --input once "
-                    f"({len(given)} inputs given: {', '.join(given)})"
-                )
             result = segment_file(
                 args.model,
-                args.input[0],
+                args.input,
                 args.output,
                 args.device,
                 sink,
@@ -170,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
                 allow_modality=args.allow_modality,
                 backend=args.backend,
                 precision=args.precision,
+                named_channels=args.channel,
             )
     except Exception as error:
         if args.progress != "jsonl":

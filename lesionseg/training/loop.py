@@ -352,7 +352,7 @@ def train(
 
     from lesionseg.training.networks import build_network
 
-    net_name, net_params, model = build_network(config, out_channels)
+    net_name, net_params, model = build_network(config, out_channels, len(data["channels"]))
     model = model.to(torch_device)
     optimizer = _optimizer(config, model.parameters())
     scheduler = _scheduler(config, optimizer, total_epochs)

@@ -79,12 +79,12 @@ def network_parameters(config: dict[str, Any], out_channels: int, in_channels: i
     return params
 
 
-def build_network(config: dict[str, Any], out_channels: int) -> tuple[str, dict[str, Any], Any]:
-    """(name, parameters, module) for a config."""
+def build_network(config: dict[str, Any], out_channels: int, in_channels: int = 1) -> tuple[str, dict[str, Any], Any]:
+    """(name, parameters, module) for a config; ``in_channels``: the dataset's image channels (CT and PET: 2)."""
     from monai.networks import nets
 
     name = config["network"]["name"]
-    params = network_parameters(config, out_channels)
+    params = network_parameters(config, out_channels, in_channels)
     try:
         module = getattr(nets, name)(**params)
     except (TypeError, ValueError, AssertionError) as error:
