@@ -308,18 +308,52 @@ def test_a_two_channel_dataset_trains_and_segment_runs_the_model_on_ct_and_pet(t
     ct, label = sphere_case(9, size=32)
     write_image(ct, tmp_path / "ct.nii.gz")
     write_image(pet_of(ct, label), tmp_path / "pet.nii.gz")
-    for inputs in (
-        ["--input", str(tmp_path / "ct.nii.gz"), "--input", str(tmp_path / "pet.nii.gz")],
-        ["--channel", f"PET={tmp_path / 'pet.nii.gz'}", "--channel", f"CT={tmp_path / 'ct.nii.gz'}"],
-    ):
-        out = tmp_path / f"seg{len(inputs[0])}.nii.gz"
-        done = cli("segment", "--model", str(output), *inputs, "--output", str(out), "--device", "cpu",
-                   "--progress", "jsonl")  # fmt: skip
-        assert done.returncode == 0, done.stderr[-2000:]
-        result = json.loads(done.stdout.strip().splitlines()[-1])
-        assert result["inputs"] == {"CT": str(tmp_path / "ct.nii.gz"), "PET": str(tmp_path / "pet.nii.gz")}
-        seg = read_image(out)
-        assert seg.same_grid(ct) and set(np.unique(seg.array)) <= {0, ORGAN, LESION}
-    done = cli("segment", "--model", str(output), "--input", str(tmp_path / "ct.nii.gz"), "--output",
-               str(tmp_path / "one.nii.gz"), "--device", "cpu")  # fmt: skip
-    assert done.returncode != 0 and "channel(s) PET missing: this model needs 2 images" in done.stderr, done.stderr
+    out = tmp_path / "seg.nii.gz"
+    inputs = ["--input", str(tmp_path / "ct.nii.gz"), "--input", str(tmp_path / "pet.nii.gz")]
+    done = cli("segment", "--model", str(output), *inputs, "--output", str(out), "--device", "cpu", "--progress=jsonl")
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["inputs"] == {"CT": str(tmp_path / "ct.nii.gz"), "PET": str(tmp_path / "pet.nii.gz")}
+    seg = read_image(out)
+    assert seg.same_grid(ct) and set(np.unique(seg.array)) <= {0, ORGAN, LESION}
+
+
+def pet_selecting_model(folder: Path, pet_value: float) -> Path:
+    """A hand-set two-channel SegResNet (CT, PET) whose class 1 is exactly where the PET exceeds ``pet_value``
+    in z-score units of the run's PET: it ignores the CT, so only a PET fed on the right grid and scaled as the
+    rule says gives its answer."""
+    from support.tiny_models import threshold_spec_dict, threshold_state, write_model_folder
+
+    spec = threshold_spec_dict("pet-threshold", spacing=None, roi=(16, 16, 16))
+    spec["network"]["parameters"]["in_channels"] = 2
+    spec.update(input_channels=2, inputs=[{"name": "CT", "modality": "CT"}, {"name": "PET", "modality": "PT"}])
+    state = threshold_state(gain=50.0)
+    weights = state["convInit.conv.weight"]
+    state["convInit.conv.weight"] = weights.new_zeros((weights.shape[0], 2, *weights.shape[2:]))
+    state["convInit.conv.weight"][0, 1, 1, 1, 1] = 1.0  # the PET channel's own voxel, nothing of the CT
+    state["conv_final.2.conv.bias"][1] = -50.0 * pet_value
+    return write_model_folder(folder, spec, state)
+
+
+def test_segment_feeds_the_pet_on_the_ct_grid_z_scored_to_a_two_channel_model(tmp_path: Path) -> None:
+    from lesionseg.inference.channels import ChannelInput, align_channels
+    from lesionseg.inference.pipeline import segment_file
+
+    ct, label = sphere_case(11, size=32)
+    pet = pet_of(ct, label)
+    write_image(ct, tmp_path / "ct.nii.gz")
+    write_image(pet, tmp_path / "pet.nii.gz")
+    aligned = align_channels([ChannelInput("CT", "ct", ct), ChannelInput("PET", "pet", pet)])[1].array
+    mean, std = float(aligned.mean()), float(aligned.std())
+    cut = 5.0  # between the organ's uptake (2) and the lesion's (8)
+    model = pet_selecting_model(tmp_path / "model", (cut - mean) / std)
+    expected = aligned > cut
+    for inputs, named in (([tmp_path / "ct.nii.gz", tmp_path / "pet.nii.gz"], ()),
+                          ([], [f"pet={tmp_path / 'pet.nii.gz'}", f"CT={tmp_path / 'ct.nii.gz'}"])):  # fmt: skip
+        result = segment_file(model, inputs, tmp_path / "seg.nii.gz", "cpu", named_channels=named)
+        seg = read_image(result["output"])
+        assert seg.same_grid(ct) and result["inputs"]["PET"] == str(tmp_path / "pet.nii.gz")
+        # Only voxels whose PET lies on the cut itself may go either way.
+        assert expected.sum() > 20 and np.all((seg.array == 1) == expected | (np.abs(aligned - cut) < 1e-3))
+    with pytest.raises(ChannelError, match=r"channel\(s\) PET missing: this model needs 2 images"):
+        segment_file(model, tmp_path / "ct.nii.gz", tmp_path / "one.nii.gz", "cpu")
