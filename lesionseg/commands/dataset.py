@@ -7,6 +7,7 @@ import json
 import os
 import socket
 
+from lesionseg.commands.segment import add_channel_options
 from lesionseg.errors import UserError
 
 
@@ -72,21 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--case-id of that case.",
     )
     add.add_argument("--dataset", required=True, help="dataset folder")
-    add.add_argument(
-        "--image",
-        action="append",
-        default=[],
-        help="image file or DICOM series folder; a multi-channel dataset takes --image once per channel, in its "
-        "channel order. Further channels are resampled (linearly) onto the first one's grid",
-    )
-    add.add_argument(
-        "--channel",
-        action="append",
-        default=[],
-        metavar="NAME=PATH",
-        help="a multi-channel dataset's image by channel name (e.g. --channel CT=ct/ --channel PET=pet.nii.gz), "
-        "instead of --image",
-    )
+    add_channel_options(add, "--image", "dataset", "image file or DICOM series folder")
     add.add_argument("--seg", required=True, help="labelmap or .seg.nrrd on the (first) image's grid")
     add.add_argument("--label-map", help="segment name to dataset label value, e.g. Spleen=1,Tumour=2 (0 drops one)")
     add.add_argument("--drop-unmapped", action="store_true", help="drop named segments that match no dataset label")
