@@ -357,3 +357,15 @@ def test_segment_feeds_the_pet_on_the_ct_grid_z_scored_to_a_two_channel_model(tm
         assert expected.sum() > 20 and np.all((seg.array == 1) == expected | (np.abs(aligned - cut) < 1e-3))
     with pytest.raises(ChannelError, match=r"channel\(s\) PET missing: this model needs 2 images"):
         segment_file(model, tmp_path / "ct.nii.gz", tmp_path / "one.nii.gz", "cpu")
+
+
+def test_a_ct_series_given_as_the_pet_channel_is_refused(tmp_path: Path) -> None:
+    from lesionseg.dicom.write import write_ct_series
+    from lesionseg.inference.pipeline import segment_file
+
+    ct, _ = sphere_case(12, size=16)
+    write_ct_series(ct, tmp_path / "ct", frame_of_reference_uid="1.2.826.0.1.3680043.2.1125.7")
+    model = pet_selecting_model(tmp_path / "model", 1.0)
+    with pytest.raises(ChannelError, match=r"channel 'PET' \(.*\) is a CT series, but model 'pet-threshold' takes PT "
+                       r"there; give the channels in the order CT, PET"):  # fmt: skip
+        segment_file(model, [tmp_path / "ct", tmp_path / "ct"], tmp_path / "seg.nii.gz", "cpu")

@@ -131,6 +131,19 @@ def read_channel(name: str, path: str | os.PathLike) -> ChannelInput:
     return ChannelInput(name, str(path), source.image, source.modality)
 
 
+def check_channel_modalities(spec: Any, channels: Sequence[ChannelInput]) -> None:
+    """Refuse a further channel whose DICOM Modality is not the one ``spec`` (a ModelSpec) names for it: most
+    often two series given in the wrong order.  The first channel is checked with ``--allow-modality``."""
+    for index, channel in enumerate(channels[1:], start=1):
+        expected = spec.expected_modality(index)
+        actual = (channel.modality or "").strip().upper()
+        if expected and actual and actual != expected:
+            raise ChannelError(
+                f"channel {channel.name!r} ({channel.path}) is a {actual} series, but model {spec.id!r} takes "
+                f"{expected} there; give the channels in the order {', '.join(spec.channel_names)}"
+            )
+
+
 def _corners(image: Image) -> np.ndarray:
     """The LPS corners of the region the voxels cover (half a voxel beyond the centres)."""
     size = np.array(image.size, dtype=float)

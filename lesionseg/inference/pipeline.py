@@ -474,10 +474,11 @@ def segment_file(
     if spec.input_channels == 1 and len(inputs) == 1 and not named_channels:
         source = read_model_input(inputs[0])
     else:
-        from lesionseg.inference.channels import align_channels, assign_channels, read_channel
+        from lesionseg.inference.channels import align_channels, assign_channels, check_channel_modalities, read_channel
 
         assigned = assign_channels(spec.channel_names, [str(p) for p in inputs], named_channels)
         channels = [read_channel(name, path) for name, path in assigned]
+        check_channel_modalities(spec, channels)
         source = channels[0]  # its image and modality, as read_model_input gives them
         further = align_channels(channels)[1:]
     image = source.image
