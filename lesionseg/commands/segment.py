@@ -15,21 +15,7 @@ from lesionseg.errors import EXIT_FAILURE, describe
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("segment", help="segment an image with a model")
     parser.add_argument("--model", required=True, help="model id (see `lesionseg models list`), model folder or bundle")
-    parser.add_argument(
-        "--input",
-        action="append",
-        default=[],
-        help=".nrrd, .nii/.nii.gz or a DICOM series folder; a model with several channels (e.g. CT and PET) takes "
-        "--input once per channel, in the model's order. Further channels are resampled onto the first one's grid",
-    )
-    parser.add_argument(
-        "--channel",
-        action="append",
-        default=[],
-        metavar="NAME=PATH",
-        help="a multi-channel model's input by channel name (e.g. --channel CT=ct/ --channel PET=pet.nii.gz), "
-        "instead of --input",
-    )
+    add_channel_options(parser, "--input", "model", ".nrrd, .nii/.nii.gz or a DICOM series folder")
     parser.add_argument("--output", required=True, help="labelmap: .nii.gz, .nrrd or .seg.nrrd (Slicer segmentation)")
     parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
@@ -81,6 +67,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     nnunet.add_argument("--tile-step-size", type=float, default=0.5, help="sliding-window step, fraction of a patch")
     parser.set_defaults(func=run)
+
+
+def add_channel_options(parser: argparse.ArgumentParser, option: str, owner: str, image_help: str) -> None:
+    """``option`` (``--input``, ``--image``) once per channel in order, or ``--channel NAME=PATH`` by name."""
+    parser.add_argument(
+        option,
+        action="append",
+        default=[],
+        help=f"{image_help}; a {owner} with several channels (e.g. CT and PET) takes {option} once per channel, in "
+        f"the {owner}'s order. Further channels are resampled (linearly) onto the first one's grid",
+    )
+    parser.add_argument(
+        "--channel",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help=f"a multi-channel {owner}'s image by channel name (e.g. --channel CT=ct/ --channel PET=pet.nii.gz), "
+        f"instead of {option}",
+    )
 
 
 def _nnunet_options(args: argparse.Namespace):
@@ -153,14 +158,9 @@ def run(args: argparse.Namespace) -> int:
                 named_channels=args.channel,
             )
         else:
-            if args.channel or len(args.input) > 1:
-                raise ValueError(
-                    f"model {args.model!r} takes one input image; give --input once "
-                    f"({len(given)} inputs given: {', '.join(given)})"
-                )
             result = segment_file(
                 args.model,
-                args.input[0],
+                args.input,
                 args.output,
                 args.device,
                 sink,
@@ -170,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
                 allow_modality=args.allow_modality,
                 backend=args.backend,
                 precision=args.precision,
+                named_channels=args.channel,
             )
     except Exception as error:
         if args.progress != "jsonl":

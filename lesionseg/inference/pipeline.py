@@ -16,8 +16,8 @@ ScaleIntensityRange → SlidingWindowInferer → softmax → Invertd → argmax)
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +92,6 @@ def load_model(
     if precision is not None:
         check_precision(precision)
     spec = resolve_spec(model, models_dir)
-    if spec.input_channels != 1:
-        raise ValueError(f"model {spec.id!r} takes {spec.input_channels} input channels; segment feeds one image")
     torch_device = resolve_device(device)
     coarse_spec = spec.coarse_spec()
     coarse = None if coarse_spec is None else load_model(coarse_spec, device, backend=backend, precision=precision)
@@ -146,6 +144,23 @@ def _scale_intensity(volume, options: IntensitySpec):
     return (volume - mean) / std
 
 
+def _network_channels(reoriented: Image, further: Sequence[Image], permutation, forward, device, intensity):
+    """``[channels, k, j, i]`` on the network grid, each channel scaled (see ``channels.channel_intensity``).
+
+    ``further`` are the other channels on the (not reoriented) input grid, as ``channels.align_channels`` gives them.
+    """
+    import torch
+
+    from lesionseg.inference.channels import channel_intensity
+
+    arrays = [reoriented.array, *(permute_axes(each, *permutation).array for each in further)]
+    volumes = []
+    for channel, array in enumerate(arrays):
+        options = intensity if channel == 0 else IntensitySpec(**channel_intensity(asdict(intensity), channel))
+        volumes.append(_scale_intensity(resample_array_in_slabs(array, forward, device), options))
+    return volumes[0][None] if len(volumes) == 1 else torch.stack(volumes)
+
+
 def _grid_image(reference: Image, spacing: np.ndarray, shape_ijk: tuple, start_ijk: tuple) -> Image:
     """Geometry of the network grid (a broadcast array stands in for voxels: only the grid is used)."""
     dummy = np.broadcast_to(np.zeros(1, dtype=np.uint8), tuple(reversed(shape_ijk)))
@@ -184,9 +199,16 @@ def _invert_to_labels(
 
 
 def predict_labelmap(
-    image: Image, model: LoadedModel, progress: Progress, crop_body: bool = False, threshold: float | None = None
+    image: Image,
+    model: LoadedModel,
+    progress: Progress,
+    crop_body: bool = False,
+    threshold: float | None = None,
+    further: Sequence[Image] = (),
 ) -> Image:
     """Labelmap (uint8) on ``image``'s grid, before post-processing.
+
+    ``further``: a multi-channel model's other channels, already on ``image``'s grid.
 
     ``threshold`` (one-foreground-label models only): foreground where its probability exceeds it, instead of
     the argmax; None takes the spec's ``inference.threshold``, and the argmax when that is unset.
@@ -229,9 +251,8 @@ def predict_labelmap(
         progress.message(plan.note)
     volume_device = device if plan.stitch_on_device else torch.device("cpu")
     progress.update(0.3)
-    volume = resample_array_in_slabs(reoriented.array, forward, volume_device)
+    volume = _network_channels(reoriented, further, permutation, forward, volume_device, pre.intensity)
     progress.update(0.8)
-    volume = _scale_intensity(volume, pre.intensity)
     region = (slice(None), slice(None), slice(None))
     if crop_body:
         corners = body_box_world(image)
@@ -240,10 +261,10 @@ def predict_labelmap(
         else:
             region = box_on_grid(corners, grid, CROP_MARGIN_MM)
             progress.message(f"body crop: {[int(s.stop - s.start) for s in region][::-1]} of {list(shape_ijk)} voxels")
-    network_input = volume[region]
+    network_input = volume[(slice(None), *region)]
     if pre.orientation_quirk == "compensate":
         network_input = network_input.flip(-1, -2)  # tensor axes 0 and 1 (i, j) are the last two here
-    network_input = network_input[None].contiguous()
+    network_input = network_input.contiguous()
     del volume
     progress.stage("inference")
     windows = count_windows(tuple(network_input.shape[1:][::-1]), inf.roi_size, inf.overlap)
@@ -310,8 +331,12 @@ def segment_image(
     allow_modality: str | None = None,
     backend: str = "auto",
     precision: str | None = None,
+    further: Sequence[Image] = (),
 ) -> tuple[Image, list[LabelInfo]]:
     """Segment an engine image; returns the labelmap on ``image``'s grid and the model's labels.
+
+    ``image`` is a multi-channel model's first channel, and ``further`` its other channels, in the spec's order,
+    already on ``image``'s grid (:func:`lesionseg.inference.channels.align_channels` puts them there).
 
     ``spec_or_model`` is a model id, a model or bundle folder, a ModelSpec, or a LoadedModel (reused as is).
     ``progress`` receives the event dictionaries described in :mod:`lesionseg.inference.progress`.
@@ -329,6 +354,7 @@ def segment_image(
         spec_or_model = load_model(spec_or_model, device, models_dir, backend, precision)
         reporter.update(1.0)
     model = spec_or_model
+    check_channel_count(model.spec, 1 + len(further))
     check_threshold(model.spec, threshold)  # before any inference, a cascade's coarse pass included
     stages = () if model.coarse is None else (model.coarse.spec,)
     for text in check_model_input(image, model.spec, modality, allow_modality, window_specs=stages):
@@ -339,12 +365,24 @@ def segment_image(
         reporter.message(note)
     with subnormals_flushed(model.device):
         if model.coarse is None:
-            labelmap = predict_labelmap(image, model, reporter, crop_body=crop_body, threshold=threshold)
+            labelmap = predict_labelmap(image, model, reporter, crop_body, threshold, further)
         else:
             labelmap = _predict_two_steps(image, model, reporter, crop_body, threshold)
     labelmap = postprocess(labelmap, model.spec.postprocessing)
     reporter.update(1.0)
     return labelmap, list(model.spec.labels)
+
+
+def check_channel_count(spec: ModelSpec, given: int) -> None:
+    """Refuse a number of input images other than the model's channels, naming them."""
+    if given != spec.input_channels:
+        names = ", ".join(spec.channel_names)
+        raise ValueError(
+            f"model {spec.id!r} takes {spec.input_channels} image(s) ({names}), {given} given; give one per channel, "
+            "in that order (segment --input once per channel, or --channel NAME=PATH)"
+        )
+    if given > 1 and spec.cascade is not None:
+        raise ValueError(f"model {spec.id!r}: a cascade with several input channels is not supported yet")
 
 
 def _predict_two_steps(
@@ -380,7 +418,7 @@ def _predict_two_steps(
 
 def segment_file(
     model: str | Path | ModelSpec | LoadedModel,
-    input_path: str | Path,
+    input_path: str | Path | Sequence[str | Path],
     output_path: str | Path,
     device: str = "auto",
     progress: EventSink | None = None,
@@ -390,8 +428,12 @@ def segment_file(
     allow_modality: str | None = None,
     backend: str = "auto",
     precision: str | None = None,
+    named_channels: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Read an image (file or DICOM folder), segment it, write the labelmap atomically; returns the result event.
+
+    A multi-channel model takes ``input_path`` as one path per channel in its spec's order, or ``named_channels``
+    as ``NAME=PATH``; further channels are resampled onto the first one's grid, which the labelmap lies on.
 
     The result event's ``warnings`` repeats every warning event of the run, so a caller that keeps only
     the result still sees that, for instance, the input did not look like CT.
@@ -406,7 +448,19 @@ def segment_file(
         check_probability(threshold)
     reporter, warnings = recording_warnings(progress)
     reporter.stage("load")
-    source = read_model_input(input_path)
+    inputs = [input_path] if isinstance(input_path, (str, Path)) else list(input_path)
+    spec = model.spec if isinstance(model, LoadedModel) else resolve_spec(model, models_dir)
+    assigned, further = [("image", str(inputs[0]) if inputs else "")], []
+    if spec.input_channels == 1 and len(inputs) == 1 and not named_channels:
+        source = read_model_input(inputs[0])
+    else:
+        from lesionseg.inference.channels import align_channels, assign_channels, check_channel_modalities, read_channel
+
+        assigned = assign_channels(spec.channel_names, [str(p) for p in inputs], named_channels)
+        channels = [read_channel(name, path) for name, path in assigned]
+        check_channel_modalities(spec, channels)
+        source = channels[0]  # its image and modality, as read_model_input gives them
+        further = align_channels(channels)[1:]
     image = source.image
     reporter.update(0.5)
     if not isinstance(model, LoadedModel):
@@ -421,12 +475,14 @@ def segment_file(
         threshold=threshold,
         modality=source.modality,
         allow_modality=allow_modality,
+        further=further,
     )
     written, listed = write_result_labelmap(labelmap, labels, output_path, reporter)
     return {
         "event": "result",
         "output": str(written),
-        "input": str(input_path),
+        "input": assigned[0][1],
+        **({"inputs": dict(assigned)} if len(assigned) > 1 else {}),
         "model": model.spec.id,
         "model_version": model.spec.version,
         "labels": listed,

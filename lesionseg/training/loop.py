@@ -356,7 +356,7 @@ class _Training:
         self.amp = bool(config["training"]["amp"]) and torch_device.type == "cuda"
         _seed(config, rank, torch_device)
         self._load_data(dataset_dir, checkpoint, new_split, kept_split)
-        self.net_name, self.net_params, model = config_network(config, max(self.labels) + 1)
+        self.net_name, self.net_params, model = config_network(config, max(self.labels) + 1, len(self.data["channels"]))
         self.model = model.to(torch_device)
         self.optimizer = _optimizer(config, self.model.parameters())
         self.scheduler = _scheduler(config, self.optimizer, config["training"]["epochs"])
