@@ -128,16 +128,6 @@ def resolve_labels(
     return [by_value.get(v, LabelInfo.default(v)) for v in sorted(present) if v != 0], []
 
 
-def _nearest_resample(label: Image, grid: Image) -> np.ndarray:
-    import SimpleITK as sitk
-
-    from lesionseg.io.sitk import to_sitk
-
-    moving = to_sitk(label)
-    out = sitk.Resample(moving, to_sitk(grid), sitk.Transform(), sitk.sitkNearestNeighbor, 0, moving.GetPixelID())
-    return sitk.GetArrayFromImage(out)
-
-
 def labelled_fraction_inside(label: Image, reference: ReferenceSeries) -> tuple[float, float, float]:
     """(fraction, inside mm³, labelled mm³): how much of the labelled volume lies inside the reference's voxels.
 
@@ -203,6 +193,8 @@ def labels_on_reference(label: Image, reference: ReferenceSeries, say=print) -> 
     grid is resampled with nearest neighbour, and ``say`` reports it, provided the whole labelled
     volume lies inside the reference (otherwise ValueError names the fraction that does).
     """
+    from lesionseg.resample import resample_to  # SimpleITK loads when an export runs, not when its command registers
+
     if reference.is_regular():
         grid = reference.grid()
         if label.same_grid(grid):
@@ -216,10 +208,12 @@ def labels_on_reference(label: Image, reference: ReferenceSeries, say=print) -> 
             f"is not the reference series' grid ({grid.size}, {np.round(grid.spacing, 3).tolist()} mm); "
             "resampled to it with nearest neighbour"
         )
-        return _nearest_resample(label, grid)
+        return resample_to(label, grid, "nearest").array
     check_labels_inside(label, reference)
     say("note: the reference slices are unevenly spaced; the label map is sampled slice by slice (nearest neighbour)")
-    return np.concatenate([_nearest_resample(label, reference.slice_grid(n)) for n in range(len(reference.slices))])
+    return np.concatenate(
+        [resample_to(label, reference.slice_grid(n), "nearest").array for n in range(len(reference.slices))]
+    )
 
 
 def present_labels(voxels: np.ndarray) -> set[int]:
