@@ -29,8 +29,8 @@ from typing import Any
 import lesionseg.mrml
 from lesionseg.errors import failure_line
 from lesionseg.image import Image
-from lesionseg.inference.output import terminology_entry
 from lesionseg.io import read_image, write_image
+from lesionseg.io.segnrrd import terminology_entry
 from lesionseg.jobs import EventKind, Job, JobState, ManagedWorker, WorkerRequest
 from lesionseg.models import ModelEntry, ModelRegistry, ModelSpec, models_dir
 from lesionseg.models.hashcache import BackgroundHasher, HashCache
