@@ -14,6 +14,7 @@ import qt
 import slicer
 from slicer.i18n import tr as _
 
+from lesionseg.jobs import JobState
 from LesionSegLib import comparison, export, lesions, segmenting
 
 
@@ -531,7 +532,7 @@ class SegmentPanel:
             self.ui.stageLabel.text = run.status.stage
             self.log(failure)
             run.cleanup()
-            if run.state.value != "cancelled":
+            if run.state is not JobState.CANCELLED:
                 slicer.util.errorDisplay(failure, windowTitle=_("Segmentation failed"))
         else:
             with slicer.util.tryWithErrorDisplay(_("Could not load the segmentation."), waitCursor=True):
@@ -546,7 +547,7 @@ class SegmentPanel:
     def _finishDownload(self) -> None:
         job, self.download = self.download, None
         self.ui.progressBar.setRange(0, 100)
-        if job.state.value == "succeeded":
+        if job.state is JobState.SUCCEEDED:
             self.log(_("Weights downloaded and verified."))
             self.ui.stageLabel.text = ""
         else:
