@@ -6,9 +6,10 @@ Producers: ``lesionseg segment --progress jsonl`` (:mod:`lesionseg.commands.segm
 Readers: :class:`lesionseg.jobs.Job` and :class:`lesionseg.jobs.WorkerRequest`, polled by the modules'
 ``SegmentationRun`` and ``TrainingRun`` (LesionSegLib).
 
-Every line holds ``"event"``, one of :class:`EventKind`; :data:`FIELDS` says what each kind carries, and is the
-only place that does. The warm worker tags each event of a request with ``"request"``. A line that is not an
-event reaches the reader as an ``output`` event, and the reader adds ``finished`` when the job ends.
+Every line holds ``"event"``, one of :class:`EventKind`. :data:`EVENTS` says what each kind carries (parsed into
+:data:`FIELDS`), and is the only place that does. The warm worker tags each event of a request with ``"request"``.
+A line that is not an event reaches the reader as an ``output`` event, and the reader adds ``finished`` when the
+job ends.
 
 Cancel: the reader sends SIGTERM to the job's process group, then SIGKILL after a grace period. A producer calls
 :func:`exit_on_terminate` first, so that SIGTERM unwinds its atomic writes and leaves no half-written output.
@@ -50,73 +51,79 @@ class EventKind(Enum):
     FINISHED = "finished"
 
 
-# Each kind's fields and what they mean. Every event may also carry "request" (the warm worker's request id).
-FIELDS: dict[EventKind, dict[str, str]] = {
-    EventKind.READY: {"pid": "the warm worker's process id; it reads requests from now on"},
-    EventKind.STAGE: {"stage": "the segmentation stage begun: load, preprocess, inference, postprocess or write"},
-    EventKind.PROGRESS: {
-        "percent": "0-100 over the whole job; never goes back",
-        "stage": "the stage it belongs to (segment), or train / train-stage1 / train-stage2 (train)",
-        "windows_done": "segment, inference stage: sliding windows computed so far",
-        "windows_total": "segment, inference stage: sliding windows in all",
-        "cascade": "segment: 'coarse' while a two-step model's coarse stage runs",
-        "epoch": "train: the epoch just finished (1-based); with it come that epoch's figures below",
-        "loss": "train: mean training loss of the epoch",
-        "lr": "train: learning rate the epoch ran with",
-        "iterations": "train: batches in the epoch",
-        "samples": "train: samples in the epoch",
-        "train_s": "train: seconds of training in the epoch",
-        "time_s": "train: seconds of the epoch, validation included",
-        "elapsed_s": "train: seconds of all epochs so far, this run and the runs it resumed",
-        "dice": "train, validated epochs: Dice per label name, mean over the validation cases",
-        "dice_mean": "train, validated epochs: mean of dice",
-        "dice_pooled": "train, validated epochs: Dice per label name over all validation voxels at once",
-        "dice_pooled_mean": "train, validated epochs: mean of dice_pooled",
-    },
-    EventKind.MESSAGE: {"text": "a line for the log"},
-    EventKind.WARNING: {"text": "a line for the log that the user must see (also kept on the result)"},
-    EventKind.MODEL: {
-        "model": "warm worker: the model id the request runs",
-        "reused": "true when the model was kept loaded from the previous request",
-        "dropped": "the model id unloaded for it, or null",
-        "pid": "the worker's process id",
-        "seconds": "seconds spent loading (or re-verifying) the model",
-    },
-    EventKind.RESULT: {
-        "output": "the file written (segment) or the model folder (train)",
-        "input": "segment: the (first) input image",
-        "inputs": "segment, nnU-Net with several channels: channel name to input path",
-        "model": "segment: model id (or nnU-Net folder)",
-        "model_version": "segment: the model's version",
-        "labels": "segment: each label of the labelmap, with whether it is present",
-        "device": "segment: the device the network ran on",
-        "backend": "segment: torch or openvino",
-        "precision": "segment: the network's precision",
-        "threshold": "segment: the probability cut used, or null for the most probable class",
-        "warnings": "segment: the texts of the run's warning events",
-        "seconds": "segment: wall-clock seconds of the run",
-        "engine": "segment: 'nnunet' for an nnU-Net result folder",
-        "nnunet": "segment, nnU-Net: configuration, folds and test-time augmentation used",
-        "model_reused": "warm worker: the model event's reused, repeated",
-        "last_epoch": "train: the last epoch run",
-        "best_epoch": "train: the epoch whose weights were kept",
-        "best_dice": "train: that epoch's validation score",
-        "stopped_early": "train: why training stopped before its last epoch, or null",
-    },
-    EventKind.ERROR: {
-        "type": "the exception's class name",
-        "text": "the one line the command line prints for it, never a traceback",
-        "exit_code": "the exit status the command ends with",
-        "traceback": "segment --verbose and the warm worker, for an unexpected error only",
-    },
-    EventKind.OUTPUT: {"text": "a stdout line that is not an event (added by the reader)"},
-    EventKind.FINISHED: {
-        "state": "a JobState value: succeeded, failed, cancelled or timed out (added by the reader)",
-        "returncode": "the process's exit status (null for a warm-worker request: its process goes on)",
-        "type": "the error type when it did not succeed",
-        "text": "the error text when it did not succeed",
-    },
-}
+# Each kind's fields and what they mean: the one place that says so. Every event may also carry "request" (the
+# warm worker's request id). A kind in the first column holds for the lines below it.
+EVENTS = """
+ready    pid               the warm worker's process id; it reads requests from now on
+stage    stage             the segmentation stage begun: load, preprocess, inference, postprocess or write
+progress percent           0-100 over the whole job; never goes back
+         stage             the stage it belongs to (segment), or train / train-stage1 / train-stage2 (train)
+         windows_done      segment, inference stage: sliding windows computed so far
+         windows_total     segment, inference stage: sliding windows in all
+         cascade           segment: 'coarse' while a two-step model's coarse stage runs
+         epoch             train: the epoch just finished (1-based); with it come that epoch's figures below
+         loss              train: mean training loss of the epoch
+         lr                train: learning rate the epoch ran with
+         iterations        train: batches in the epoch
+         samples           train: samples in the epoch
+         train_s           train: seconds of training in the epoch
+         time_s            train: seconds of the epoch, validation included
+         elapsed_s         train: seconds of all epochs so far, this run and the runs it resumed
+         dice              train, validated epochs: Dice per label name, mean over the validation cases
+         dice_mean         train, validated epochs: mean of dice
+         dice_pooled       train, validated epochs: Dice per label name over all validation voxels at once
+         dice_pooled_mean  train, validated epochs: mean of dice_pooled
+message  text              a line for the log
+warning  text              a line for the log that the user must see (also kept on the result)
+model    model             warm worker: the model id the request runs
+         reused            true when the model was kept loaded from the previous request
+         dropped           the model id unloaded for it, or null
+         pid               the worker's process id
+         seconds           seconds spent loading (or re-verifying) the model
+result   output            the file written (segment) or the model folder (train)
+         input             segment: the (first) input image
+         inputs            segment, nnU-Net with several channels: channel name to input path
+         model             segment: model id (or nnU-Net folder)
+         model_version     segment: the model's version
+         labels            segment: each label of the labelmap, with whether it is present
+         device            segment: the device the network ran on
+         backend           segment: torch or openvino
+         precision         segment: the network's precision
+         threshold         segment: the probability cut used, or null for the most probable class
+         warnings          segment: the texts of the run's warning events
+         seconds           segment: wall-clock seconds of the run
+         engine            segment: 'nnunet' for an nnU-Net result folder
+         nnunet            segment, nnU-Net: configuration, folds and test-time augmentation used
+         model_reused      warm worker: the model event's reused, repeated
+         last_epoch        train: the last epoch run
+         best_epoch        train: the epoch whose weights were kept
+         best_dice         train: that epoch's validation score
+         stopped_early     train: why training stopped before its last epoch, or null
+error    type              the exception's class name
+         text              the one line the command line prints for it, never a traceback
+         exit_code         the exit status the command ends with
+         traceback         segment --verbose and the warm worker, for an unexpected error only
+output   text              a stdout line that is not an event (added by the reader)
+finished state             a JobState value: succeeded, failed, cancelled or timed out (added by the reader)
+         returncode        the process's exit status (null for a warm-worker request: its process goes on)
+         type              the error type when it did not succeed
+         text              the error text when it did not succeed
+"""
+
+
+def _fields(table: str) -> dict[EventKind, dict[str, str]]:
+    fields: dict[EventKind, dict[str, str]] = {}
+    kind = None
+    for line in table.strip("\n").splitlines():
+        if not line.startswith(" "):
+            kind = EventKind(line.split()[0])
+            line = line[len(kind.value) :]
+        name, meaning = line.split(maxsplit=1)
+        fields.setdefault(kind, {})[name] = meaning
+    return fields
+
+
+FIELDS = _fields(EVENTS)
 TAG = "request"
 
 
