@@ -54,6 +54,7 @@ def inputs(tmp_path_factory):
 
 
 def test_the_segment_command_sends_only_protocol_events(inputs, tmp_path):
+    assert set(protocol.FIELDS) == set(EventKind)  # every kind documented, and the table names no other
     _root, model, _ct, ct_path = inputs
     # A precision torch cannot run adds a message event: the command says it runs fp32 instead.
     extra = ["--backend", "torch", "--precision", "bf16"]

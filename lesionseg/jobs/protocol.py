@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, TextIO
 
+from lesionseg.errors import EXIT_FAILURE, describe
+
 
 class JobState(Enum):
     PENDING = "pending"
@@ -221,8 +223,6 @@ def result(**fields: Any) -> dict[str, Any]:
 def error(exception: BaseException, traceback_text: str | None = None) -> dict[str, Any]:
     """The error event of ``exception``; ``traceback_text`` is added for an unexpected error only (a bug to
     report), never for a user's mistake, whose one line says all."""
-    from lesionseg.errors import EXIT_FAILURE, describe
-
     text, status = describe(exception)
     event = {"event": EventKind.ERROR.value, "type": type(exception).__name__, "text": text, "exit_code": status}
     if traceback_text and status == EXIT_FAILURE:
