@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
-import signal
 import sys
 import traceback
 from typing import Any
-
-from lesionseg.errors import EXIT_FAILURE, describe
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -94,11 +90,6 @@ def _nnunet_options(args: argparse.Namespace):
     return NnunetOptions(args.configuration, args.folds, args.checkpoint, args.tta, args.tile_step_size)
 
 
-def emit_jsonl(event: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(event) + "\n")
-    sys.stdout.flush()
-
-
 class TextBar:
     """A one-line progress bar on stderr."""
 
@@ -118,14 +109,11 @@ class TextBar:
             self.stream.write(f"\r{kind}: {event['text']}\n")
 
 
-def _terminate_cleanly(signum, _frame):
-    # Raising here unwinds through atomic_path, which deletes its temporary file: no half-written output.
-    raise SystemExit(128 + signum)
-
-
 def run(args: argparse.Namespace) -> int:
-    signal.signal(signal.SIGTERM, _terminate_cleanly)
-    sink = emit_jsonl if args.progress == "jsonl" else TextBar()
+    from lesionseg.jobs import protocol
+
+    protocol.exit_on_terminate()  # unwinds through atomic_path, which deletes its temporary file
+    sink = protocol.write_event if args.progress == "jsonl" else TextBar()
     try:
         from lesionseg.io.outputs import check_output  # here, not at the top: registering the command stays cheap
 
@@ -177,15 +165,11 @@ def run(args: argparse.Namespace) -> int:
             if sink.stage:
                 sys.stderr.write("\n")  # end the progress bar's line before the error's
             raise
-        # The modules read this event: the same one line as the command line prints, never a traceback.
-        text, status = describe(error)
-        event = {"event": "error", "type": type(error).__name__, "text": text, "exit_code": status}
-        if status == EXIT_FAILURE and getattr(args, "verbose", False):
-            event["traceback"] = traceback.format_exc()
-        emit_jsonl(event)
+        # The modules read this event: the same one line as the command line prints; a traceback only on request.
+        protocol.write_event(protocol.error(error, traceback.format_exc() if getattr(args, "verbose", False) else None))
         raise
     if args.progress == "jsonl":
-        emit_jsonl(result)
+        protocol.write_event(result)
     else:
         sys.stderr.write("\n")
         print(result["output"])

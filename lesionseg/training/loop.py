@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from lesionseg.io.atomic import write_bytes_atomic, write_json_atomic
+from lesionseg.jobs.protocol import epoch_progress
 from lesionseg.training.checkpoint import BEST, LATEST, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from lesionseg.training.config import load_config
 from lesionseg.training.data import dataset_datalists, deterministic_transforms, random_transforms
@@ -490,10 +491,7 @@ class _Training:
             if rank == 0:
                 self.checkpoint(entry, validate, best)
             if progress is not None and rank == 0:
-                # The job runner's event vocabulary: "progress" with a percent, plus this epoch's metrics.
-                progress(
-                    {"event": "progress", "stage": "train", "percent": round(100 * epoch / total_epochs, 2), **entry}
-                )
+                progress(epoch_progress(epoch, total_epochs, entry))
             stopped = _should_stop(config, history, best, validate)
             if world > 1:
                 flag = torch.tensor([1 if stopped else 0])
