@@ -13,21 +13,17 @@ from typing import Any
 
 import lesionseg.mrml
 from lesionseg.image import Image
-from lesionseg.metrics import mask_metrics
+from lesionseg.metrics import mask_metrics, metric_info
 from LesionSegLib.tables import Column, fill_table_node, write_csv
 
 TABLE_KIND = "comparison"
 
+# The engine's metrics the table shows (all but HD, the plain maximum), titled as the engine describes them.
+COMPARED_METRICS = ("dice", "iou", "hd95_mm", "assd_mm", "volume_pred_ml", "volume_ref_ml", "volume_diff_ml")
 COLUMNS = (
     Column("segment", "Segment", kind="string"),
     Column("reference_segment", "Reference segment", kind="string"),
-    Column("dice", "Dice"),
-    Column("iou", "IoU"),
-    Column("hd95_mm", "HD95", "mm"),
-    Column("assd_mm", "ASSD", "mm"),
-    Column("volume_pred_ml", "Volume", "mL"),
-    Column("volume_ref_ml", "Reference volume", "mL"),
-    Column("volume_diff_ml", "Volume difference", "mL"),
+    *(Column(info.key, info.title, info.unit) for info in map(metric_info, COMPARED_METRICS)),
     Column("empty", "Empty", kind="string"),
 )
 

@@ -27,15 +27,15 @@ from pathlib import Path
 from typing import Any
 
 import lesionseg.mrml
-from lesionseg.errors import failure_line
 from lesionseg.image import Image
-from lesionseg.inference.output import terminology_entry
 from lesionseg.io import read_image, write_image
-from lesionseg.jobs import EventKind, Job, JobState, ManagedWorker, WorkerRequest
+from lesionseg.io.segnrrd import terminology_entry
+from lesionseg.jobs import EventKind, Job, JobEvent, JobState, ManagedWorker, WorkerRequest
 from lesionseg.models import ModelEntry, ModelRegistry, ModelSpec, models_dir
 from lesionseg.models.hashcache import BackgroundHasher, HashCache
 from lesionseg.models.spec import check_threshold
 from lesionseg.orientation import orientation_code
+from LesionSegLib.jobs import BackgroundRun
 
 # Attributes on every result node: the training module reads them back as the case's provenance.
 MODEL_ID_ATTRIBUTE = "LesionSeg.ModelId"
@@ -45,11 +45,6 @@ CREATED_ATTRIBUTE = "LesionSeg.Created"
 SOURCE_VOLUME_ATTRIBUTE = "LesionSeg.SourceVolume"
 THRESHOLD_ATTRIBUTE = "LesionSeg.Threshold"  # the probability cut; empty for the most probable class
 WARNINGS_ATTRIBUTE = "LesionSeg.Warnings"  # what the run warned about (e.g. input not like CT), one per line
-
-# A model is a lesion model (ProstateMetSeg lists those; SpleenSeg the others) when its spec names lesion
-# labels. Specs that predate ``lesion_labels`` (MONAI bundles, hand-written specs) are judged by these words
-# in their label names; the training module also uses them to propose a dataset's lesion labels.
-LESION_WORDS = ("lesion", "metasta", "tumor", "tumour", "nodal", "node")
 
 
 # What the background segmentation imports, as (import name, pip requirement). torch comes first and is
@@ -169,9 +164,8 @@ def check_input_volume(volume_node: Any) -> Image:
 
 
 def is_lesion_model(spec: ModelSpec) -> bool:
-    if "lesion_labels" in spec.source:
-        return bool(spec.lesion_labels)
-    return any(word in label.name.lower() for label in spec.labels for word in LESION_WORDS)
+    """ProstateMetSeg lists the models with a lesion label (the spec's ``lesion_labels``, else label names)."""
+    return any(label.is_lesion for label in spec.labels)
 
 
 def model_entries(
@@ -319,8 +313,12 @@ class RunStatus:
     log: list[str] = field(default_factory=list)
 
 
-class SegmentationRun:
+class SegmentationRun(BackgroundRun):
     """One background segmentation of ``volume_node`` with ``entry``'s model."""
+
+    what = "Segmentation"
+    cancelled_text = "Segmentation cancelled; nothing was added to the scene."
+    stderr_explains_failure = False  # the worker's stderr may hold an earlier request's lines
 
     def __init__(
         self,
@@ -382,14 +380,6 @@ class SegmentationRun:
         """The worker request (state, error text, stderr), as the background job was before the warm worker."""
         return self.request
 
-    @property
-    def finished(self) -> bool:
-        return self.state.finished
-
-    @property
-    def state(self) -> JobState:
-        return JobState.PENDING if self.request is None else self.request.state
-
     def poll(self) -> RunStatus:
         """Drain the request's events; returns the status with the log lines added since the last poll."""
         self.status.log = []
@@ -398,8 +388,12 @@ class SegmentationRun:
         if self.timeout_s is not None and not self.finished and time.monotonic() - self.started > self.timeout_s:
             self.request.cancel(JobState.TIMED_OUT)
         for event in self.request.poll():
-            self._apply(event.kind, event.data)
+            self.read(event)
         return self.status
+
+    def read(self, event: JobEvent) -> None:
+        """Take in one event of the request: the status and log show it."""
+        self._apply(event.kind, event.data)
 
     def _apply(self, kind: EventKind, data: dict[str, Any]) -> None:
         if kind is EventKind.STAGE:
@@ -407,8 +401,8 @@ class SegmentationRun:
             self.status.log.append(f"Stage: {self.status.stage}")
         elif kind is EventKind.PROGRESS and data.get("percent") is not None:
             self.status.percent = float(data["percent"])
-        elif kind in (EventKind.MESSAGE, EventKind.WARNING, EventKind.READY):
-            text = data.get("text") or data.get("message") or ""
+        elif kind in (EventKind.MESSAGE, EventKind.WARNING):
+            text = data.get("text") or ""
             if text:
                 self.status.log.append(("Warning: " if kind is EventKind.WARNING else "") + str(text))
             if text and kind is EventKind.WARNING:
@@ -426,7 +420,7 @@ class SegmentationRun:
         elif kind is EventKind.ERROR:
             self.status.log.append(f"Error: {data.get('type', '')}: {data.get('text', '')}")
         elif kind is EventKind.RESULT:
-            seconds = data.get("seconds") or data.get("elapsed_s")
+            seconds = data.get("seconds")
             self.status.log.append("Segmentation written" + (f" in {seconds:.1f} s" if seconds else ""))
             # The result event repeats the run's warnings: show any whose warning event was not seen.
             for text in data.get("warnings") or []:
@@ -434,34 +428,18 @@ class SegmentationRun:
                     self.warnings.append(str(text))
                     self.status.log.append(f"Warning: {text}")
         elif kind is EventKind.FINISHED:
+            state = JobEvent(kind, data).state
             self.status.stage = {
-                JobState.SUCCEEDED.value: "done",
-                JobState.CANCELLED.value: "cancelled",
-                JobState.TIMED_OUT.value: "timed out",
-            }.get(data.get("state"), "failed")
-            if self.status.stage == "done":
+                JobState.SUCCEEDED: "done",
+                JobState.CANCELLED: "cancelled",
+                JobState.TIMED_OUT: "timed out",
+            }.get(state, "failed")
+            if state is JobState.SUCCEEDED:
                 self.status.percent = 100.0
-
-    def failure(self) -> str:
-        """Why the run did not succeed, in one message (empty while running or after success)."""
-        state = self.state
-        if state is JobState.CANCELLED:
-            return "Segmentation cancelled; nothing was added to the scene."
-        if state in (JobState.FAILED, JobState.TIMED_OUT):
-            # not the worker's stderr: it may hold an earlier request's lines
-            return f"Segmentation failed: {failure_line(self.request.error_text)}"
-        return ""
-
-    def cancel(self) -> None:
-        """Stop the run: the worker ends with its process tree (the next run starts a fresh one)."""
-        if self.request is not None:
-            self.request.cancel()
-        self.cleanup()
 
     def load_result(self, scene: Any) -> Any:
         """A new segmentation node with the result (names, colours, terminology from the spec)."""
-        if self.state is not JobState.SUCCEEDED:
-            raise RuntimeError(self.failure() or "the segmentation has not finished yet")
+        self.require_success("the segmentation has not finished yet")
         labels = read_image(self.output_path)
         if not labels.same_grid(self.input_image):
             raise RuntimeError("the segmentation came back on another grid than the input volume; nothing was added")
@@ -485,9 +463,6 @@ class SegmentationRun:
             node.SetAttribute(key, value)
         self.cleanup()
         return node
-
-    def cleanup(self) -> None:
-        shutil.rmtree(self.work_dir, ignore_errors=True)
 
 
 def _set_terminology(node: Any, labels: Iterable[Any]) -> None:

@@ -28,7 +28,6 @@ def threshold_model_spec(
         "schema_version": 1,
         "id": model_id,
         "version": "0.0.1-selftest",
-        "task": "segmentation",
         "description": f"self-test model: {label_name} wherever CT > {threshold_hu:g} HU",
         "network": {
             "name": "SegResNet",

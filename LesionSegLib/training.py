@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,11 +18,11 @@ from typing import Any
 
 import lesionseg.mrml
 from lesionseg.datasets import CaseRecord, Dataset, add_case, init_dataset, remove_case
-from lesionseg.errors import failure_line
-from lesionseg.jobs import EventKind, Job, JobState
+from lesionseg.jobs import EventKind, Job, JobEvent, JobState
+from lesionseg.labels import named_like_lesion
 from lesionseg.models import ModelRegistry, ModelSpec
+from LesionSegLib.jobs import BackgroundRun
 from LesionSegLib.segmenting import (
-    LESION_WORDS,
     MODEL_ID_ATTRIBUTE,
     MODEL_VERSION_ATTRIBUTE,
     THRESHOLD_ATTRIBUTE,
@@ -61,7 +60,7 @@ def create_dataset(folder: str | Path, label_names: list[str]) -> Dataset:
     if not label_names:
         raise ValueError("name at least one label for the new dataset (the segments of the first case)")
     labels = {value: name for value, name in enumerate(label_names, start=1)}
-    lesions = [value for value, name in labels.items() if any(word in name.lower() for word in LESION_WORDS)]
+    lesions = [value for value, name in labels.items() if named_like_lesion(name)]
     return init_dataset(folder, labels, lesion_labels=lesions)
 
 
@@ -239,8 +238,11 @@ def history_plot(scene: Any, table_node: Any, name: str) -> Any:
     return chart
 
 
-class TrainingRun:
+class TrainingRun(BackgroundRun):
     """One background training run: ``start()``, ``poll()`` from a timer until ``finished``, then ``model()``."""
+
+    what = "Training"
+    cancelled_text = "Training cancelled; the last finished epoch is saved, so Resume continues from it."
 
     def __init__(
         self,
@@ -287,53 +289,38 @@ class TrainingRun:
         self.job.start()
         return self
 
-    @property
-    def finished(self) -> bool:
-        return self.job.state.finished
-
-    @property
-    def state(self) -> JobState:
-        return self.job.state
-
     def poll(self) -> bool:
         """Drain the job's output; True when a new epoch arrived. New log lines are in ``log``."""
         self.log = []
-        new_epoch = False
-        for event in self.job.poll():
-            data = event.data
-            if event.kind is EventKind.OUTPUT:
-                try:
-                    data = json.loads(data.get("text", ""))
-                except (json.JSONDecodeError, TypeError):
-                    self.log.append(str(event.data.get("text", "")))
-                    continue
-                if not isinstance(data, dict):
-                    continue
-            if event.kind is EventKind.FINISHED:
-                self.log.append(f"training {data.get('state')}")
-                if data.get("text") and data.get("state") != JobState.SUCCEEDED.value:
-                    self.log.append(str(data["text"])[-2000:])
-            elif "epoch" in data and "loss" in data:
-                # One event per finished epoch, with its loss (and validation Dice when it validated).
-                self.history.append(data)
-                if data.get("percent") is not None:
-                    self.fraction = float(data["percent"]) / 100.0
-                elif data.get("fraction") is not None:
-                    self.fraction = float(data["fraction"])
-                new_epoch = True
-                dice = data.get("dice_mean")
-                self.log.append(
-                    f"epoch {data['epoch']}: loss {data['loss']:.4f}"
-                    + (f", validation Dice {dice:.4f}" if dice is not None else "")
-                )
-            elif event.kind is EventKind.RESULT or data.get("event") in ("result", "done"):
-                self.summary = data
-                self.log.append(f"model written to {data.get('output')} (best Dice {data.get('best_dice')})")
-            elif event.kind is EventKind.ERROR or data.get("event") == "error":
-                self.log.append(f"Error: {data.get('type', '')}: {data.get('text', '')}")
-            elif data.get("text"):
-                self.log.append(str(data["text"]))
-        return new_epoch
+        new_epochs = [self.read(event) for event in self.job.poll()]
+        return any(new_epochs)
+
+    def read(self, event: JobEvent) -> bool:
+        """Take in one event of the job; True when it is a new epoch's."""
+        data = event.data
+        if event.kind is EventKind.FINISHED:
+            self.log.append(f"training {data.get('state')}")
+            if data.get("text") and event.state is not JobState.SUCCEEDED:
+                self.log.append(str(data["text"])[-2000:])
+        elif event.kind is EventKind.PROGRESS and "epoch" in data and "loss" in data:
+            # One event per finished epoch, with its loss (and validation Dice when it validated).
+            self.history.append(data)
+            if data.get("percent") is not None:
+                self.fraction = float(data["percent"]) / 100.0
+            dice = data.get("dice_mean")
+            self.log.append(
+                f"epoch {data['epoch']}: loss {data['loss']:.4f}"
+                + (f", validation Dice {dice:.4f}" if dice is not None else "")
+            )
+            return True
+        elif event.kind is EventKind.RESULT:
+            self.summary = data
+            self.log.append(f"model written to {data.get('output')} (best Dice {data.get('best_dice')})")
+        elif event.kind is EventKind.ERROR:
+            self.log.append(f"Error: {data.get('type', '')}: {data.get('text', '')}")
+        elif data.get("text"):
+            self.log.append(str(data["text"]))
+        return False
 
     def progress_text(self) -> str:
         """Epoch, iterations and the estimated time left."""
@@ -356,27 +343,11 @@ class TrainingRun:
         rows = [{"epoch": h["epoch"], "loss": h.get("loss"), "dice_mean": h.get("dice_mean")} for h in self.history]
         return fill_table_node(scene, f"{self.model_id} training", HISTORY_COLUMNS, rows, HISTORY_TABLE_KIND, node)
 
-    def failure(self) -> str:
-        state = self.job.state
-        if state is JobState.CANCELLED:
-            return "Training cancelled; the last finished epoch is saved, so Resume continues from it."
-        if state in (JobState.FAILED, JobState.TIMED_OUT):
-            return f"Training failed: {failure_line(self.job.error_text, self.job.stderr_text)}"
-        return ""
-
-    def cancel(self) -> None:
-        self.job.cancel()
-        self.cleanup()
-
     def model(self) -> ModelSpec:
         """The trained model as the registry now lists it."""
-        if self.job.state is not JobState.SUCCEEDED:
-            raise RuntimeError(self.failure() or "training has not finished yet")
+        self.require_success("training has not finished yet")
         self.cleanup()
         return ModelRegistry(self.models_dir).get(self.model_id)
-
-    def cleanup(self) -> None:
-        shutil.rmtree(self.work_dir, ignore_errors=True)
 
 
 def _duration(seconds: float) -> str:

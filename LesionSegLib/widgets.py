@@ -14,6 +14,7 @@ import qt
 import slicer
 from slicer.i18n import tr as _
 
+from lesionseg.jobs import JobState
 from LesionSegLib import comparison, export, lesions, segmenting
 
 
@@ -96,18 +97,41 @@ class SegmentMappingEditor:
         return out
 
 
-class ComparisonPanel:
+class CsvTablePanel:
+    """A section whose rows fill a table and are saved as CSV by ``saveButton`` (enabled once rows are listed).
+
+    A subclass names the file (``csvName``) and writes its rows (``writeCsv``).
+    """
+
+    csvName = ""
+
+    def __init__(self, ui: Any, logic: Any, parameterNode: Callable[[], Any], saveButton: Any) -> None:
+        self.ui, self.logic, self.parameterNode = ui, logic, parameterNode
+        self.rows: list[dict] = []
+        saveButton.connect("clicked(bool)", self.onSaveCsv)
+        saveButton.enabled = False
+
+    def writeCsv(self, path: str) -> None:
+        raise NotImplementedError
+
+    def onSaveCsv(self, _checked: bool = False) -> None:
+        path = chooseCsvPath(slicer.util.mainWindow(), self.csvName)
+        if path:
+            with slicer.util.tryWithErrorDisplay(_("Could not save the CSV."), waitCursor=True):
+                self.writeCsv(path)
+
+
+class ComparisonPanel(CsvTablePanel):
     """The "Compare with reference" section: mapping table, Compare, results table, Save CSV."""
 
+    csvName = "comparison.csv"
+
     def __init__(self, ui: Any, logic: Any, parameterNode: Callable[[], Any]) -> None:
-        self.ui, self.logic, self.parameterNode = ui, logic, parameterNode
+        super().__init__(ui, logic, parameterNode, ui.saveComparisonCsvButton)
         self.mappingEditor = SegmentMappingEditor(ui.segmentMappingTableWidget)
-        self.rows: list[dict] = []
         ui.compareButton.connect("clicked(bool)", self.onCompare)
-        ui.saveComparisonCsvButton.connect("clicked(bool)", self.onSaveCsv)
         ui.outputSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.refreshMapping)
         ui.referenceSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.refreshMapping)
-        ui.saveComparisonCsvButton.enabled = False
 
     def refreshMapping(self, _node: Any = None) -> None:
         # Read the selectors: their change signal comes before the parameter node is updated.
@@ -133,11 +157,8 @@ class ComparisonPanel:
             self.ui.saveComparisonCsvButton.enabled = True
             showTableInLayout(tableNode)
 
-    def onSaveCsv(self, _checked: bool = False) -> None:
-        path = chooseCsvPath(slicer.util.mainWindow(), "comparison.csv")
-        if path:
-            with slicer.util.tryWithErrorDisplay(_("Could not save the CSV."), waitCursor=True):
-                comparison.write_comparison_csv(path, self.rows)
+    def writeCsv(self, path: str) -> None:
+        comparison.write_comparison_csv(path, self.rows)
 
 
 class ExportPanel:
@@ -211,17 +232,16 @@ class ExportPanel:
             self.ui.exportStatusLabel.text = _("Exported: {files}").format(files=", ".join(p.name for p in written))
 
 
-class LesionTablePanel:
+class LesionTablePanel(CsvTablePanel):
     """The lesion table: rows from the logic; clicking a row centres the slice views on that lesion."""
 
+    csvName = "lesions.csv"
+
     def __init__(self, ui: Any, logic: Any, parameterNode: Callable[[], Any]) -> None:
-        self.ui, self.logic, self.parameterNode = ui, logic, parameterNode
-        self.rows: list[dict] = []
+        super().__init__(ui, logic, parameterNode, ui.saveLesionCsvButton)
         ui.lesionTableButton.connect("clicked(bool)", self.onLesionTable)
-        ui.saveLesionCsvButton.connect("clicked(bool)", self.onSaveCsv)
         ui.lesionTableView.connect("clicked(QModelIndex)", self.onRowClicked)
         ui.minLesionVolumeSpinBox.connect("valueChanged(int)", self.onMinimumChanged)
-        ui.saveLesionCsvButton.enabled = False
 
     def update(self, minimumMm3: float | None = None) -> None:
         """List the lesions of at least ``minimumMm3`` (default: the parameter node's minimum) in the table."""
@@ -257,11 +277,8 @@ class LesionTablePanel:
             slicer.mrmlScene, lesions.lesion_position(node.lesionTable, tableViewRow(self.ui.lesionTableView, index))
         )
 
-    def onSaveCsv(self, _checked: bool = False) -> None:
-        path = chooseCsvPath(slicer.util.mainWindow(), "lesions.csv")
-        if path:
-            with slicer.util.tryWithErrorDisplay(_("Could not save the CSV."), waitCursor=True):
-                lesions.write_lesion_csv(path, self.rows)
+    def writeCsv(self, path: str) -> None:
+        lesions.write_lesion_csv(path, self.rows)
 
 
 def ensurePythonPackages(log: Callable[[str], None]) -> bool:
@@ -531,7 +548,7 @@ class SegmentPanel:
             self.ui.stageLabel.text = run.status.stage
             self.log(failure)
             run.cleanup()
-            if run.state.value != "cancelled":
+            if run.state is not JobState.CANCELLED:
                 slicer.util.errorDisplay(failure, windowTitle=_("Segmentation failed"))
         else:
             with slicer.util.tryWithErrorDisplay(_("Could not load the segmentation."), waitCursor=True):
@@ -546,7 +563,7 @@ class SegmentPanel:
     def _finishDownload(self) -> None:
         job, self.download = self.download, None
         self.ui.progressBar.setRange(0, 100)
-        if job.state.value == "succeeded":
+        if job.state is JobState.SUCCEEDED:
             self.log(_("Weights downloaded and verified."))
             self.ui.stageLabel.text = ""
         else:

@@ -476,14 +476,31 @@ class LesionSegTrainingLogic(ScriptedLoadableModuleLogic):
         self, parameterNode: LesionSegTrainingParameterNode | None, running: bool = False
     ) -> tuple[bool, str]:
         """Whether Train can run now, and the tooltip that says why or why not."""
+        return self._runReadiness(parameterNode, running, resume=False)
+
+    def resumeReadiness(
+        self, parameterNode: LesionSegTrainingParameterNode | None, running: bool = False
+    ) -> tuple[bool, str]:
+        """Whether Resume can run now, and the tooltip that says why or why not."""
+        return self._runReadiness(parameterNode, running, resume=True)
+
+    def _runReadiness(
+        self, parameterNode: LesionSegTrainingParameterNode | None, running: bool, resume: bool
+    ) -> tuple[bool, str]:
+        # Train and Resume both need no run going, a dataset folder and a model name; only Train needs saved
+        # cases, since Resume finds its checkpoint by the model name.
         if running:
-            return False, _("A training run is going; cancel it first.")
+            return False, (_("A training run is going.") if resume else _("A training run is going; cancel it first."))
         if parameterNode is None or not parameterNode.datasetFolder:
             return False, _("Choose a dataset folder.")
-        if not LesionSegLib.training.dataset_exists(parameterNode.datasetFolder):
+        if not resume and not LesionSegLib.training.dataset_exists(parameterNode.datasetFolder):
             return False, _("The folder holds no dataset yet; save some cases first.")
         if not parameterNode.modelName.strip():
+            if resume:
+                return False, _("Enter the name of the model whose training to resume.")
             return False, _("Enter a name for the model to train.")
+        if resume:
+            return True, _("Resume the training of this model from its last finished epoch.")
         return True, _("Train a model on the dataset.")
 
     def cancelReadiness(self, running: bool = False) -> tuple[bool, str]:
@@ -491,18 +508,6 @@ class LesionSegTrainingLogic(ScriptedLoadableModuleLogic):
         if running:
             return True, _("Stop the training; the last finished epoch is kept for Resume.")
         return False, _("No training run is going.")
-
-    def resumeReadiness(
-        self, parameterNode: LesionSegTrainingParameterNode | None, running: bool = False
-    ) -> tuple[bool, str]:
-        """Whether Resume can run now, and the tooltip that says why or why not."""
-        if running:
-            return False, _("A training run is going.")
-        if parameterNode is None or not parameterNode.datasetFolder:
-            return False, _("Choose a dataset folder.")
-        if not parameterNode.modelName.strip():
-            return False, _("Enter the name of the model whose training to resume.")
-        return True, _("Resume the training of this model from its last finished epoch.")
 
 
 #

@@ -125,7 +125,7 @@ def run_plain(dataset: Path, config: dict, device: str, budget: float) -> dict:
 
     from lesionseg.training import load_config
     from lesionseg.training.loop import _loss, _optimizer
-    from lesionseg.training.networks import build_network
+    from lesionseg.training.networks import config_network
 
     cfg = load_config(config)
     set_determinism(seed=cfg["training"]["seed"])
@@ -159,7 +159,7 @@ def run_plain(dataset: Path, config: dict, device: str, budget: float) -> dict:
     train_loader = DataLoader(Dataset(train_items, mt.Compose([*base, crop])), batch_size=cfg["training"]["batch_size"],
                               shuffle=True, num_workers=0)  # fmt: skip
     val_loader = DataLoader(Dataset(val_items, mt.Compose(base)), batch_size=1, num_workers=0)
-    _, _, model = build_network(cfg, out_channels=2)
+    _, _, model = config_network(cfg, out_channels=2)
     model = model.to(torch_device)
     optimizer = _optimizer(cfg, model.parameters())
     loss_function = _loss(cfg)

@@ -238,7 +238,7 @@ def run_learning(args: argparse.Namespace) -> dict[str, Any]:
 
     from lesionseg.training.data import deterministic_transforms, random_transforms
     from lesionseg.training.loop import _loss
-    from lesionseg.training.networks import build_network
+    from lesionseg.training.networks import config_network
 
     torch.set_num_threads(2)
     torch.set_flush_denormal(True)
@@ -249,7 +249,7 @@ def run_learning(args: argparse.Namespace) -> dict[str, Any]:
     cached = [fixed(item) for item in items]
     for data in cached:
         data["label"] = (data["label"] > 0).to(torch.uint8)
-    _, _, model = build_network(config, 2)
+    _, _, model = config_network(config, 2)
     loss_fn = _loss(config)
     optimizer = torch.optim.Adam(model.parameters(), lr=config["optimizer"]["lr"])
     rng = np.random.default_rng(7)

@@ -65,51 +65,46 @@ class Case:
     extra: tuple[str, ...] = field(default=())
 
 
-SEG = ("segment", "--model", "{in}/model", "--device", "cpu")
 RT = ("rtstruct", "--reference", "{in}/dcm", "--seg", "{in}/seg.nii.gz")
 DSEG = ("dicomseg", "--reference", "{in}/dcm", "--seg", "{in}/seg.nii.gz")
 EVAL = ("evaluate", "--pred", "{in}/seg.nii.gz", "--ref", "{in}/seg.nii.gz")
 TRAIN = ("train", "--dataset", "{in}/dataset", "--device", "cpu", "--epochs", "1")
 
+
+def seg(given: str, output: str, *more: str, model: str = "{in}/model") -> tuple[str, ...]:
+    """``lesionseg segment`` of ``given`` into ``output`` on the CPU."""
+    return ("segment", "--model", model, "--device", "cpu", "--input", given, "--output", output, *more)
+
+
+def unwritable(name: str, argv: tuple[str, ...]) -> Case:
+    """A command line whose output lies in a place no one may write: refused, naming that place."""
+    return Case(name, argv, 2, str(UNWRITABLE), needs_unwritable=True)
+
+
 CASES = [
     # Never overwrite the user's data.
-    Case("segment output is its input", (*SEG, "--input", "{in}/ct.nrrd", "--output", "{in}/ct.nrrd"), 2, "ct.nrrd"),
+    Case("segment output is its input", seg("{in}/ct.nrrd", "{in}/ct.nrrd"), 2, "ct.nrrd"),
     Case(
         "segment output is its input, even with --overwrite",
-        (*SEG, "--input", "{in}/ct.nrrd", "--output", "{in}/ct.nrrd", "--overwrite"),
+        seg("{in}/ct.nrrd", "{in}/ct.nrrd", "--overwrite"),
         2,
         "ct.nrrd",
     ),
     Case(
         "segment output is a link to its input",
-        (*SEG, "--input", "{in}/ct.nrrd", "--output", "{out}/link.nrrd", "--overwrite"),
+        seg("{in}/ct.nrrd", "{out}/link.nrrd", "--overwrite"),
         2,
         "link.nrrd",
     ),
     Case(
         "segment output is a hard link to its input",
-        (*SEG, "--input", "{in}/ct.nrrd", "--output", "{out}/hard.nrrd", "--overwrite"),
+        seg("{in}/ct.nrrd", "{out}/hard.nrrd", "--overwrite"),
         2,
         "hard.nrrd",
     ),
-    Case(
-        "segment output inside the input DICOM folder",
-        (*SEG, "--input", "{in}/dcm", "--output", "{in}/dcm/seg.nii.gz"),
-        2,
-        "{in}/dcm",
-    ),
-    Case(
-        "segment output is the model folder",
-        (*SEG, "--input", "{in}/ct.nrrd", "--output", "{in}/model/x.nrrd"),
-        2,
-        "{in}/model",
-    ),
-    Case(
-        "segment over an earlier result",
-        (*SEG, "--input", "{in}/ct.nrrd", "--output", "{out}/earlier.nii.gz"),
-        2,
-        "earlier.nii.gz",
-    ),
+    Case("segment output inside the input DICOM folder", seg("{in}/dcm", "{in}/dcm/seg.nii.gz"), 2, "{in}/dcm"),
+    Case("segment output is the model folder", seg("{in}/ct.nrrd", "{in}/model/x.nrrd"), 2, "{in}/model"),
+    Case("segment over an earlier result", seg("{in}/ct.nrrd", "{out}/earlier.nii.gz"), 2, "earlier.nii.gz"),
     Case(
         "rtstruct output is a slice of its reference",
         (*RT, "--output", "{in}/dcm/CT0002.dcm", "--overwrite"),
@@ -154,60 +149,19 @@ CASES = [
     Case("demo into a file", ("demo", "--output", "{out}/afile"), 2, "afile"),
     Case("demo into a folder of someone's results", ("demo", "--output", "{out}/results"), 2, "results"),
     # Outputs that cannot be written: refused before any work.
-    Case(
-        "segment output is a folder",
-        (*SEG, "--input", "{in}/ct.nrrd", "--output", "{out}/folder.nrrd"),
-        2,
-        "folder.nrrd",
-    ),
-    Case(
-        "segment output under a file", (*SEG, "--input", "{in}/ct.nrrd", "--output", "{out}/afile/x.nrrd"), 2, "afile"
-    ),
-    Case(
-        "segment output in a read-only place",
-        (*SEG, "--input", "{in}/ct.nrrd", "--output", f"{UNWRITABLE}/x.nrrd"),
-        2,
-        str(UNWRITABLE),
-        needs_unwritable=True,
-    ),
-    Case(
-        "rtstruct output in a read-only place",
-        (*RT, "--output", f"{UNWRITABLE}/lesionseg/rs.dcm"),
-        2,
-        str(UNWRITABLE),
-        needs_unwritable=True,
-    ),
-    Case(
-        "train output in a read-only place",
-        (*TRAIN, "--output", f"{UNWRITABLE}/model"),
-        2,
-        str(UNWRITABLE),
-        needs_unwritable=True,
-    ),
-    Case("segment output of unknown type", (*SEG, "--input", "{in}/ct.nrrd", "--output", "{out}/x.txt"), 2, "x.txt"),
+    Case("segment output is a folder", seg("{in}/ct.nrrd", "{out}/folder.nrrd"), 2, "folder.nrrd"),
+    Case("segment output under a file", seg("{in}/ct.nrrd", "{out}/afile/x.nrrd"), 2, "afile"),
+    unwritable("segment output in a read-only place", seg("{in}/ct.nrrd", f"{UNWRITABLE}/x.nrrd")),
+    unwritable("rtstruct output in a read-only place", (*RT, "--output", f"{UNWRITABLE}/lesionseg/rs.dcm")),
+    unwritable("train output in a read-only place", (*TRAIN, "--output", f"{UNWRITABLE}/model")),
+    Case("segment output of unknown type", seg("{in}/ct.nrrd", "{out}/x.txt"), 2, "x.txt"),
     # Inputs that are missing, garbage or cut short.
-    Case(
-        "segment a missing image", (*SEG, "--input", "{in}/nothing.nrrd", "--output", "{out}/a.nrrd"), 2, "nothing.nrrd"
-    ),
-    Case(
-        "segment a garbage NRRD", (*SEG, "--input", "{in}/garbage.nrrd", "--output", "{out}/a.nrrd"), 2, "garbage.nrrd"
-    ),
-    Case(
-        "segment a truncated NIfTI",
-        (*SEG, "--input", "{in}/truncated.nii.gz", "--output", "{out}/a.nrrd"),
-        2,
-        "truncated.nii.gz",
-    ),
-    Case(
-        "segment an empty NIfTI", (*SEG, "--input", "{in}/empty.nii.gz", "--output", "{out}/a.nrrd"), 2, "empty.nii.gz"
-    ),
-    Case(
-        "segment a garbage MetaImage",
-        (*SEG, "--input", "{in}/garbage.mha", "--output", "{out}/a.nrrd"),
-        2,
-        "garbage.mha",
-    ),
-    Case("segment a text file", (*SEG, "--input", "{in}/notes.txt", "--output", "{out}/a.nrrd"), 2, "notes.txt"),
+    Case("segment a missing image", seg("{in}/nothing.nrrd", "{out}/a.nrrd"), 2, "nothing.nrrd"),
+    Case("segment a garbage NRRD", seg("{in}/garbage.nrrd", "{out}/a.nrrd"), 2, "garbage.nrrd"),
+    Case("segment a truncated NIfTI", seg("{in}/truncated.nii.gz", "{out}/a.nrrd"), 2, "truncated.nii.gz"),
+    Case("segment an empty NIfTI", seg("{in}/empty.nii.gz", "{out}/a.nrrd"), 2, "empty.nii.gz"),
+    Case("segment a garbage MetaImage", seg("{in}/garbage.mha", "{out}/a.nrrd"), 2, "garbage.mha"),
+    Case("segment a text file", seg("{in}/notes.txt", "{out}/a.nrrd"), 2, "notes.txt"),
     Case("info on a truncated NRRD", ("info", "{in}/truncated.nrrd"), 2, "truncated.nrrd"),
     Case(
         "rtstruct with a garbage label map",
@@ -237,24 +191,14 @@ CASES = [
     # Models that cannot be loaded: slow, torch and MONAI load first.
     Case(
         "segment with a model that is not a zip",
-        (*SEG[:2], "{in}/notzip.zip", *SEG[3:], "--input", "{in}/ct.nrrd", "--output", "{out}/a.nrrd"),
+        seg("{in}/ct.nrrd", "{out}/a.nrrd", model="{in}/notzip.zip"),
         2,
         "notzip.zip",
         slow=True,
     ),
     Case(
         "segment with weights that do not fit the spec",
-        (
-            "segment",
-            "--model",
-            "{in}/badmodel",
-            "--device",
-            "cpu",
-            "--input",
-            "{in}/ct.nrrd",
-            "--output",
-            "{out}/a.nrrd",
-        ),
+        seg("{in}/ct.nrrd", "{out}/a.nrrd", model="{in}/badmodel"),
         2,
         "badmodel",
         slow=True,
@@ -268,7 +212,7 @@ CASES = [
     ),
     Case(
         "segment onto a full disk",
-        (*SEG, "--input", "{in}/ct.nrrd", "--output", "{out}/full.nrrd"),
+        seg("{in}/ct.nrrd", "{out}/full.nrrd"),
         1,
         "full.nrrd",
         slow=True,

@@ -1,7 +1,8 @@
 """Contract: the engine's geometry conventions are written in the geometry modules and nowhere else.
 
-An LPS/RAS sign flip, an axis flip of a direction matrix or affine, or a millimetre tolerance for comparing
-physical points, written a second time, is where a silent mirror or a refused series comes from.  This test
+An LPS/RAS sign flip, a direction matrix written out as numbers, an axis flip of a direction matrix or affine, or a
+millimetre tolerance for comparing physical points (named, or a bare number such as ``1e-3`` compared with a
+position), written a second time, is where a silent mirror or a refused series comes from.  This test
 reads the engine's source (no import) and names every such literal outside the allow-list below.  Use
 ``lesionseg.image.RAS_FROM_LPS``, ``POSITION_TOLERANCE_MM``/``GRID_TOLERANCE_MM`` and
 ``lesionseg.orientation.permute_axes``/``reorient`` instead, or add a module to the allow-list with its reason.
@@ -19,6 +20,7 @@ ENGINE = Path(__file__).resolve().parents[2] / "lesionseg"
 
 SIGN_CONSTANT = "LPS/RAS sign constant"
 AXIS_FLIP = "axis flip of a direction matrix or affine"
+DIRECTION_CONSTANT = "direction-matrix constant"
 TOLERANCE = "physical-point tolerance literal"
 
 # (module, kind): why that module may write it.
@@ -32,6 +34,14 @@ ALLOWED = {
 # Names of expressions that hold a grid's orientation: negating or sign-multiplying one flips an axis.
 _GEOMETRY_NAME = re.compile(r"affine|direction|index_to_world|ijk_?to|to_?ijk|\bras|\blps|ras_|lps_", re.IGNORECASE)
 _TOLERANCE_NAME = re.compile(r"tol\w*_mm|mm\w*_tol", re.IGNORECASE)
+# Names of expressions that hold physical points or distances between them (mm): a small bare number compared with
+# one is a position tolerance.
+_POINT_NAME = re.compile(
+    r"position|origin|world|corner|cent(?:re|er)|drift|offset|height|\balong\b|\bgaps?\b|distance|_mm\b|\bpoints?\b",
+    re.IGNORECASE,
+)
+# The largest bare number that reads as a tolerance rather than a size: 0.1 mm is half the finest clinical voxel.
+_LARGEST_TOLERANCE = 0.1
 
 
 def _number(node: ast.AST) -> float | None:
@@ -51,15 +61,44 @@ def _names_geometry(node: ast.AST) -> bool:
     return bool(_GEOMETRY_NAME.search(ast.unparse(node)))
 
 
+def _names_point(node: ast.AST) -> bool:
+    return bool(_POINT_NAME.search(ast.unparse(node)))
+
+
+def _is_small_number(node: ast.AST) -> bool:
+    value = _number(node)
+    return value is not None and 0 < abs(value) <= _LARGEST_TOLERANCE
+
+
+def _is_axis_matrix(node: ast.AST) -> bool:
+    """A 3x3 or 4x4 literal whose every row is a signed unit axis: a direction (or index-to-world) matrix."""
+    if not isinstance(node, ast.List | ast.Tuple) or len(node.elts) not in (3, 4):
+        return False
+    rows = [row.elts for row in node.elts if isinstance(row, ast.List | ast.Tuple) and len(row.elts) == len(node.elts)]
+    if len(rows) != len(node.elts):
+        return False
+    values = [[_number(e) for e in row] for row in rows]
+    return all(None not in row and set(row) <= {-1.0, 0.0, 1.0} and sum(map(abs, row)) == 1 for row in values)
+
+
 def find_geometry_literals(source: str) -> list[tuple[str, int, str]]:
     """(kind, line, code) for every geometry literal in ``source``."""
     found = []
     for node in ast.walk(ast.parse(source)):
         kind = None
-        if isinstance(node, ast.List | ast.Tuple) and len(node.elts) in (3, 4):
+        if _is_axis_matrix(node):
+            kind = DIRECTION_CONSTANT
+        elif isinstance(node, ast.List | ast.Tuple) and len(node.elts) in (3, 4):
             values = [_number(e) for e in node.elts]
             if None not in values and set(values) <= {-1.0, 1.0} and -1.0 in values:
                 kind = SIGN_CONSTANT
+        elif isinstance(node, ast.Compare):
+            sides = [node.left, *node.comparators]
+            if any(_is_small_number(side) for side in sides) and any(_names_point(side) for side in sides):
+                kind = TOLERANCE
+        elif isinstance(node, ast.Call) and any(_names_point(arg) for arg in node.args):
+            if any(k.arg == "atol" and _is_small_number(k.value) for k in node.keywords):
+                kind = TOLERANCE
         elif isinstance(node, ast.AugAssign) and isinstance(node.op, ast.Mult) and _holds_minus_one(node.value):
             kind = AXIS_FLIP
         elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult):
@@ -126,6 +165,12 @@ def test_every_allowed_geometry_home_still_holds_what_it_is_allowed():
         ("ok = same(a, b, tolerance_mm=0.01)", TOLERANCE),
         ("def near(a, b, tol_mm=1e-3): pass", TOLERANCE),
         ("def near(a, b, *, tolerance_mm: float = 1e-3): pass", TOLERANCE),
+        ("same = np.abs(a.position - b.position).max() < 1e-3", TOLERANCE),
+        ("duplicate = np.diff(along).min() < 0.01", TOLERANCE),
+        ("if 1e-2 >= drift: pass", TOLERANCE),
+        ("same = np.allclose(image.origin, other.origin, atol=1e-3)", TOLERANCE),
+        ("SWAPPED = np.array([[0, 1, 0], [1, 0, 0], [0, 0, -1]])", DIRECTION_CONSTANT),
+        ("RAS = ((-1, 0, 0, 0), (0, -1, 0, 0), (0, 0, 1, 0), (0, 0, 0, 1))", DIRECTION_CONSTANT),
     ],
 )
 def test_a_second_copy_of_geometry_is_caught(source, kind):
@@ -140,6 +185,13 @@ def test_a_second_copy_of_geometry_is_caught(source, kind):
         "last = values[-1]",
         "batch = array.reshape(1, -1, 1, 1)",
         "scale = [-1.0, 0.5, 2.0]",
+        "same = np.abs(a.position - b.position).max() < POSITION_TOLERANCE_MM",
+        "converged = loss < 1e-3",
+        "near = np.abs(index - np.round(index)) < 1e-6",
+        "far = distance > 5.0",
+        "ok = np.allclose(probabilities, expected, atol=1e-3)",
+        "cross = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]",
+        "pairs = [(1, 0), (0, 1)]",
     ],
 )
 def test_ordinary_code_is_not_mistaken_for_geometry(source):

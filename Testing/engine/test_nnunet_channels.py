@@ -144,14 +144,16 @@ def test_dicom_channels_in_different_frames_of_reference_are_refused(tmp_path):
     assert len(align_channels([ct, read_channel("PET", tmp_path / "same")])) == 2
 
 
-def test_own_model_with_two_inputs_is_refused(tmp_path):
+def test_own_single_channel_model_with_two_inputs_is_refused(tmp_path):
     cli = subprocess.run(
-        [sys.executable, "-m", "lesionseg", "segment", "--model", "no-such-model", "--input", "a.nii.gz", "--input",
+        [sys.executable, "-m", "lesionseg", "segment", "--model", "demo-lesion", "--input", "a.nii.gz", "--input",
          "b.nii.gz", "--output", str(tmp_path / "seg.nii.gz")],
         cwd=tmp_path, capture_output=True, text=True, timeout=300, env=None,
     )  # fmt: skip
     assert cli.returncode != 0
-    assert "takes one input image; give --input once (2 inputs given: a.nii.gz, b.nii.gz)" in cli.stderr, cli.stderr
+    assert "2 inputs given but this model takes 1 (image); remove the extra input(s): b.nii.gz" in cli.stderr, (
+        cli.stderr
+    )
 
 
 def test_own_model_spec_names_its_input_channels_and_their_modalities():

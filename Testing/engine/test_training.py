@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from support.cli import lesionseg, python
 from support.training_data import LESION, ORGAN, one_torch_thread, sphere_case, sphere_dataset_folder  # noqa: F401
 
 from lesionseg.datasets import Dataset
@@ -39,20 +40,20 @@ def sphere_dataset(tmp_path_factory) -> Path:
 
 def test_config_errors_name_the_key_and_what_is_allowed(tmp_path: Path) -> None:
     assert {"tiny", "spleen", "lesion", "lesion-unet", "lesion-segresnet", "lesion-unetr"} <= set(presets())
-    from lesionseg.training.networks import build_network
+    from lesionseg.training.networks import config_network
 
     architectures = set()
     for name in ("spleen", "lesion", "lesion-unet", "lesion-segresnet", "lesion-unetr"):
-        net_name, params, module = build_network(load_config(name), out_channels=2)
+        net_name, params, module = config_network(load_config(name), out_channels=2)
         assert sum(p.numel() for p in module.parameters()) > 1_000_000, name
         if name.startswith("lesion"):
             architectures.add(net_name)
     assert architectures == {"UNet", "SegResNet", "UNETR", "DynUNet"}  # one lesion preset per architecture
     # Slice mode: a 3D network whose kernels span only the first two axes, fed one-slice patches.
     slices = load_config({"base": "tiny", "network": {"slice_mode": True}, "augmentation": {"patch_size": [32, 32, 1]}})
-    from lesionseg.training.networks import build_network
+    from lesionseg.training.networks import config_network
 
-    _, params, module = build_network(slices, out_channels=3)
+    _, params, module = config_network(slices, out_channels=3)
     assert params["kernel_size"] == [3, 3, 1] and params["strides"] == [[2, 2, 1], [2, 2, 1]]
     assert tuple(module.eval()(torch.zeros(1, 1, 32, 32, 1)).shape) == (1, 3, 32, 32, 1)
     with pytest.raises(ValueError, match=r"slice_mode needs patch_size \[H, W, 1\]"):
@@ -109,25 +110,8 @@ def test_trained_model_folder_is_a_valid_model_that_segment_runs(tmp_path: Path,
     # The model folder runs through the real command line.
     image, _ = sphere_case(9, size=32)
     write_image(image, tmp_path / "ct.nii.gz")
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lesionseg",
-            "segment",
-            "--model",
-            str(output),
-            "--input",
-            str(tmp_path / "ct.nii.gz"),
-            "--output",
-            str(tmp_path / "seg.nii.gz"),
-            "--device",
-            "cpu",
-        ],  # fmt: skip
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = lesionseg("segment", "--model", str(output), "--input", str(tmp_path / "ct.nii.gz"),
+                     "--output", str(tmp_path / "seg.nii.gz"), "--device", "cpu", timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     seg = read_image(tmp_path / "seg.nii.gz")
     assert seg.same_grid(image) and set(np.unique(seg.array)) <= {0, ORGAN, LESION}
@@ -193,32 +177,9 @@ def test_killed_training_resumes_without_losing_or_repeating_epochs(tmp_path: Pa
 @pytest.mark.slow
 def test_two_process_data_parallel_training_ends_with_identical_weights(tmp_path: Path, sphere_dataset: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({**FAST, "training": {**FAST["training"], "epochs": 1}}))
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            "-m",
-            "lesionseg",
-            "train",
-            "--dataset",
-            str(sphere_dataset),
-            "--config",
-            str(tmp_path / "config.json"),
-            "--output",
-            str(tmp_path / "ddp"),
-            "--device",
-            "cpu",
-            "--threads",
-            "1",
-        ],  # fmt: skip
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = python("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "lesionseg", "train",
+                  "--dataset", str(sphere_dataset), "--config", str(tmp_path / "config.json"),
+                  "--output", str(tmp_path / "ddp"), "--device", "cpu", "--threads", "1", timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     run = json.loads((tmp_path / "ddp" / "training.json").read_text())["run"]
     assert run["world_size"] == 2

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from support.cli import lesionseg
 from support.training_data import sphere_case
 
 from lesionseg.datasets import Dataset, add_case, init_dataset, split_dataset
@@ -22,12 +21,6 @@ from lesionseg.training.config import load_config
 from lesionseg.training.data import dataset_datalists
 
 NAMES = [LabelInfo(1, "Organ"), LabelInfo(2, "Lesion")]
-
-
-def lesionseg(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "lesionseg", *args], capture_output=True, text=True, timeout=600, cwd=cwd
-    )
 
 
 @pytest.fixture

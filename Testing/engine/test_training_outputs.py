@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from support.cli import python
 from support.training_data import LESION, ORGAN, one_torch_thread, sphere_case, sphere_dataset_folder  # noqa: F401
 
 from lesionseg.training import train
@@ -96,24 +95,8 @@ def test_tensorboard_asked_for_but_not_installed_fails_before_training(tmp_path:
     # A real CLI process in which importing tensorboard fails, as it does where the package is absent.
     code = "import sys; sys.modules['tensorboard'] = None; from lesionseg.cli import main; sys.exit(main(sys.argv[1:]))"
     output = tmp_path / "run"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            code,
-            "train",
-            "--dataset",
-            str(sphere_dataset),
-            "--output",
-            str(output),
-            "--device",
-            "cpu",
-            "--tensorboard",
-        ],  # fmt: skip
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = python("-c", code, "train", "--dataset", str(sphere_dataset), "--output", str(output),
+                  "--device", "cpu", "--tensorboard", timeout=120)  # fmt: skip
     assert done.returncode == 2, done.stderr[-2000:]
     assert f"pip install {TENSORBOARD_PIN}" in done.stderr and "--tensorboard" in done.stderr
     assert not output.exists()

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from support.slicer_modules import REPO
+from support.tiny_models import bright_ct
 
 from lesionseg.image import Image
 from lesionseg.jobs import JobState
@@ -40,14 +41,6 @@ SPLEEN_TERMINOLOGY = {
     "category": {"scheme": "SCT", "code": "123037004", "meaning": "Anatomical Structure"},
     "type": {"scheme": "SCT", "code": "78961009", "meaning": "Spleen"},
 }
-
-
-def bright_ct() -> Image:
-    """Soft tissue with a bright oblong on a flipped, anisotropic grid."""
-    values = np.full((9, 20, 18), 40, np.int16)
-    values[2:6, 5:14, 4:10] = 250
-    values[7, 15:18, 12:16] = 500
-    return Image(values, (0.9, 1.1, 2.5), (25.0, -12.0, 60.0), np.diag([-1.0, 1.0, -1.0]))
 
 
 def training_case(scene, seed: int):

@@ -6,12 +6,11 @@ from __future__ import annotations
 import csv
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pydicom
 import pytest
-from support.slicer_modules import REPO
+from support.processes import python_without
 
 from lesionseg.dicom import read_dicom_volume, write_ct_series
 from lesionseg.image import Image
@@ -274,15 +273,9 @@ def test_dicom_seg_without_highdicom_names_the_install_and_offers_rtstruct(scene
 
 def test_a_slicer_without_highdicom_is_told_how_to_get_dicom_seg():
     """Slicer 5.10 bundles no highdicom; the problem text names the package, the command and the other formats."""
-    script = (
-        "import sys\n"
-        "sys.modules['highdicom'] = None  # absent, as in Slicer 5.10\n"
-        "from LesionSegLib import export\n"
-        "print(export.dicomseg_packages_problem())\n"
-    )
-    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert "pip_install('highdicom')" in done.stdout and "RTSTRUCT or .seg.nrrd" in done.stdout
+    script = "from LesionSegLib import export\nprint(export.dicomseg_packages_problem())\n"
+    printed = python_without(("highdicom",), script, timeout=60)  # absent, as in Slicer 5.10
+    assert "pip_install('highdicom')" in printed and "RTSTRUCT or .seg.nrrd" in printed
 
 
 def test_a_volume_without_dicom_origin_is_offered_a_seg_nrrd_instead(scene, ct_and_pair, tmp_path):

@@ -9,7 +9,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from support.slicer_modules import REPO
+from support.processes import python_without
+from support.tiny_models import bright_ct
 
 from lesionseg.image import Image
 from lesionseg.jobs import JobState
@@ -33,14 +34,6 @@ def models(tmp_path_factory):
     write_threshold_model(root, "tiny-spleen", "spleen")
     write_threshold_model(root, "tiny-mets", "bone metastasis", threshold_hu=300)
     return root
-
-
-def bright_ct() -> Image:
-    """Soft tissue with a bright oblong on a flipped, anisotropic grid."""
-    values = np.full((9, 20, 18), 40, np.int16)
-    values[2:6, 5:14, 4:10] = 250
-    values[7, 15:18, 12:16] = 500
-    return Image(values, (0.9, 1.1, 2.5), (25.0, -12.0, 60.0), np.diag([-1.0, 1.0, -1.0]))
 
 
 def wait(run, seconds=180):
@@ -220,11 +213,7 @@ def test_threshold_and_body_crop_reach_the_background_segmentation(scene, tmp_pa
 
 def test_a_slicer_without_jsonschema_lists_no_models_and_offers_the_install(tmp_path):
     """Slicer 5.10 does not bundle jsonschema: the panel must open, say what is missing, and let Segment install."""
-    import subprocess
-
     script = (
-        "import sys\n"
-        "sys.modules['jsonschema'] = None  # absent, as in a fresh Slicer\n"
         "from LesionSegLib import segmenting\n"
         "logic = segmenting.SegmentingLogic()\n"
         "logic.moduleName, logic.lesionModels = 'ProstateMetSeg', True\n"
@@ -232,11 +221,7 @@ def test_a_slicer_without_jsonschema_lists_no_models_and_offers_the_install(tmp_
         "entries, problem = logic.listModels()\n"
         "print(len(entries)); print(problem)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    count, problem = done.stdout.strip().splitlines()
+    count, problem = python_without(("jsonschema",), script).strip().splitlines()  # absent, as in a fresh Slicer
     assert count == "0"
     assert "jsonschema>=4.0" in problem and "click Segment to install" in problem
     # with the package present the same call lists the shipped demo lesion model and says nothing

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from support.processes import alive
 from support.slicer_modules import REPO
+from support.tiny_models import bright_ct
 
-from lesionseg.image import Image
 from lesionseg.jobs import EventKind, JobState
 from lesionseg.mrml import ensure_segmentation_converters, labelmap_from_segmentation_node, volume_node_from_image
 
@@ -55,13 +55,6 @@ def gone(pid: int, seconds: float = 10.0) -> bool:
             return True
         time.sleep(0.05)
     return False
-
-
-def bright_ct() -> Image:
-    values = np.full((9, 20, 18), 40, np.int16)
-    values[2:6, 5:14, 4:10] = 250
-    values[7, 15:18, 12:16] = 500
-    return Image(values, (0.9, 1.1, 2.5), (25.0, -12.0, 60.0), np.diag([-1.0, 1.0, -1.0]))
 
 
 @pytest.fixture(scope="module")

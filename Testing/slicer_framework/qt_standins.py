@@ -74,6 +74,7 @@ def _accepted_arguments(slot: Any, available: int) -> int:
 
 class QObject:
     SIGNALS: tuple[str, ...] = ("destroyed",)
+    PROPERTIES: dict[str, Any] = {}  # starting values of attributes, immutable only: they are shared, not copied
 
     def __init__(self, parent: QObject | None = None) -> None:
         self._parent = None
@@ -81,6 +82,10 @@ class QObject:
         self._dynamic: dict[str, Any] = {}
         self._blocked = False
         self.objectName = ""
+        # Each class lists the attributes it starts with a plain value; a subclass's value wins over its base's.
+        for cls in reversed(type(self).__mro__):
+            for name, value in cls.__dict__.get("PROPERTIES", {}).items():
+                setattr(self, name, value)
         for cls in type(self).__mro__:
             for name in cls.__dict__.get("SIGNALS", ()):
                 setattr(self, name, Signal())
@@ -88,13 +93,7 @@ class QObject:
             self.setParent(parent)
 
     # PythonQt exposes objectName also as ``name``
-    @property
-    def name(self) -> str:
-        return self.objectName
-
-    @name.setter
-    def name(self, value: str) -> None:
-        self.objectName = value
+    name = property(lambda self: self.objectName, lambda self, value: setattr(self, "objectName", value))
 
     def setParent(self, parent: QObject | None) -> None:
         if self._parent is not None:
@@ -152,12 +151,7 @@ class QObject:
 class QWidget(QObject):
     SIGNALS = ("customContextMenuRequested",)
 
-    def __init__(self, parent: QObject | None = None) -> None:
-        super().__init__(parent)
-        self.enabled = True
-        self.visible = True
-        self.toolTip = ""
-        self._layout = None
+    PROPERTIES = {"enabled": True, "visible": True, "toolTip": "", "_layout": None}
 
     def isWidgetType(self) -> bool:
         return True
@@ -213,20 +207,13 @@ class QGridLayout(QLayout):
 
 
 class QLabel(QWidget):
-    def __init__(self, parent: QObject | None = None) -> None:
-        super().__init__(parent)
-        self.text = ""
-        self.wordWrap = False
+    PROPERTIES = {"text": "", "wordWrap": False}
 
 
 class QAbstractButton(QWidget):
     SIGNALS = ("clicked", "toggled", "pressed", "released")
 
-    def __init__(self, parent: QObject | None = None) -> None:
-        super().__init__(parent)
-        self.text = ""
-        self.checkable = False
-        self._checked = False
+    PROPERTIES = {"text": "", "checkable": False, "_checked": False}
 
     @property
     def checked(self) -> bool:
@@ -280,12 +267,7 @@ class QComboBox(QWidget):
         self._items: list[str] = []
         self._index = -1
 
-    @property
-    def currentIndex(self) -> int:
-        return self._index
-
-    @currentIndex.setter
-    def currentIndex(self, index: int) -> None:
+    def setCurrentIndex(self, index: int) -> None:
         index = int(index)
         if not -1 <= index < len(self._items):
             index = -1
@@ -294,8 +276,8 @@ class QComboBox(QWidget):
             self._emit("currentIndexChanged", index)
             self._emit("currentTextChanged", self.currentText)
 
-    def setCurrentIndex(self, index: int) -> None:
-        self.currentIndex = index
+    # Qt's READ currentIndex WRITE setCurrentIndex: PythonQt reads and writes the property as an attribute.
+    currentIndex = property(lambda self: self._index, setCurrentIndex)
 
     @property
     def currentText(self) -> str:
@@ -329,11 +311,11 @@ class _SpinBox(QWidget):
     SIGNALS = ("valueChanged",)
     DEFAULT_MAXIMUM = 99
 
+    PROPERTIES = {"singleStep": 1, "suffix": "", "prefix": "", "specialValueText": ""}
+
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self._minimum, self._maximum, self._value = 0, self.DEFAULT_MAXIMUM, 0
-        self.singleStep = 1
-        self.suffix = self.prefix = self.specialValueText = ""
 
     def _round(self, value: float) -> Any:
         return int(value)
@@ -413,11 +395,7 @@ class QDoubleSpinBox(_SpinBox):
 class QLineEdit(QWidget):
     SIGNALS = ("textChanged", "editingFinished", "returnPressed")
 
-    def __init__(self, parent: QObject | None = None) -> None:
-        super().__init__(parent)
-        self._text = ""
-        self.placeholderText = ""
-        self.readOnly = False
+    PROPERTIES = {"_text": "", "placeholderText": "", "readOnly": False}
 
     @property
     def text(self) -> str:
@@ -433,11 +411,11 @@ class QLineEdit(QWidget):
 class QPlainTextEdit(QWidget):
     SIGNALS = ("textChanged",)
 
+    PROPERTIES = {"readOnly": False, "placeholderText": ""}
+
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self._lines: list[str] = []
-        self.readOnly = False
-        self.placeholderText = ""
 
     def appendPlainText(self, text: str) -> None:
         self._lines.append(text)
@@ -459,9 +437,7 @@ class QTextEdit(QPlainTextEdit):
 
 
 class QProgressBar(QWidget):
-    def __init__(self, parent: QObject | None = None) -> None:
-        super().__init__(parent)
-        self.minimum, self.maximum, self.value = 0, 100, 0
+    PROPERTIES = {"minimum": 0, "maximum": 100, "value": 0}
 
     def setRange(self, minimum: int, maximum: int) -> None:
         self.minimum, self.maximum = minimum, maximum
@@ -521,9 +497,7 @@ class QTableWidget(QWidget):
 class QTimer(QObject):
     SIGNALS = ("timeout",)
 
-    def __init__(self, parent: QObject | None = None) -> None:
-        super().__init__(parent)
-        self.interval, self.active = 0, False
+    PROPERTIES = {"interval": 0, "active": False}
 
     def setInterval(self, msec: int) -> None:
         self.interval = msec
@@ -660,9 +634,7 @@ class Qt:
 class ctkCollapsibleButton(QAbstractButton):
     SIGNALS = ("contentsCollapsed",)
 
-    def __init__(self, parent: QObject | None = None) -> None:
-        super().__init__(parent)
-        self.collapsed = False
+    PROPERTIES = {"collapsed": False}
 
 
 class ctkCheckBox(QCheckBox):
@@ -670,9 +642,7 @@ class ctkCheckBox(QCheckBox):
 
 
 class ctkCheckablePushButton(QPushButton):
-    def __init__(self, parent: QObject | None = None) -> None:
-        super().__init__(parent)
-        self.checkBoxControlsButtonToggleState = False
+    PROPERTIES = {"checkBoxControlsButtonToggleState": False}
 
 
 class ctkComboBox(QComboBox):
@@ -713,18 +683,9 @@ class ctkPathLineEdit(QWidget):
 
     SIGNALS = ("currentPathChanged", "validInputChanged")
 
-    def __init__(self, parent: QObject | None = None) -> None:
-        super().__init__(parent)
-        self._path = ""
-        self.filters = 0
-        self.settingKey = ""
+    PROPERTIES = {"_path": "", "filters": 0, "settingKey": ""}
 
-    @property
-    def currentPath(self) -> str:
-        return self._path
-
-    @currentPath.setter
-    def currentPath(self, path: str) -> None:
+    def setCurrentPath(self, path: str) -> None:
         path = str(path)
         if path == self._path:
             return
@@ -734,16 +695,16 @@ class ctkPathLineEdit(QWidget):
         if bool(path) != was_valid:
             self._emit("validInputChanged", bool(path))
 
-    def setCurrentPath(self, path: str) -> None:
-        self.currentPath = path
+    currentPath = property(lambda self: self._path, setCurrentPath)  # READ currentPath WRITE setCurrentPath
 
 
 class ctkDICOMDatabase(QObject):
     """An in-memory DICOM database: ``insert`` reads each file's UIDs with pydicom, as the indexer does with DCMTK."""
 
+    PROPERTIES = {"isOpen": True}
+
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
-        self.isOpen = True
         self._instances: dict[str, dict[str, str]] = {}
 
     def insert(self, path: str) -> None:
@@ -805,9 +766,7 @@ class ctkDICOMIndexer(QObject):
 class qMRMLWidget(QWidget):
     SIGNALS = ("mrmlSceneChanged",)
 
-    def __init__(self, parent: QObject | None = None) -> None:
-        super().__init__(parent)
-        self._scene = None
+    PROPERTIES = {"_scene": None}
 
     def setMRMLScene(self, scene: Any) -> None:
         if scene is not self._scene:
@@ -825,15 +784,20 @@ class qSlicerWidget(qMRMLWidget):
 class qMRMLNodeComboBox(qMRMLWidget):
     SIGNALS = ("currentNodeChanged", "currentNodeIDChanged", "nodeAdded", "nodeAboutToBeRemoved")
 
+    PROPERTIES = {
+        "_current": None,
+        "_observation": None,
+        "noneEnabled": False,
+        "addEnabled": True,
+        "removeEnabled": True,
+        "renameEnabled": True,
+        "showChildNodeTypes": True,
+        "showHidden": False,
+    }
+
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self._types: list[str] = []
-        self._current = None
-        self._observation = None
-        self.noneEnabled = False
-        self.addEnabled = self.removeEnabled = self.renameEnabled = True
-        self.showChildNodeTypes = True
-        self.showHidden = False
 
     @property
     def nodeTypes(self) -> list[str]:
@@ -939,9 +903,10 @@ class _IdentityModel:
 class qMRMLTableView(qMRMLWidget):
     SIGNALS = ("clicked", "doubleClicked")
 
+    PROPERTIES = {"_table": None}
+
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
-        self._table = None
         self._selection = _SelectionModel()
         self._proxy = _IdentityModel()
 
@@ -971,11 +936,11 @@ class qMRMLTableView(qMRMLWidget):
 class qSlicerScriptedLoadableModuleWidget(qSlicerWidget):
     """The module panel Slicer makes for a scripted module: it holds the Python widget (``self()``)."""
 
+    PROPERTIES = {"isEntered": False, "_python": None}
+
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.setLayout(QVBoxLayout())
-        self.isEntered = False
-        self._python = None
 
     def self(self) -> Any:
         return self._python

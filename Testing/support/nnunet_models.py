@@ -157,6 +157,18 @@ CUT_BONE = (450.0 - INTENSITY["mean"]) / INTENSITY["std"]
 _SHIFT = 10.0  # keeps the passed-through intensity positive, so LeakyReLU passes it unchanged
 
 
+def _zeroed_layers(network):
+    """Zero every weight of a PlainConvUNet and return the three layers the hand-set networks write: the first
+    encoder convolution, the last decoder convolution and the final 1x1 segmentation layer (under torch.no_grad())."""
+    for parameter in network.parameters():
+        parameter.zero_()
+    return (
+        network.encoder.stages[0][0].convs[0].conv,
+        network.decoder.stages[-1].convs[0].conv,
+        network.decoder.seg_layers[-1],
+    )
+
+
 def hand_set(network, input_channels: int, previous_stage_weight: float = 1.0) -> None:
     """Weights that make the network a known classifier of the normalized intensity.
 
@@ -168,11 +180,7 @@ def hand_set(network, input_channels: int, previous_stage_weight: float = 1.0) -
     import torch
 
     with torch.no_grad():
-        for parameter in network.parameters():
-            parameter.zero_()
-        first = network.encoder.stages[0][0].convs[0].conv
-        last = network.decoder.stages[-1].convs[0].conv
-        seg = network.decoder.seg_layers[-1]
+        first, last, seg = _zeroed_layers(network)
         features0 = first.weight.shape[0]
         for c in range(input_channels):
             first.weight[(c, c, *(k // 2 for k in first.weight.shape[2:]))] = 1.0
@@ -334,11 +342,7 @@ def hand_set_pet_ct(network) -> None:
 
     cut_ct = (CT_LESION_HU - INTENSITY["mean"]) / INTENSITY["std"]
     with torch.no_grad():
-        for parameter in network.parameters():
-            parameter.zero_()
-        first = network.encoder.stages[0][0].convs[0].conv
-        last = network.decoder.stages[-1].convs[0].conv
-        seg = network.decoder.seg_layers[-1]
+        first, last, seg = _zeroed_layers(network)
         features0 = first.weight.shape[0]
         centre = tuple(k // 2 for k in first.weight.shape[2:])
         first.weight[(0, 0, *centre)] = 1.0  # a + _SHIFT

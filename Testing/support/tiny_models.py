@@ -139,3 +139,12 @@ def trained_unet_state(steps: int = 30, seed: int = 0, patch: int = 32) -> dict:
         optimizer.step()
     net.eval()
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+def bright_ct() -> Image:
+    """Soft tissue (40 HU) with a bright oblong (250 HU) and a brighter bar (500 HU) on a flipped, anisotropic grid:
+    what the threshold models of the module tests segment, at 100 HU or 300 HU."""
+    values = np.full((9, 20, 18), 40, np.int16)
+    values[2:6, 5:14, 4:10] = 250
+    values[7, 15:18, 12:16] = 500
+    return Image(values, (0.9, 1.1, 2.5), (25.0, -12.0, 60.0), np.diag([-1.0, 1.0, -1.0]))

@@ -7,6 +7,7 @@ import json
 import os
 import socket
 
+from lesionseg.commands.segment import add_channel_options
 from lesionseg.errors import UserError
 
 
@@ -55,7 +56,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     init.add_argument("--labels", required=True, help="label names and values, e.g. spleen=1,lesion=2")
     init.add_argument("--lesion-labels", default="", help="names of the labels that count as lesions, e.g. lesion")
     init.add_argument("--name", help="dataset name (default: the folder name)")
-    init.add_argument("--modality", default="CT")
+    init.add_argument("--modality", help="the image modality of a single-channel dataset (default CT)")
+    init.add_argument(
+        "--channels",
+        help="names of the input images of each case, in order, e.g. CT,PET (dataset add then takes --image once "
+        "per channel; the first channel's grid is the case's). Default: one channel, named by --modality",
+    )
     init.set_defaults(func=run_init)
 
     add = sub.add_parser(
@@ -67,8 +73,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--case-id of that case.",
     )
     add.add_argument("--dataset", required=True, help="dataset folder")
-    add.add_argument("--image", required=True, help="image file or DICOM series folder")
-    add.add_argument("--seg", required=True, help="labelmap or .seg.nrrd on the image's grid")
+    add_channel_options(add, "--image", "dataset", "image file or DICOM series folder")
+    add.add_argument("--seg", required=True, help="labelmap or .seg.nrrd on the (first) image's grid")
     add.add_argument("--label-map", help="segment name to dataset label value, e.g. Spleen=1,Tumour=2 (0 drops one)")
     add.add_argument("--drop-unmapped", action="store_true", help="drop named segments that match no dataset label")
     add.add_argument(
@@ -131,7 +137,10 @@ def run_init(args: argparse.Namespace) -> int:
         if name.strip().lower() not in names:
             raise UserError(f"--lesion-labels: {name!r} is not one of the labels {sorted(table.values())}")
         lesion.append(names[name.strip().lower()])
-    dataset = init_dataset(args.dataset, table, args.name, args.modality, lesion)
+    channels = [c.strip() for c in (args.channels or "").split(",") if c.strip()] or None
+    if channels and args.modality:
+        raise UserError("give either --channels (names of each case's images) or --modality (one image), not both")
+    dataset = init_dataset(args.dataset, table, args.name, args.modality or "CT", lesion, channels=channels)
     print(f"created dataset {dataset.root}")
     return 0
 
@@ -140,6 +149,8 @@ def run_add(args: argparse.Namespace) -> int:
     from lesionseg.datasets import add_case_from_files
 
     source = args.source_model
+    if not args.image and not args.channel:
+        raise UserError("give the case's image with --image PATH (or --channel NAME=PATH per channel)")
     if source and "@" not in source:
         raise UserError(f"--source-model {source!r}: give ID@VERSION, e.g. spleen-unet@1.2.0")
     provenance = {
@@ -160,6 +171,7 @@ def run_add(args: argparse.Namespace) -> int:
         args.case_id,
         provenance,
         args.drop_unmapped,
+        named_channels=args.channel,
     )
     print(f"saved {record.case_id} version {record.version} (labels {list(record.labels_present)})")
     return 0

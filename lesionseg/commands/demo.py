@@ -1,4 +1,4 @@
-"""``lesionseg demo``: one synthetic patient from DICOM to report (see lesionseg.demo)."""
+"""``lesionseg demo``: one synthetic patient from DICOM to report (see lesionseg.apps.demo)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lesionseg.demo import run_demo
+    from lesionseg.apps.demo import run_demo
     from lesionseg.io.outputs import check_output_folder
 
     # The demo replaces its own earlier folder (it marks it); this refuses a file or a place it cannot write.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from lesionseg.io.outputs import check_output
-from lesionseg.rtstruct.segments import parse_names
+from lesionseg.rtstruct.segments import add_export_arguments, parse_names
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -15,15 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Write one BINARY segment per label, one frame per reference slice that holds it, "
         "with SNOMED CT property codes (from the label's terminology, its name, or generic Tissue).",
     )
-    parser.add_argument("--reference", required=True, help="folder holding the DICOM image series")
-    parser.add_argument("--seg", required=True, help="label map (NIfTI, NRRD, .seg.nrrd, MetaImage)")
-    parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
-    parser.add_argument("--output", required=True, help="DICOM SEG file to write")
-    parser.add_argument(
-        "--names",
-        help="VALUE=NAME pairs, e.g. 1=Spleen,2=Liver: exports only these labels. Without it every label is "
-        "exported, named from a .seg.nrrd header or labels.json beside the map, else Label_<n>",
-    )
+    add_export_arguments(parser, "DICOM SEG file to write")
     parser.add_argument(
         "--algorithm",
         default="AUTOMATIC",

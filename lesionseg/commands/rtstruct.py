@@ -7,7 +7,7 @@ import argparse
 from lesionseg.io.outputs import check_output
 from lesionseg.rtstruct.build import ALGORITHM_TYPES, INTERPRETED_TYPES
 from lesionseg.rtstruct.export import export_rtstruct
-from lesionseg.rtstruct.segments import parse_names
+from lesionseg.rtstruct.segments import add_export_arguments, parse_names
 
 
 def parse_interpreted_type(text: str) -> str | dict[int, str]:
@@ -33,15 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "contour on its own, plastimatch among them, read back exactly."
         ),
     )
-    parser.add_argument("--reference", required=True, help="folder holding the DICOM image series")
-    parser.add_argument("--seg", required=True, help="label map (NIfTI, NRRD, .seg.nrrd, MetaImage)")
-    parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
-    parser.add_argument("--output", required=True, help="RTSTRUCT file to write")
-    parser.add_argument(
-        "--names",
-        help="VALUE=NAME pairs, e.g. 1=Spleen,2=Liver: exports only these labels. Without it every label is "
-        "exported, named from a .seg.nrrd header or labels.json beside the map, else Label_<n>",
-    )
+    add_export_arguments(parser, "RTSTRUCT file to write")
     parser.add_argument(
         "--smooth", type=float, default=0.0, metavar="MM", help="Gaussian sigma in mm (default 0: none)"
     )

@@ -3,33 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
-import signal
 import sys
 import traceback
 from typing import Any
-
-from lesionseg.errors import EXIT_FAILURE, describe
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("segment", help="segment an image with a model")
     parser.add_argument("--model", required=True, help="model id (see `lesionseg models list`), model folder or bundle")
-    parser.add_argument(
-        "--input",
-        action="append",
-        default=[],
-        help=".nrrd, .nii/.nii.gz or a DICOM series folder; a model with several channels (e.g. CT and PET) takes "
-        "--input once per channel, in the model's order. Further channels are resampled onto the first one's grid",
-    )
-    parser.add_argument(
-        "--channel",
-        action="append",
-        default=[],
-        metavar="NAME=PATH",
-        help="a multi-channel model's input by channel name (e.g. --channel CT=ct/ --channel PET=pet.nii.gz), "
-        "instead of --input",
-    )
+    add_channel_options(parser, "--input", "model", ".nrrd, .nii/.nii.gz or a DICOM series folder")
     parser.add_argument("--output", required=True, help="labelmap: .nii.gz, .nrrd or .seg.nrrd (Slicer segmentation)")
     parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
@@ -83,15 +65,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def add_channel_options(parser: argparse.ArgumentParser, option: str, owner: str, image_help: str) -> None:
+    """``option`` (``--input``, ``--image``) once per channel in order, or ``--channel NAME=PATH`` by name."""
+    parser.add_argument(
+        option,
+        action="append",
+        default=[],
+        help=f"{image_help}; a {owner} with several channels (e.g. CT and PET) takes {option} once per channel, in "
+        f"the {owner}'s order. Further channels are resampled (linearly) onto the first one's grid",
+    )
+    parser.add_argument(
+        "--channel",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help=f"a multi-channel {owner}'s image by channel name (e.g. --channel CT=ct/ --channel PET=pet.nii.gz), "
+        f"instead of {option}",
+    )
+
+
 def _nnunet_options(args: argparse.Namespace):
     from lesionseg.inference.nnunet import NnunetOptions
 
     return NnunetOptions(args.configuration, args.folds, args.checkpoint, args.tta, args.tile_step_size)
-
-
-def emit_jsonl(event: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(event) + "\n")
-    sys.stdout.flush()
 
 
 class TextBar:
@@ -113,14 +109,11 @@ class TextBar:
             self.stream.write(f"\r{kind}: {event['text']}\n")
 
 
-def _terminate_cleanly(signum, _frame):
-    # Raising here unwinds through atomic_path, which deletes its temporary file: no half-written output.
-    raise SystemExit(128 + signum)
-
-
 def run(args: argparse.Namespace) -> int:
-    signal.signal(signal.SIGTERM, _terminate_cleanly)
-    sink = emit_jsonl if args.progress == "jsonl" else TextBar()
+    from lesionseg.jobs import protocol
+
+    protocol.exit_on_terminate()  # unwinds through atomic_path, which deletes its temporary file
+    sink = protocol.write_event if args.progress == "jsonl" else TextBar()
     try:
         from lesionseg.io.outputs import check_output  # here, not at the top: registering the command stays cheap
 
@@ -153,14 +146,9 @@ def run(args: argparse.Namespace) -> int:
                 named_channels=args.channel,
             )
         else:
-            if args.channel or len(args.input) > 1:
-                raise ValueError(
-                    f"model {args.model!r} takes one input image; give --input once "
-                    f"({len(given)} inputs given: {', '.join(given)})"
-                )
             result = segment_file(
                 args.model,
-                args.input[0],
+                args.input,
                 args.output,
                 args.device,
                 sink,
@@ -170,21 +158,18 @@ def run(args: argparse.Namespace) -> int:
                 allow_modality=args.allow_modality,
                 backend=args.backend,
                 precision=args.precision,
+                named_channels=args.channel,
             )
     except Exception as error:
         if args.progress != "jsonl":
             if sink.stage:
                 sys.stderr.write("\n")  # end the progress bar's line before the error's
             raise
-        # The modules read this event: the same one line as the command line prints, never a traceback.
-        text, status = describe(error)
-        event = {"event": "error", "type": type(error).__name__, "text": text, "exit_code": status}
-        if status == EXIT_FAILURE and getattr(args, "verbose", False):
-            event["traceback"] = traceback.format_exc()
-        emit_jsonl(event)
+        # The modules read this event: the same one line as the command line prints; a traceback only on request.
+        protocol.write_event(protocol.error(error, traceback.format_exc() if getattr(args, "verbose", False) else None))
         raise
     if args.progress == "jsonl":
-        emit_jsonl(result)
+        protocol.write_event(result)
     else:
         sys.stderr.write("\n")
         print(result["output"])

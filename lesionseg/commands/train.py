@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -60,12 +59,13 @@ def _forget_run(output: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lesionseg.errors import UserError, describe
+    from lesionseg.errors import UserError
     from lesionseg.io.outputs import check_output_folder
+    from lesionseg.jobs import protocol
 
     def report(event: dict) -> None:
         if args.progress == "jsonl":
-            print(json.dumps(event, sort_keys=True), flush=True)
+            protocol.write_event(event)
         else:
             dice = f" dice {event['dice_mean']:.4f}" if event.get("dice_mean") is not None else ""
             logging.info("epoch %d: loss %.4f%s (%.1f s)", event["epoch"], event["loss"], dice, event["time_s"])
@@ -126,24 +126,21 @@ def run(args: argparse.Namespace) -> int:
     except Exception as error:
         if args.progress == "jsonl":
             # The modules show this text: the one line the command line prints, never a traceback.
-            text, status = describe(error)
-            event = {"event": "error", "type": type(error).__name__, "text": text, "exit_code": status}
-            print(json.dumps(event), flush=True)
+            protocol.write_event(protocol.error(error))
         raise
     if os.environ.get("RANK", "0") != "0":
         return 0  # under torchrun only rank 0 reports; it wrote the model
     # A cascade's model is the top folder, whose spec chains the two stage folders.
     model_folder = Path(args.output) if args.cascade else result.output
-    summary = {
-        "event": "result",
-        "output": str(model_folder),
-        "last_epoch": result.last_epoch,
-        "best_epoch": result.best_epoch,
-        "best_dice": result.best_dice,
-        "stopped_early": result.stopped_early,
-    }
+    summary = protocol.result(
+        output=str(model_folder),
+        last_epoch=result.last_epoch,
+        best_epoch=result.best_epoch,
+        best_dice=result.best_dice,
+        stopped_early=result.stopped_early,
+    )
     if args.progress == "jsonl":
-        print(json.dumps(summary), flush=True)
+        protocol.write_event(summary)
     else:
         print(
             f"model written to {model_folder} (epoch {result.last_epoch}, best Dice {result.best_dice})",

@@ -11,10 +11,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import signal
-
-    from lesionseg.commands.segment import _terminate_cleanly
+    from lesionseg.jobs.protocol import exit_on_terminate
     from lesionseg.jobs.worker import serve
 
-    signal.signal(signal.SIGTERM, _terminate_cleanly)  # a cancelled request leaves no half-written output
+    exit_on_terminate()  # a cancelled request leaves no half-written output
     return serve()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,6 +18,7 @@ from lesionseg.datasets.store import (
     begin_write,
     check_case_id,
     end_write,
+    image_roles,
     publish,
     recover,
     sha256_file,
@@ -28,6 +29,9 @@ from lesionseg.datasets.store import (
 from lesionseg.image import Image, require_same_grid
 from lesionseg.io import read_image, write_image
 from lesionseg.labels import LabelInfo
+
+if TYPE_CHECKING:  # the inference package is imported only when a case has several channels
+    from lesionseg.inference.channels import ChannelInput
 
 PROVENANCE_KEYS = (
     "annotator", "source_model", "source_model_version", "patient_key", "study_uid", "series_uid", "note", "tool",
@@ -75,6 +79,7 @@ class CaseRecord:
     label: Path
     labels_present: tuple[int, ...]
     provenance: Mapping[str, Any] = field(default_factory=dict)
+    images: tuple[Path, ...] = ()  # the current image of every channel (``image`` is the first)
 
 
 def _segment_names(labels: Iterable[LabelInfo] | Mapping[Any, Any] | None) -> dict[int, str]:
@@ -170,9 +175,39 @@ def _next_case_id(manifest: Mapping[str, Any]) -> str:
     return f"case_{max(numbers, default=0) + 1:04d}"
 
 
+def channels_on_first_grid(channels: Sequence[ChannelInput]) -> list[Image]:
+    """Every channel on the first one's grid (:func:`align_channels`: linear, refusals for other frames of
+    reference and no overlap); a channel already on that grid keeps its voxels and voxel type."""
+    from lesionseg.inference.channels import align_channels
+
+    aligned = align_channels(channels)
+    first = channels[0].image
+    return [c.image if c.image.same_grid(first) else moved for c, moved in zip(channels, aligned, strict=True)]
+
+
+def _case_channels(dataset: Dataset, image: Image | Sequence[Image]) -> list[Image]:
+    """One image per channel of the dataset, all on the first's grid, or a ValueError that names the fix."""
+    images = [image] if isinstance(image, Image) else list(image)
+    names = dataset.channel_names()
+    if len(images) != len(names):
+        raise ValueError(
+            f"{dataset.root} holds {len(names)}-channel cases ({', '.join(names)}) but {len(images)} image(s) were "
+            f"given; give one image per channel in that order (dataset add --image {' --image '.join(names)}, "
+            "or --channel NAME=PATH)"
+        )
+    if len(images) == 1:
+        return images
+    from lesionseg.inference.channels import ChannelInput
+
+    given = [
+        ChannelInput(n, f"image {c + 1} of {len(names)}", i) for c, (n, i) in enumerate(zip(names, images, strict=True))
+    ]
+    return channels_on_first_grid(given)
+
+
 def add_case(
     dataset_dir: str | Path,
-    image: Image,
+    image: Image | Sequence[Image],
     label: Image,
     labels: Iterable[LabelInfo] | Mapping[Any, Any] | None = None,
     case_id: str | None = None,
@@ -183,6 +218,8 @@ def add_case(
 ) -> CaseRecord:
     """Save ``image`` and ``label`` as a new version of a case (a new case when ``case_id`` is new or None).
 
+    ``image`` is one image, or for a multi-channel dataset one per channel in the dataset's order; further
+    channels are resampled onto the first's grid, which ``label`` must lie on.
     ``labels`` names the label's segments (LabelInfo list or {value: name}); the names pick the
     dataset's label values, or ``label_map`` {segment name: dataset value} does.  Provenance keys:
     annotator, source_model (``ID@VERSION``), patient_id (kept only as ``patient_key``, a hash),
@@ -197,6 +234,8 @@ def add_case(
     if same_image not in ("refuse", "new_version"):
         raise ValueError(f"same_image must be 'refuse' or 'new_version', not {same_image!r}")
     dataset = Dataset(dataset_dir)
+    images = _case_channels(dataset, image)
+    image = images[0]
     require_same_grid(label, image, what="label")
     dataset_labels = dataset.labels()
     mapped = remap_label(label, _segment_names(labels), dataset_labels, label_map, drop_unmapped)
@@ -221,17 +260,19 @@ def add_case(
         number = max((v["version"] for v in case["versions"]), default=0) + 1
         folder = dataset.version_dir(case_id, number)
         begin_write(dataset, case_id, "add")
-        image_file = write_image(image, folder / f"image{FILE_ENDING}")
-        step("image-written")
-        label_file = write_image(mapped, folder / f"label{FILE_ENDING}")
+        written = {}
+        for role, channel in zip(image_roles(len(images)), images, strict=True):
+            written[role] = write_image(channel, folder / f"{role}{FILE_ENDING}")
+            step(f"{role}-written")
+        written["label"] = write_image(mapped, folder / f"label{FILE_ENDING}")
         step("label-written")
         lesion_labels = set(dataset.lesion_labels())
         version = {
             "version": number,
             "created": record_provenance["saved_at"],
             "files": {
-                "image": {"path": dataset.relative(image_file)[2:], "sha256": sha256_file(image_file)},
-                "label": {"path": dataset.relative(label_file)[2:], "sha256": sha256_file(label_file)},
+                role: {"path": dataset.relative(path)[2:], "sha256": sha256_file(path)}
+                for role, path in written.items()
             },
             "image_content_sha256": content,
             "size_ijk": list(image.size),
@@ -255,6 +296,7 @@ def add_case(
         dataset.label_path(case_id),
         tuple(version["labels_present"]),
         record_provenance,
+        tuple(dataset.image_paths(case_id)),
     )
 
 
@@ -364,17 +406,36 @@ def read_sidecar_provenance(image_path: str | Path) -> dict[str, Any]:
 
 def add_case_from_files(
     dataset_dir: str | Path,
-    image_path: str | Path,
+    image_path: str | Path | Sequence[str | Path],
     label_path: str | Path,
     label_map: Mapping[str, int] | None = None,
     case_id: str | None = None,
     provenance: Mapping[str, Any] | None = None,
     drop_unmapped: bool = False,
+    named_channels: Sequence[str] = (),
 ) -> CaseRecord:
-    """The command line's ``dataset add``: read both files, find segment names and sidecar UIDs, save."""
-    image = read_image(image_path)
+    """The command line's ``dataset add``: read the files, find segment names and sidecar UIDs, save.
+
+    ``image_path`` is one path, or one per channel of a multi-channel dataset in its order; ``named_channels``
+    gives them as ``NAME=PATH`` instead.  Provenance comes from the first channel's sidecar or DICOM files.
+    """
+    from lesionseg.inference.channels import assign_channels, read_channel
+
+    paths = [image_path] if isinstance(image_path, (str, Path)) else list(image_path)
+    names = Dataset(dataset_dir).channel_names()
+    if len(names) == 1 and len(paths) == 1 and not named_channels:
+        image: Image | list[Image] = read_image(paths[0])
+        sources = [str(paths[0])]
+    else:
+        assigned = assign_channels(
+            names, [str(p) for p in paths], named_channels, owner="this dataset", option="--image"
+        )
+        image = channels_on_first_grid([read_channel(name, path) for name, path in assigned])
+        sources = [path for _, path in assigned]
     label = read_image(label_path)
-    merged = {**read_sidecar_provenance(image_path), **{k: v for k, v in (provenance or {}).items() if v}}
-    merged.setdefault("image_source", str(Path(image_path).name))
-    names = read_segment_names(label_path)
-    return add_case(dataset_dir, image, label, names, case_id, merged, label_map, drop_unmapped)
+    merged = {**read_sidecar_provenance(sources[0]), **{k: v for k, v in (provenance or {}).items() if v}}
+    merged.setdefault("image_source", str(Path(sources[0]).name))
+    if len(sources) > 1:
+        merged.setdefault("channel_sources", [str(Path(s).name) for s in sources])
+    segment_names = read_segment_names(label_path)
+    return add_case(dataset_dir, image, label, segment_names, case_id, merged, label_map, drop_unmapped)

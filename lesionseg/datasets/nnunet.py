@@ -6,7 +6,7 @@ import re
 import shutil
 from pathlib import Path
 
-from lesionseg.datasets.store import FILE_ENDING, Dataset, _entry_case
+from lesionseg.datasets.store import FILE_ENDING, Dataset, _entry_case, entry_images
 from lesionseg.datasets.verify import verify_dataset
 from lesionseg.io.atomic import write_json_atomic
 
@@ -34,14 +34,14 @@ def export_nnunet(dataset_dir: str | Path, output: str | Path, dataset_id: int, 
     entries = doc.get("training", [])
     for entry in entries:
         case_id = _entry_case(entry)
-        # nnU-Net keys channels by a 4-digit suffix; CT has one channel, 0000.
-        shutil.copyfile(dataset.root / entry["image"], target / "imagesTr" / f"{case_id}_0000{FILE_ENDING}")
+        # nnU-Net keys channels by a 4-digit suffix, in dataset.json channel_names order: CT alone is 0000.
+        for channel, image in enumerate(entry_images(entry)):
+            shutil.copyfile(dataset.root / image, target / "imagesTr" / f"{case_id}_{channel:04d}{FILE_ENDING}")
         shutil.copyfile(dataset.root / entry["label"], target / "labelsTr" / f"{case_id}{FILE_ENDING}")
-    modality = doc.get("modality", {"0": "CT"})
     write_json_atomic(
         target / "dataset.json",
         {
-            "channel_names": {str(k): v for k, v in modality.items()},
+            "channel_names": {str(c): name for c, name in enumerate(dataset.channel_names())},
             "labels": {labels[v]: v for v in sorted(labels)},
             "numTraining": len(entries),
             "file_ending": FILE_ENDING,

@@ -8,6 +8,13 @@ Layout of a dataset folder::
     labelsTr/<case>.nii.gz  the current labelmap
     versions/<case>/v<N>/   image.nii.gz + label.nii.gz of version N, never rewritten
 
+A multi-channel dataset (``dataset init --channels CT,PET``) names its channels in dataset.json
+(``channel_names``, as nnU-Net does) and keeps one image per channel, all on the first channel's
+grid: ``imagesTr/<case>_0000.nii.gz``, ``<case>_0001.nii.gz``... (a suffix on every channel, so no
+case id can collide with another case's channel), ``image.nii.gz``, ``image_0001.nii.gz``... in a
+version folder, and a list of channel files as the datalist entry's ``image`` (MONAI's LoadImaged
+stacks a list as channels).  A single-channel dataset's files are exactly as above.
+
 Why this order of writes is crash-safe: a version's files are written (atomically) before the
 manifest names them, so the manifest only ever points at whole files; the manifest write is the
 commit.  While the current copies in imagesTr/labelsTr are being swapped, dataset.json points
@@ -36,6 +43,8 @@ from lesionseg.io.atomic import write_json_atomic
 MANIFEST_FORMAT = "lesionseg-dataset-manifest/1"
 FILE_ENDING = ".nii.gz"
 CASE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# Channel names go into model specs (``inputs``) and ``segment --channel NAME=PATH``, so the spec's name rule holds.
+CHANNEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 # Set by the crash tests: seconds to sleep at each save step, so a kill can land between steps.
 PAUSE_ENV = "LESIONSEG_DATASET_STEP_PAUSE"
 
@@ -66,6 +75,27 @@ def check_case_id(case_id: str) -> str:
             f"invalid case id {case_id!r}: use letters, digits, '_', '-', '.' (up to 128, not starting with a symbol)"
         )
     return case_id
+
+
+def image_roles(channels: int) -> list[str]:
+    """The manifest's file roles of a version's images, channel by channel; each is also the file's stem."""
+    return ["image"] + [f"image_{c:04d}" for c in range(1, channels)]
+
+
+def check_channel_names(names: list[str]) -> list[str]:
+    """Channel names as given, validated: the spec's name rule, each once."""
+    if not names:
+        raise ValueError("a dataset needs at least one channel, e.g. --channels CT or --channels CT,PET")
+    for name in names:
+        if not CHANNEL_NAME_PATTERN.match(name):
+            raise ValueError(
+                f"channel name {name!r}: use letters, digits, '_', '-', '.' (up to 32, not starting with a symbol), "
+                "e.g. CT or PET"
+            )
+    folded = [n.casefold() for n in names]
+    if len(set(folded)) != len(folded):
+        raise ValueError(f"channel names repeat ({', '.join(names)}); name each channel once")
+    return list(names)
 
 
 def parse_labels(labels: Mapping[str, Any]) -> dict[int, str]:
@@ -106,8 +136,14 @@ class Dataset:
     def manifest_path(self) -> Path:
         return self.root / "manifest.json"
 
-    def image_path(self, case_id: str) -> Path:
-        return self.root / "imagesTr" / f"{case_id}{FILE_ENDING}"
+    def image_path(self, case_id: str, channel: int = 0) -> Path:
+        if len(self.channel_names()) == 1:
+            return self.root / "imagesTr" / f"{case_id}{FILE_ENDING}"
+        return self.root / "imagesTr" / f"{case_id}_{channel:04d}{FILE_ENDING}"
+
+    def image_paths(self, case_id: str) -> list[Path]:
+        """The current image of every channel, in channel order."""
+        return [self.image_path(case_id, c) for c in range(len(self.channel_names()))]
 
     def label_path(self, case_id: str) -> Path:
         return self.root / "labelsTr" / f"{case_id}{FILE_ENDING}"
@@ -142,6 +178,18 @@ class Dataset:
 
     def labels(self) -> dict[int, str]:
         return parse_labels(self.description()["labels"])
+
+    def channel_names(self) -> list[str]:
+        """The input channels in order: dataset.json ``channel_names``, else its Decathlon ``modality`` (one: CT)."""
+        doc = self.description()
+        table = doc.get("channel_names") or doc.get("modality") or {"0": "CT"}
+        try:
+            ordered = sorted(table.items(), key=lambda item: int(item[0]))
+        except (AttributeError, ValueError):
+            raise ValueError(f'{self.description_path}: channel_names must be like {{"0": "CT", "1": "PET"}}') from None
+        if [int(k) for k, _ in ordered] != list(range(len(ordered))):
+            raise ValueError(f"{self.description_path}: channel numbers must run 0, 1, 2...; got {sorted(table)}")
+        return [str(v) for _, v in ordered]
 
     def lesion_labels(self) -> list[int]:
         return [int(v) for v in self.description().get("lesion_labels", [])]
@@ -203,11 +251,14 @@ def init_dataset(
     modality: str = "CT",
     lesion_labels: list[int] | None = None,
     description: str = "",
+    channels: list[str] | None = None,
 ) -> Dataset:
     """Create an empty dataset folder with its dataset.json and manifest.
 
     ``labels`` {value: name} lists the foreground labels: at least one, values 1 and up, names unique.
+    ``channels`` names the input images of each case in order (e.g. ["CT", "PET"]); None: one, named ``modality``.
     """
+    names = check_channel_names(list(channels)) if channels else [modality]
     dataset = Dataset(root)
     if dataset.description_path.exists():
         raise ValueError(f"{dataset.root} already holds a dataset.json; add cases to it with `lesionseg dataset add`")
@@ -231,12 +282,17 @@ def init_dataset(
     for sub in ("imagesTr", "labelsTr", "versions"):
         (dataset.root / sub).mkdir(exist_ok=True)
     dataset.write_manifest({"format": MANIFEST_FORMAT, "created": utc_now(), "cases": {}})
-    dataset.write_description(
+    numbered = {str(c): n for c, n in enumerate(names)}
+    doc: dict[str, Any] = {
+        "name": name or dataset.root.name,
+        "description": description,
+        "tensorImageSize": "3D",
+        "modality": numbered,
+    }
+    if len(names) > 1:
+        doc["channel_names"] = numbered
+    doc.update(
         {
-            "name": name or dataset.root.name,
-            "description": description,
-            "tensorImageSize": "3D",
-            "modality": {"0": modality},
             "labels": {str(k): table[k] for k in sorted(table)},
             "lesion_labels": sorted(int(v) for v in (lesion_labels or [])),
             "file_ending": FILE_ENDING,
@@ -244,6 +300,7 @@ def init_dataset(
             "training": [],
         }
     )
+    dataset.write_description(doc)
     return dataset
 
 
@@ -259,8 +316,15 @@ def copy_atomic(source: Path, target: Path) -> None:
     os.replace(tmp, target)
 
 
-def _entry(dataset: Dataset, case_id: str, image: Path, label: Path) -> dict[str, str]:
-    return {"image": dataset.relative(image), "label": dataset.relative(label), "case": case_id}
+def _entry(dataset: Dataset, case_id: str, images: list[Path], label: Path) -> dict[str, Any]:
+    image: str | list[str] = [dataset.relative(p) for p in images] if len(images) > 1 else dataset.relative(images[0])
+    return {"image": image, "label": dataset.relative(label), "case": case_id}
+
+
+def entry_images(entry: Mapping[str, Any]) -> list[str]:
+    """A datalist entry's image files, one per channel (a single-channel entry's ``image`` is one string)."""
+    image = entry["image"]
+    return [str(p) for p in image] if isinstance(image, list) else [str(image)]
 
 
 def set_datalist_entry(dataset: Dataset, doc: dict[str, Any], case_id: str, entry: dict[str, str] | None) -> bool:
@@ -277,36 +341,36 @@ def set_datalist_entry(dataset: Dataset, doc: dict[str, Any], case_id: str, entr
 def _entry_case(entry: Mapping[str, Any]) -> str:
     if "case" in entry:
         return str(entry["case"])
-    name = Path(str(entry["image"])).name
+    name = Path(entry_images(entry)[0]).name
     return name[: -len(FILE_ENDING)] if name.endswith(FILE_ENDING) else name
 
 
 def publish(dataset: Dataset, case_id: str, version: Mapping[str, Any]) -> None:
     """Make ``version`` the case's current files in imagesTr/labelsTr and the datalist."""
-    image_src = dataset.root / version["files"]["image"]["path"]
-    label_src = dataset.root / version["files"]["label"]["path"]
-    image_dst, label_dst = dataset.image_path(case_id), dataset.label_path(case_id)
+    files = version["files"]
+    roles = image_roles(len(dataset.channel_names()))
+    images_src = [dataset.root / files[role]["path"] for role in roles]
+    label_src = dataset.root / files["label"]["path"]
+    images_dst, label_dst = dataset.image_paths(case_id), dataset.label_path(case_id)
     doc = dataset.description()
     current = {e.get("case", _entry_case(e)): e for e in doc.get("training", [])}.get(case_id)
-    in_place = (
-        current == _entry(dataset, case_id, image_dst, label_dst)
-        and image_dst.is_file()
-        and label_dst.is_file()
-        and sha256_file(image_dst) == version["files"]["image"]["sha256"]
-        and sha256_file(label_dst) == version["files"]["label"]["sha256"]
+    pairs = [*zip(images_dst, roles, strict=True), (label_dst, "label")]
+    in_place = current == _entry(dataset, case_id, images_dst, label_dst) and all(
+        path.is_file() and sha256_file(path) == files[role]["sha256"] for path, role in pairs
     )
     if in_place:
         return
     if current is not None:
-        # Readers see the version folder's consistent pair while the two current files change.
-        if set_datalist_entry(dataset, doc, case_id, _entry(dataset, case_id, image_src, label_src)):
+        # Readers see the version folder's consistent files while the current copies change.
+        if set_datalist_entry(dataset, doc, case_id, _entry(dataset, case_id, images_src, label_src)):
             dataset.write_description(doc)
         step("datalist-points-at-version")
-    copy_atomic(image_src, image_dst)
-    step("image-published")
+    for source, target, role in zip(images_src, images_dst, roles, strict=True):
+        copy_atomic(source, target)
+        step(f"{role}-published")
     copy_atomic(label_src, label_dst)
     step("label-published")
-    set_datalist_entry(dataset, doc, case_id, _entry(dataset, case_id, image_dst, label_dst))
+    set_datalist_entry(dataset, doc, case_id, _entry(dataset, case_id, images_dst, label_dst))
     dataset.write_description(doc)
     step("datalist-updated")
 
@@ -317,7 +381,7 @@ def unpublish(dataset: Dataset, case_id: str) -> None:
     if set_datalist_entry(dataset, doc, case_id, None):
         dataset.write_description(doc)
         step("datalist-updated")
-    for path in (dataset.image_path(case_id), dataset.label_path(case_id)):
+    for path in (*dataset.image_paths(case_id), dataset.label_path(case_id)):
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
 
@@ -375,7 +439,7 @@ def recover(dataset: Dataset, full: bool = False) -> list[str]:
             publish(dataset, case_id, dataset.current_version(manifest, case_id))
             if dataset.description().get("training", []) != before:
                 done.append(f"published version {case['current']} of case {case_id}")
-        elif listed or dataset.image_path(case_id).exists() or dataset.label_path(case_id).exists():
+        elif listed or any(p.exists() for p in (*dataset.image_paths(case_id), dataset.label_path(case_id))):
             unpublish(dataset, case_id)
             done.append(
                 f"finished removing case {case_id}" if case else f"dropped {case_id}, which has no saved version"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lesionseg.datasets.store import PENDING, Dataset, _entry_case, sha256_file
+from lesionseg.datasets.store import PENDING, Dataset, _entry_case, entry_images, image_roles, sha256_file
 from lesionseg.image import grid_mismatch
 from lesionseg.io import read_image
 
@@ -31,6 +31,7 @@ def verify_dataset(dataset_dir: str | Path, check_geometry: bool = True) -> Veri
         doc = dataset.description()
         labels = dataset.labels()
         manifest = dataset.manifest()
+        roles = [*image_roles(len(dataset.channel_names())), "label"]
     except (ValueError, FileNotFoundError) as error:
         report.problems.append(str(error))
         return report
@@ -38,13 +39,21 @@ def verify_dataset(dataset_dir: str | Path, check_geometry: bool = True) -> Veri
         report.problems.append("manifest.json is missing: the case history and hashes are gone")
         return report
 
-    known_pairs: dict[str, dict[tuple[str, str], int]] = {}
+    # Per case: the SHA-256 of each saved version's files (images in channel order, then the label) → version.
+    known_pairs: dict[str, dict[tuple[str, ...], int]] = {}
     for case_id, case in manifest["cases"].items():
         for version in case["versions"]:
             if version.get("removed"):
                 continue
+            missing_roles = [role for role in roles if role not in version["files"]]
+            if missing_roles:
+                report.problems.append(
+                    f"{case_id} v{version['version']}: the manifest lists no {', '.join(missing_roles)} file; this "
+                    f"dataset's cases have {len(roles) - 1} channel(s)"
+                )
+                continue
             pair = []
-            for role in ("image", "label"):
+            for role in roles:
                 entry = version["files"][role]
                 path = dataset.root / entry["path"]
                 if not path.is_file():
@@ -55,26 +64,31 @@ def verify_dataset(dataset_dir: str | Path, check_geometry: bool = True) -> Veri
                         "manifest (the file was changed or is corrupt)"
                     )
                 pair.append(entry["sha256"])
-            known_pairs.setdefault(case_id, {})[(pair[0], pair[1])] = version["version"]
+            known_pairs.setdefault(case_id, {})[tuple(pair)] = version["version"]
 
     listed = set()
     for entry in doc.get("training", []):
         case_id = _entry_case(entry)
         listed.add(case_id)
         report.cases_checked += 1
-        paths = {role: dataset.root / str(entry[role]) for role in ("image", "label")}
-        missing = [str(entry[r]) for r, p in paths.items() if not p.is_file()]
+        names = [*entry_images(entry), str(entry["label"])]
+        if len(names) != len(roles):
+            report.problems.append(
+                f"{case_id}: the datalist entry lists {len(names) - 1} image(s), but this dataset's cases have "
+                f"{len(roles) - 1} channel(s); `lesionseg dataset verify --repair` rewrites it from the manifest"
+            )
+            continue
+        paths = [dataset.root / name for name in names]
+        missing = [name for name, path in zip(names, paths, strict=True) if not path.is_file()]
         if missing:
             report.problems.append(f"{case_id}: datalist file(s) missing: {', '.join(missing)}")
             continue
-        digests = (sha256_file(paths["image"]), sha256_file(paths["label"]))
+        digests = tuple(sha256_file(path) for path in paths)
         version = known_pairs.get(case_id, {}).get(digests)
         if version is None:
-            bad = [
-                str(entry[role])
-                for role, digest in zip(("image", "label"), digests, strict=True)
-                if digest not in {pair[i] for pair in known_pairs.get(case_id, {}) for i in (0, 1)}
-            ]
+            saved = known_pairs.get(case_id, {})
+            bad = [name for i, (name, digest) in enumerate(zip(names, digests, strict=True))
+                   if digest not in {files[i] for files in saved}]  # fmt: skip
             what = ", ".join(bad) if bad else "image and label come from different versions"
             report.problems.append(f"{case_id}: SHA-256 matches no saved version in manifest.json: {what}")
         else:
@@ -84,7 +98,7 @@ def verify_dataset(dataset_dir: str | Path, check_geometry: bool = True) -> Veri
             elif version != current:
                 report.notes.append(f"{case_id}: version {version} is listed, {current} is newest (interrupted save)")
         if check_geometry:
-            _check_pair(case_id, paths["image"], paths["label"], labels, report)
+            _check_pair(case_id, paths[:-1], paths[-1], labels, report)
 
     pending = dataset.root / PENDING
     if pending.is_file():
@@ -100,13 +114,22 @@ def verify_dataset(dataset_dir: str | Path, check_geometry: bool = True) -> Veri
     return report
 
 
-def _check_pair(case_id: str, image_path: Path, label_path: Path, labels: dict[int, str], report: VerifyReport) -> None:
+def _check_pair(
+    case_id: str, image_paths: list[Path], label_path: Path, labels: dict[int, str], report: VerifyReport
+) -> None:
     try:
-        image = read_image(image_path)
+        images = [read_image(path) for path in image_paths]
         label = read_image(label_path)
     except Exception as error:  # a corrupt file must become a listed problem, whatever the reader raises
         report.problems.append(f"{case_id}: cannot be read ({type(error).__name__}: {error})")
         return
+    image = images[0]
+    for channel, (path, other) in enumerate(zip(image_paths[1:], images[1:], strict=True), start=1):
+        mismatch = grid_mismatch(other, image)
+        if mismatch:
+            report.problems.append(
+                f"{case_id}: channel {channel} ({path.name}) is not on the first channel's grid ({mismatch})"
+            )
     mismatch = grid_mismatch(label, image)
     if mismatch:
         report.problems.append(f"{case_id}: label and image are on different grids ({mismatch})")

@@ -15,9 +15,6 @@ from lesionseg.io.atomic import atomic_path
 from lesionseg.labels import LabelInfo
 from lesionseg.rtstruct.segments import export_input
 
-# Categories for labels whose terminology names none.
-_LESION_WORDS = re.compile(r"lesion|tumou?r|metasta|gtv|ctv|ptv|nodule|neoplasm", re.IGNORECASE)
-
 
 def _code(entry: Mapping[str, str]):
     from highdicom.sr import CodedConcept
@@ -34,14 +31,14 @@ def segment_codes(info: LabelInfo):
 
     From the label's own terminology when it has one; else a SNOMED CT code whose name matches
     the label's (``spleen`` -> Spleen, as Organ); else Morphologically Abnormal Structure / Lesion
-    for lesion-like names; else the generic Tissue / Tissue.
+    for a lesion (:attr:`LabelInfo.is_lesion`); else the generic Tissue / Tissue.
     """
     from pydicom.sr.codedict import codes
 
     term = info.terminology or {}
     if isinstance(term.get("category"), Mapping) and isinstance(term.get("type"), Mapping):
         return _code(term["category"]), _code(term["type"])
-    if _LESION_WORDS.search(info.name):
+    if info.is_lesion:
         return codes.SCT.MorphologicallyAbnormalStructure, codes.SCT.Lesion
     keyword = "".join(word.capitalize() for word in re.split(r"[^A-Za-z]+", info.name) if word)
     if keyword and keyword in dir(codes.SCT):

@@ -1,6 +1,6 @@
 """Running a model on an image: preprocessing, sliding window, inversion to the input grid, post-processing."""
 
-from lesionseg.inference.output import segmentation_fields, write_labelmap
+from lesionseg.inference.output import write_labelmap
 from lesionseg.inference.pipeline import LoadedModel, load_model, segment_file, segment_image
 from lesionseg.inference.progress import STAGE_WEIGHTS, Progress
 
@@ -11,6 +11,5 @@ __all__ = [
     "load_model",
     "segment_file",
     "segment_image",
-    "segmentation_fields",
     "write_labelmap",
 ]

@@ -5,19 +5,42 @@ spec ``inputs``).  The first channel's grid is the model's grid and the output's
 onto it, linearly (:func:`lesionseg.resample.resample_to`).  This is only right when the images share one patient
 coordinate system, so DICOM series must share a FrameOfReferenceUID; and a channel that does not overlap the first at
 all would be fed as zeros everywhere, so it is refused.
+
+Intensities of a multi-channel LesionSeg model (:func:`channel_intensity`): the spec's (or training config's)
+``preprocessing.intensity`` is the first channel's.  A ``range`` intensity is a fixed window in that channel's units
+(a HU window for CT), which means nothing for another modality (a CT window clips a PET's SUVs to nothing), so every
+further channel is z-scored over its own volume instead, as nnU-Net normalizes a non-CT channel.  A ``zscore``
+intensity applies to every channel, each over its own volume.  Put the channel the window is for (CT) first.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from lesionseg.errors import UserError
 from lesionseg.image import Image
+
+# DICOM Modality codes of common channel names, for a trained spec's ``inputs``; other names state none (any).
+CHANNEL_MODALITIES = {"CT": "CT", "PET": "PT", "PT": "PT", "MR": "MR", "MRI": "MR"}
+FURTHER_CHANNEL_INTENSITY: dict[str, Any] = {"kind": "zscore", "nonzero": False}
+
+
+def channel_intensity(intensity: Mapping[str, Any], channel: int) -> dict[str, Any]:
+    """The intensity scaling of input ``channel`` given the model's ``intensity`` (see the module docstring)."""
+    if channel == 0 or intensity["kind"] != "range":
+        return dict(intensity)
+    return dict(FURTHER_CHANNEL_INTENSITY)
+
+
+def channel_modality(name: str) -> str | None:
+    """The DICOM Modality a channel of this name holds (PET → PT), or None when the name does not say."""
+    return CHANNEL_MODALITIES.get(name.strip().upper())
 
 
 class ChannelError(UserError):
@@ -36,15 +59,20 @@ class ChannelInput:
 
 
 def assign_channels(
-    channel_names: Sequence[str], inputs: Sequence[str] = (), named: Sequence[str] = ()
+    channel_names: Sequence[str],
+    inputs: Sequence[str] = (),
+    named: Sequence[str] = (),
+    owner: str = "this model",
+    option: str = "--input",
 ) -> list[tuple[str, str]]:
     """(channel name, path) in the model's channel order, from ``--input`` (in order) or ``--channel NAME=PATH``.
 
-    A missing channel is refused naming it, and so is an input the model has no channel for.
+    A missing channel is refused naming it, and so is an input the model has no channel for.  ``owner`` and
+    ``option`` word the messages for another caller (``dataset add`` takes ``--image`` for "this dataset").
     """
     names = list(channel_names)
     if inputs and named:
-        raise ChannelError("give the channels either as --input in order or as --channel NAME=PATH, not both")
+        raise ChannelError(f"give the channels either as {option} in order or as --channel NAME=PATH, not both")
     if named:
         given: dict[str, str] = {}
         lookup = {n.casefold(): n for n in names}
@@ -54,8 +82,9 @@ def assign_channels(
                 raise ChannelError(f"--channel {item!r}: write it as NAME=PATH, e.g. --channel {names[0]}=ct.nii.gz")
             name = lookup.get(key.strip().casefold())
             if name is None:
+                owner_name = owner.replace("this ", "the ", 1)
                 raise ChannelError(
-                    f"--channel {key.strip()!r}: the model has no such channel; its channels are {', '.join(names)}"
+                    f"--channel {key.strip()!r}: {owner_name} has no such channel; its channels are {', '.join(names)}"
                 )
             if name in given:
                 raise ChannelError(f"channel {name!r} is given twice")
@@ -63,19 +92,19 @@ def assign_channels(
         missing = [n for n in names if n not in given]
         if missing:
             raise ChannelError(
-                f"channel(s) {', '.join(missing)} missing: this model needs {len(names)} images "
+                f"channel(s) {', '.join(missing)} missing: {owner} needs {len(names)} images "
                 f"({', '.join(names)}); add --channel {missing[0]}=PATH"
             )
         return [(n, given[n]) for n in names]
     if len(inputs) < len(names):
         missing = names[len(inputs) :]
         raise ChannelError(
-            f"channel(s) {', '.join(missing)} missing: this model needs {len(names)} images in the order "
-            f"{', '.join(names)}; give --input once per channel, or --channel NAME=PATH"
+            f"channel(s) {', '.join(missing)} missing: {owner} needs {len(names)} images in the order "
+            f"{', '.join(names)}; give {option} once per channel, or --channel NAME=PATH"
         )
     if len(inputs) > len(names):
         raise ChannelError(
-            f"{len(inputs)} inputs given but this model takes {len(names)} ({', '.join(names)}); "
+            f"{len(inputs)} inputs given but {owner} takes {len(names)} ({', '.join(names)}); "
             f"remove the extra input(s): {', '.join(str(p) for p in inputs[len(names) :])}"
         )
     return [(n, str(p)) for n, p in zip(names, inputs, strict=True)]
@@ -100,6 +129,19 @@ def read_channel(name: str, path: str | os.PathLike) -> ChannelInput:
 
     source = read_model_input(path)
     return ChannelInput(name, str(path), source.image, source.modality)
+
+
+def check_channel_modalities(spec: Any, channels: Sequence[ChannelInput]) -> None:
+    """Refuse a further channel whose DICOM Modality is not the one ``spec`` (a ModelSpec) names for it: most
+    often two series given in the wrong order.  The first channel is checked with ``--allow-modality``."""
+    for index, channel in enumerate(channels[1:], start=1):
+        expected = spec.expected_modality(index)
+        actual = (channel.modality or "").strip().upper()
+        if expected and actual and actual != expected:
+            raise ChannelError(
+                f"channel {channel.name!r} ({channel.path}) is a {actual} series, but model {spec.id!r} takes "
+                f"{expected} there; give the channels in the order {', '.join(spec.channel_names)}"
+            )
 
 
 def _corners(image: Image) -> np.ndarray:

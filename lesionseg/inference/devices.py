@@ -1,19 +1,28 @@
-"""Choosing the torch device: ``auto`` takes CUDA when present, else the CPU; ``cuda:N`` must exist."""
+"""The torch device helpers training and inference share: choosing the device (``auto`` takes CUDA when present,
+else the CPU; ``cuda:N`` must exist), the subnormal-float switch, and the memory a run may take."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
-def resolve_device(name: str = "auto"):
-    """A torch.device for ``auto``, ``cpu``, ``cuda`` or ``cuda:N``; a missing GPU is a clear error."""
+def resolve_device(name: str = "auto", local_rank: int | None = None):
+    """A torch.device for ``auto``, ``cpu``, ``cuda`` or ``cuda:N``; a missing GPU is a clear error.
+
+    ``local_rank`` (a torchrun process's GPU): ``auto`` and ``cuda`` take ``cuda:<local_rank>``, not the default GPU.
+    """
     import torch
 
     name = (name or "auto").strip().lower()
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda" if local_rank is None else f"cuda:{local_rank}")
     if name == "cpu":
         return torch.device("cpu")
     if name == "cuda" or name.startswith("cuda:"):
@@ -22,7 +31,7 @@ def resolve_device(name: str = "auto"):
                 f"device {name!r} asked for, but this torch ({torch.__version__}) sees no CUDA GPU; "
                 "use --device cpu, or install a CUDA build of torch that matches the driver"
             )
-        index = 0 if name == "cuda" else name.split(":", 1)[1]
+        index = (local_rank or 0) if name == "cuda" else name.split(":", 1)[1]
         if not str(index).isdigit():
             raise ValueError(f"bad device {name!r}; write cuda:0, cuda:1, ...")
         count = torch.cuda.device_count()
@@ -32,6 +41,36 @@ def resolve_device(name: str = "auto"):
             )
         return torch.device(f"cuda:{int(index)}")
     raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
+
+
+def flushes_subnormals() -> bool:
+    """Whether this thread flushes subnormal floats to zero (``torch.set_flush_denormal``, which has no getter)."""
+    import torch
+
+    # The smallest positive subnormal float32, built from its bits so that making it cannot flush it already.
+    smallest = torch.tensor([1], dtype=torch.int32).view(torch.float32)
+    return bool((smallest * 2)[0] == 0)
+
+
+@contextlib.contextmanager
+def subnormals_flushed(device: Any) -> Iterator[None]:
+    """On the CPU, flush subnormal floats to zero while the network runs (trains), then restore what was before.
+
+    x86 CPUs handle subnormals in microcode: near-zero activations (air, padding) made a UNet inference step, and
+    the small gradients of the backward pass a training step, up to 30x slower (7 s against 0.23 s). Values below
+    1e-38 cannot change an argmax, a probability that matters or a useful weight update.
+    """
+    import torch
+
+    if getattr(device, "type", str(device)) != "cpu":
+        yield
+        return
+    before = flushes_subnormals()
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(before)
 
 
 def free_memory_bytes(device) -> int:

@@ -18,10 +18,9 @@ The threshold is checked once, where a run enters: :func:`segment_file` (the com
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ import numpy as np
 
 from lesionseg.image import Image
 from lesionseg.inference.crop import body_box_world, box_on_grid, region_around_labels
-from lesionseg.inference.devices import free_memory_bytes, host_memory, resolve_device
+from lesionseg.inference.devices import free_memory_bytes, host_memory, resolve_device, subnormals_flushed
 from lesionseg.inference.memory import MemoryPlan, check_memory_plan, plan_memory
 from lesionseg.inference.plan import NetworkPlan
 from lesionseg.inference.postprocess import postprocess
@@ -85,8 +84,6 @@ def load_model(
     if precision is not None:
         check_precision(precision)
     spec = resolve_spec(model, models_dir)
-    if spec.input_channels != 1:
-        raise ValueError(f"model {spec.id!r} takes {spec.input_channels} input channels; segment feeds one image")
     torch_device = resolve_device(device)
     coarse_spec = spec.coarse_spec()
     coarse = None if coarse_spec is None else load_model(coarse_spec, device, backend=backend, precision=precision)
@@ -160,6 +157,19 @@ def _plan_memory(plan: NetworkPlan, model: LoadedModel, crop_body: bool) -> Memo
     return memory
 
 
+def _channel_scaling(intensity: IntensitySpec) -> Callable[[Any, int], Any]:
+    """Each channel's intensity scaling: the spec's for the first, ``channels.channel_intensity``'s for the others."""
+
+    def scale(volume, channel: int):
+        if channel == 0:
+            return _scale_intensity(volume, intensity)
+        from lesionseg.inference.channels import channel_intensity
+
+        return _scale_intensity(volume, IntensitySpec(**channel_intensity(asdict(intensity), channel)))
+
+    return scale
+
+
 def _crop_to_body(plan: NetworkPlan, progress: Progress) -> NetworkPlan:
     corners = body_box_world(plan.source)
     if corners is None:
@@ -207,9 +217,16 @@ def _class_scores(probabilities, threshold: float | None) -> tuple[Any, list[flo
 
 
 def predict_labelmap(
-    image: Image, model: LoadedModel, progress: Progress, crop_body: bool = False, threshold: float | None = None
+    image: Image,
+    model: LoadedModel,
+    progress: Progress,
+    crop_body: bool = False,
+    threshold: float | None = None,
+    further: Sequence[Image] = (),
 ) -> Image:
     """Labelmap (uint8) on ``image``'s grid, before post-processing.
+
+    ``further``: a multi-channel model's other channels, already on ``image``'s grid.
 
     ``threshold`` (one-foreground-label models only, already checked): foreground where its probability exceeds
     it, instead of the argmax; None: the argmax.
@@ -225,8 +242,8 @@ def predict_labelmap(
     progress.update(0.3)
     if crop_body:
         plan = _crop_to_body(plan, progress)
-    intensity = model.spec.preprocessing.intensity
-    network_input = plan.to_network(volume_device, lambda volume: _scale_intensity(volume, intensity))
+    scaling = _channel_scaling(model.spec.preprocessing.intensity)
+    network_input = plan.to_network(volume_device, scaling, further)
     progress.update(0.8)
     progress.stage("inference")
     stitched = _run_windows(network_input, model, memory, volume_device, progress)
@@ -242,25 +259,6 @@ def predict_labelmap(
     return plan.to_input(scores, outside, decide, lambda fraction: progress.update(0.8 * fraction))
 
 
-@contextlib.contextmanager
-def subnormals_flushed(device: Any) -> Iterator[None]:
-    """On the CPU, flush subnormal floats to zero while the network runs, then restore the default.
-
-    x86 CPUs handle subnormals in microcode; near-zero activations (air, padding) made a UNet step
-    up to 30x slower. Values below 1e-38 cannot change an argmax or a probability that matters.
-    """
-    import torch
-
-    if getattr(device, "type", str(device)) != "cpu":
-        yield
-        return
-    torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(False)
-
-
 def segment_image(
     image: Image,
     spec_or_model: str | Path | ModelSpec | LoadedModel,
@@ -273,8 +271,12 @@ def segment_image(
     allow_modality: str | None = None,
     backend: str = "auto",
     precision: str | None = None,
+    further: Sequence[Image] = (),
 ) -> tuple[Image, list[LabelInfo]]:
     """Segment an engine image; returns the labelmap on ``image``'s grid and the model's labels.
+
+    ``image`` is a multi-channel model's first channel, and ``further`` its other channels, in the spec's order,
+    already on ``image``'s grid (:func:`lesionseg.inference.channels.align_channels` puts them there).
 
     ``spec_or_model`` is a model id, a model or bundle folder, a ModelSpec, or a LoadedModel (reused as is).
     ``progress`` receives the event dictionaries described in :mod:`lesionseg.inference.progress`.
@@ -293,7 +295,7 @@ def segment_image(
         reporter.update(1.0)
     model = spec_or_model
     threshold = check_threshold(model.spec, threshold)  # before any inference, a cascade's coarse pass included
-    return _segment_loaded(image, model, reporter, crop_body, threshold, modality, allow_modality)
+    return _segment_loaded(image, model, reporter, crop_body, threshold, modality, allow_modality, further)
 
 
 def _segment_loaded(
@@ -304,8 +306,10 @@ def _segment_loaded(
     threshold: float | None,
     modality: str | None,
     allow_modality: str | None,
+    further: Sequence[Image] = (),
 ) -> tuple[Image, list[LabelInfo]]:
     """``segment_image`` once the model is loaded and ``threshold`` checked (by ``check_threshold``)."""
+    check_channel_count(model.spec, 1 + len(further))
     stages = () if model.coarse is None else (model.coarse.spec,)
     for text in check_model_input(image, model.spec, modality, allow_modality, window_specs=stages):
         reporter.warning(text)
@@ -315,12 +319,24 @@ def _segment_loaded(
         reporter.message(note)
     with subnormals_flushed(model.device):
         if model.coarse is None:
-            labelmap = predict_labelmap(image, model, reporter, crop_body=crop_body, threshold=threshold)
+            labelmap = predict_labelmap(image, model, reporter, crop_body, threshold, further)
         else:
             labelmap = _predict_two_steps(image, model, reporter, crop_body, threshold)
     labelmap = postprocess(labelmap, model.spec.postprocessing)
     reporter.update(1.0)
     return labelmap, list(model.spec.labels)
+
+
+def check_channel_count(spec: ModelSpec, given: int) -> None:
+    """Refuse a number of input images other than the model's channels, naming them."""
+    if given != spec.input_channels:
+        names = ", ".join(spec.channel_names)
+        raise ValueError(
+            f"model {spec.id!r} takes {spec.input_channels} image(s) ({names}), {given} given; give one per channel, "
+            "in that order (segment --input once per channel, or --channel NAME=PATH)"
+        )
+    if given > 1 and spec.cascade is not None:
+        raise ValueError(f"model {spec.id!r}: a cascade with several input channels is not supported yet")
 
 
 def _predict_two_steps(
@@ -357,7 +373,7 @@ def _predict_two_steps(
 
 def segment_file(
     model: str | Path | ModelSpec | LoadedModel,
-    input_path: str | Path,
+    input_path: str | Path | Sequence[str | Path],
     output_path: str | Path,
     device: str = "auto",
     progress: EventSink | None = None,
@@ -367,8 +383,12 @@ def segment_file(
     allow_modality: str | None = None,
     backend: str = "auto",
     precision: str | None = None,
+    named_channels: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Read an image (file or DICOM folder), segment it, write the labelmap atomically; returns the result event.
+
+    A multi-channel model takes ``input_path`` as one path per channel in its spec's order, or ``named_channels``
+    as ``NAME=PATH``; further channels are resampled onto the first one's grid, which the labelmap lies on.
 
     The result event's ``warnings`` repeats every warning event of the run, so a caller that keeps only
     the result still sees that, for instance, the input did not look like CT.
@@ -383,19 +403,32 @@ def segment_file(
     threshold = check_threshold(spec, threshold)
     reporter, warnings = recording_warnings(progress)
     reporter.stage("load")
-    source = read_model_input(input_path)
+    inputs = [input_path] if isinstance(input_path, (str, Path)) else list(input_path)
+    assigned, further = [("image", str(inputs[0]) if inputs else "")], []
+    if spec.input_channels == 1 and len(inputs) == 1 and not named_channels:
+        source = read_model_input(inputs[0])
+    else:
+        from lesionseg.inference.channels import align_channels, assign_channels, check_channel_modalities, read_channel
+
+        assigned = assign_channels(spec.channel_names, [str(p) for p in inputs], named_channels)
+        channels = [read_channel(name, path) for name, path in assigned]
+        check_channel_modalities(spec, channels)
+        source = channels[0]  # its image and modality, as read_model_input gives them
+        further = align_channels(channels)[1:]
+    image = source.image
     reporter.update(0.5)
     if not isinstance(model, LoadedModel):
         model = load_model(spec, device, models_dir, backend, precision)
     reporter.update(1.0)
     labelmap, labels = _segment_loaded(
-        source.image, model, reporter, crop_body, threshold, source.modality, allow_modality
+        image, model, reporter, crop_body, threshold, source.modality, allow_modality, further
     )
     written, listed = write_result_labelmap(labelmap, labels, output_path, reporter)
     return {
         "event": "result",
         "output": str(written),
-        "input": str(input_path),
+        "input": assigned[0][1],
+        **({"inputs": dict(assigned)} if len(assigned) > 1 else {}),
         "model": model.spec.id,
         "model_version": model.spec.version,
         "labels": listed,

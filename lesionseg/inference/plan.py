@@ -81,19 +81,26 @@ class NetworkPlan:
         """Voxels of the float32 volume that the first resampling pass of :meth:`to_network` holds."""
         return first_pass_voxels(self.reoriented.array.shape, self.forward)
 
-    def to_network(self, device: Any, scale: Callable[[Any], Any] | None = None):
-        """The network's input ``[1, k, j, i]`` (float32, contiguous, on ``device``): steps 1 to 4.
+    def to_network(self, device: Any, scale: Callable[[Any, int], Any] | None = None, further: Sequence[Image] = ()):
+        """The network's input ``[channels, k, j, i]`` (float32, contiguous, on ``device``): steps 1 to 4.
 
-        ``scale`` maps the resampled intensities (a torch tensor on the whole grid) before the crop, so statistics
-        it takes over the volume do not depend on the crop.
+        ``further`` are a multi-channel model's other channels, on the input's grid: each takes the first one's way.
+        ``scale(volume, channel)`` maps a channel's resampled intensities (a torch tensor on the whole grid) before
+        the crop, so statistics it takes over the volume do not depend on the crop.
         """
-        volume = resample_array_in_slabs(self.reoriented.array, self.forward, device)
-        if scale is not None:
-            volume = scale(volume)
-        volume = volume[self.region]
+        import torch
+
+        arrays = [self.reoriented.array, *(permute_axes(each, *self.reorientation).array for each in further)]
+        volumes = []
+        for channel, array in enumerate(arrays):
+            volume = resample_array_in_slabs(array, self.forward, device)
+            volumes.append(volume if scale is None else scale(volume, channel))
+        volume = volumes[0][None] if len(volumes) == 1 else torch.stack(volumes)
+        del volumes
+        volume = volume[(slice(None), *self.region)]
         if self.mirrored:
             volume = volume.flip(-1, -2)  # tensor axes 0 and 1 (i, j) are the last two here
-        return volume[None].contiguous()
+        return volume.contiguous()
 
     def from_network(self, logits):
         """The network's output ``[classes, k, j, i]`` with step 4 undone: on :attr:`region` of the grid."""

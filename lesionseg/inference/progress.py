@@ -1,4 +1,4 @@
-"""Progress events of a segmentation, with a percent that follows the real work.
+"""Progress events of a segmentation (:mod:`lesionseg.jobs.protocol`), with a percent that follows the real work.
 
 The percent is a weighted sum of stages: load (image and model) 5, preprocess 10, sliding window 70
 (advancing per batch of windows), postprocess (inversion to the input grid and clean-up) 10, write 5.
@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from typing import Any
+
+from lesionseg.jobs import protocol
 
 STAGE_WEIGHTS: dict[str, float] = {"load": 5, "preprocess": 10, "inference": 70, "postprocess": 10, "write": 5}
 STAGES = tuple(STAGE_WEIGHTS)
@@ -33,7 +35,7 @@ class Progress:
         if name not in STAGE_WEIGHTS:
             raise ValueError(f"unknown stage {name!r}")
         self.stage_name = name
-        self._emit({"event": "stage", "stage": name})
+        self._emit(protocol.stage(name))
         self.update(0.0, force=True)
 
     def update(self, fraction: float, force: bool = False, **extra: Any) -> None:
@@ -45,17 +47,17 @@ class Progress:
             return
         self.percent = percent
         self._last_emit = now
-        self._emit({"event": "progress", "percent": percent, "stage": self.stage_name, **extra})
+        self._emit(protocol.progress(percent, self.stage_name, **extra))
 
     def message(self, text: str) -> None:
-        self._emit({"event": "message", "text": text})
+        self._emit(protocol.message(text))
 
     def warning(self, text: str) -> None:
-        self._emit({"event": "warning", "text": text})
+        self._emit(protocol.warning(text))
 
     def finish(self) -> None:
         self.percent = 100.0
-        self._emit({"event": "progress", "percent": 100.0, "stage": "write"})
+        self._emit(protocol.progress(100.0, "write"))
 
 
 def recording_warnings(progress: EventSink | None, min_interval_s: float = 0.05) -> tuple[Progress, list[str]]:
@@ -66,7 +68,7 @@ def recording_warnings(progress: EventSink | None, min_interval_s: float = 0.05)
     warnings: list[str] = []
 
     def recorded(event: dict[str, Any]) -> None:
-        if event.get("event") == "warning":
+        if event.get("event") == protocol.EventKind.WARNING.value:
             warnings.append(str(event.get("text", "")))
         if progress is not None:
             progress(event)

@@ -1,4 +1,5 @@
-"""Background segmentations without Qt: a child-process job runner and a warm worker."""
+"""Background segmentations without Qt: a child-process job runner, a warm worker, and the events they print
+(:mod:`lesionseg.jobs.protocol`)."""
 
 from lesionseg.jobs.runner import EventKind, Job, JobEvent, JobState, kill_process_tree, segment_command
 from lesionseg.jobs.worker import ManagedWorker, WarmWorker, WorkerRequest

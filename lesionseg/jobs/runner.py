@@ -1,5 +1,7 @@
 """A Qt-free runner for background segmentations: a child process, its JSON-lines events, cancel and timeout.
 
+The events are those of :mod:`lesionseg.jobs.protocol`.
+
 The GUI starts a :class:`Job`, calls :meth:`Job.poll` from a timer to drain events (never blocks), and may
 :meth:`Job.cancel` it: the child runs in its own process group (POSIX session, or a Windows process group),
 and cancel ends the whole group, grandchildren included: SIGTERM, then SIGKILL after a grace period.
@@ -8,7 +10,6 @@ and cancel ends the whole group, grandchildren included: SIGTERM, then SIGKILL a
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import queue
 import signal
@@ -17,55 +18,11 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
-
-class JobState(Enum):
-    PENDING = "pending"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    TIMED_OUT = "timed out"
-
-    @property
-    def finished(self) -> bool:
-        return self not in (JobState.PENDING, JobState.RUNNING)
-
-
-class EventKind(Enum):
-    READY = "ready"
-    STAGE = "stage"
-    PROGRESS = "progress"
-    MESSAGE = "message"
-    WARNING = "warning"
-    RESULT = "result"
-    ERROR = "error"
-    MODEL = "model"  # the warm worker: the model a request runs, loaded now or kept from the previous request
-    OUTPUT = "output"  # a stdout line that is not an event
-    FINISHED = "finished"  # added by the runner when the job ends
-
-
-@dataclass(frozen=True)
-class JobEvent:
-    kind: EventKind
-    data: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def percent(self) -> float | None:
-        return self.data.get("percent")
-
-    @classmethod
-    def from_line(cls, line: str) -> "JobEvent":
-        text = line.rstrip("\r\n")
-        try:
-            data = json.loads(text)
-            return cls(EventKind(data.get("event")), data)
-        except (json.JSONDecodeError, ValueError, TypeError, AttributeError):
-            return cls(EventKind.OUTPUT, {"text": text})
+from lesionseg.jobs import protocol
+from lesionseg.jobs.protocol import EventKind, JobEvent, JobState
 
 
 def drain(events: queue.Queue) -> list:
@@ -195,6 +152,7 @@ class Job:
         self._process: subprocess.Popen | None = None
         self._stop_reason: JobState | None = None
         self._lock = threading.Lock()
+        self._stdin_lock = threading.Lock()  # one line at a time, from any thread
         self._done = threading.Event()
         self._readers: list[threading.Thread] = []
 
@@ -240,7 +198,7 @@ class Job:
         for line in self._process.stdout:
             if not line.strip():
                 continue
-            event = JobEvent.from_line(line)
+            event = protocol.parse_line(line)
             if event.kind is EventKind.RESULT:
                 self.result = event.data
             elif event.kind is EventKind.ERROR:
@@ -288,22 +246,38 @@ class Job:
                 last = next((ln for ln in reversed(self.stderr_lines) if ln.strip()), "")
                 self.error_type = last.split(":", 1)[0].strip() if ":" in last else "ProcessError"
                 self.error_text = self.stderr_text or f"the process exited with status {self.returncode}"
-        self._events.put(
-            JobEvent(
-                EventKind.FINISHED,
-                {
-                    "state": self.state.value,
-                    "returncode": self.returncode,
-                    "type": self.error_type,
-                    "text": self.error_text,
-                },
-            )
-        )
+        finished = protocol.finished(self.state, self.error_type, self.error_text, self.returncode)
+        self._events.put(JobEvent(EventKind.FINISHED, finished))
         self._done.set()
 
     def poll(self) -> list[JobEvent]:
         """New events since the last call; never blocks (call it from a GUI timer)."""
         return drain(self._events)
+
+    def next_event(self, timeout_s: float) -> JobEvent | None:
+        """The next event, waiting up to ``timeout_s`` for it (a reader thread, not a GUI); None if none came."""
+        try:
+            return self._events.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
+
+    @property
+    def exhausted(self) -> bool:
+        """Whether the job has ended and every event it gave, ``finished`` included, has been taken."""
+        return self._done.is_set() and self._events.empty()
+
+    @property
+    def running(self) -> bool:
+        """Whether the child process was started and has not exited."""
+        return self._process is not None and self._process.poll() is None
+
+    def send_line(self, text: str) -> None:
+        """Write one line to the child's stdin (a job started with ``keep_stdin``); OSError when it is gone."""
+        if self._process is None or self._process.stdin is None:
+            raise BrokenPipeError("this job has no stdin to write to; start it with keep_stdin=True")
+        with self._stdin_lock:
+            self._process.stdin.write(text + "\n")
+            self._process.stdin.flush()
 
     def cancel(self) -> None:
         """End the child and its whole process tree (SIGTERM, SIGKILL after the grace period)."""

@@ -1,6 +1,6 @@
 """The warm worker: a long-lived child that keeps torch imported and the last model loaded between segmentations.
 
-Protocol (JSON lines): the worker prints ``{"event": "ready", "pid": N}``, then reads requests on stdin::
+Requests (JSON lines): the worker prints a ``ready`` event (:mod:`lesionseg.jobs.protocol`), then reads on stdin::
 
     {"id": "r1", "command": "segment", "model": ID_OR_DIR, "input": PATH, "output": PATH,
      "device": "auto", "crop_body": false, "threshold": null, "models_dir": null}
@@ -32,7 +32,9 @@ import uuid
 from pathlib import Path
 from typing import Any, TextIO
 
-from lesionseg.jobs.runner import EventKind, Job, JobEvent, JobState, drain, remove_partial_outputs
+from lesionseg.jobs import protocol
+from lesionseg.jobs.protocol import EventKind, JobEvent, JobState
+from lesionseg.jobs.runner import Job, drain, remove_partial_outputs
 
 
 def _model_key(spec: Any, device: str) -> tuple:
@@ -57,8 +59,7 @@ def serve(stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
     loaded: dict[str, Any] = {"key": None, "model": None}  # one model at a time
 
     def send(event: dict[str, Any]) -> None:
-        stdout.write(json.dumps(event) + "\n")
-        stdout.flush()
+        protocol.write_event(event, stdout)
 
     def drop() -> str | None:
         dropped = None if loaded["model"] is None else loaded["model"].spec.id
@@ -67,7 +68,7 @@ def serve(stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
             _free_memory()
         return dropped
 
-    send({"event": "ready", "pid": os.getpid()})
+    send(protocol.ready(os.getpid()))
     for line in stdin:
         if not line.strip():
             continue
@@ -87,7 +88,7 @@ def serve(stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
             from lesionseg.models.weights import verify_weights
 
             def tagged(event: dict[str, Any], rid=request_id) -> None:
-                send({**event, "request": rid})
+                send(protocol.tagged(event, rid))
 
             device = request.get("device", "auto")
             spec = resolve_spec(str(request["model"]), request.get("models_dir"))
@@ -100,16 +101,7 @@ def serve(stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
             else:
                 dropped = drop()  # before loading the next one: never two models in memory
                 loaded.update(model=load_model(spec, device), key=key)
-            tagged(
-                {
-                    "event": "model",
-                    "model": spec.id,
-                    "reused": reused,
-                    "dropped": dropped,
-                    "pid": os.getpid(),
-                    "seconds": round(time.perf_counter() - started, 3),
-                }
-            )
+            tagged(protocol.model(spec.id, reused, dropped, os.getpid(), round(time.perf_counter() - started, 3)))
             result = segment_file(
                 loaded["model"],
                 request["input"],
@@ -121,13 +113,7 @@ def serve(stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
             )
             tagged({**result, "model_reused": reused})
         except Exception as error:  # one bad request must not end the worker
-            from lesionseg.errors import EXIT_FAILURE, describe
-
-            text, status = describe(error)
-            event = {"event": "error", "type": type(error).__name__, "text": text, "exit_code": status}
-            if status == EXIT_FAILURE:
-                event["traceback"] = traceback.format_exc()
-            send({**event, "request": request_id})
+            send(protocol.tagged(protocol.error(error, traceback.format_exc()), request_id))
     return 0
 
 
@@ -182,8 +168,7 @@ class WorkerRequest:
             self.state, self.error_type, self.error_text, self.result = state, error_type, error_text, result
             if event is not None:
                 self._events.put(event)
-            data = {"state": state.value, "type": error_type, "text": error_text}
-            self._events.put(JobEvent(EventKind.FINISHED, data))
+            self._events.put(JobEvent(EventKind.FINISHED, protocol.finished(state, error_type, error_text)))
         self._done.set()
 
     def _worker_ended(self) -> None:
@@ -235,7 +220,6 @@ class WarmWorker:
         self._requests: dict[str, WorkerRequest] = {}
         self._ready = threading.Event()
         self._pump: threading.Thread | None = None
-        self._write_lock = threading.Lock()
         self.stopping = False  # stopped or closed on purpose, not crashed
 
     @property
@@ -244,8 +228,7 @@ class WarmWorker:
 
     @property
     def alive(self) -> bool:
-        process = self.job._process
-        return process is not None and process.poll() is None and not self.job.state.finished
+        return self.job.running and not self.job.state.finished
 
     def start(self, timeout_s: float | None = 60.0) -> "WarmWorker":
         """Start the process; wait up to ``timeout_s`` for it to be ready (None: do not wait, requests queue)."""
@@ -259,13 +242,11 @@ class WarmWorker:
 
     def _dispatch(self) -> None:
         while True:
-            try:
-                event = self.job._events.get(timeout=0.1)
-            except queue.Empty:
-                if self.job._done.is_set() and self.job._events.empty():
-                    event = JobEvent(EventKind.FINISHED, {})
-                else:
+            event = self.job.next_event(0.1)
+            if event is None:
+                if not self.job.exhausted:
                     continue
+                event = JobEvent(EventKind.FINISHED, {})
             if event.kind is EventKind.READY:
                 self._ready.set()
             elif event.kind is EventKind.FINISHED:
@@ -274,7 +255,7 @@ class WarmWorker:
                 self._requests.clear()
                 return
             else:
-                request = self._requests.get(event.data.get("request"))
+                request = self._requests.get(event.data.get(protocol.TAG))
                 if request is not None:
                     request._deliver(event)
                     if request.state.finished:
@@ -327,10 +308,7 @@ class WarmWorker:
             self._send({"command": "release"})
 
     def _send(self, message: dict[str, Any]) -> None:
-        stdin = self.job._process.stdin
-        with self._write_lock:
-            stdin.write(json.dumps(message) + "\n")
-            stdin.flush()
+        self.job.send_line(json.dumps(message))
 
     def stop(self) -> None:
         """Kill the worker and its whole process tree now."""
@@ -339,14 +317,15 @@ class WarmWorker:
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Ask the worker to exit; kill it if it does not."""
-        process = self.job._process
         self.stopping = True
-        if process is not None and process.poll() is None:
+        if self.job.running:
             try:
                 self._send({"command": "shutdown"})
-                process.wait(timeout=timeout_s)
-            except Exception:
+            except (OSError, ValueError):  # its stdin is broken or closed: it is going anyway
                 self.stop()
+            else:
+                if not self.job.wait(timeout_s).finished:
+                    self.stop()
         self.job.wait(5.0)
 
 

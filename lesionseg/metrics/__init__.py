@@ -46,16 +46,14 @@ Definitions (also written into every JSON result under ``definitions``)
 """
 
 from lesionseg.metrics.case import evaluate_case
+from lesionseg.metrics.descriptors import MASK_METRICS, MetricInfo, metric_info
 from lesionseg.metrics.lesions import DEFAULT_CONNECTIVITY, lesion_metrics, lesion_table
 from lesionseg.metrics.masks import dice_coefficient, label_metrics, mask_metrics, surface_distances
 
 DEFINITIONS = {
     "surface": "mask voxels with a 6-neighbour outside the mask (image edge = outside)",
     "distances": "surface voxel centre to nearest surface voxel centre of the other mask, mm, spacing-scaled",
-    "hd95_mm": "max of the two directed 95th percentiles (linear interpolation)",
-    "hd_mm": "max of the two directed maxima",
-    "assd_mm": "mean of both directions' surface distances pooled",
-    "volume_diff_ml": "prediction minus reference",
+    **{key: metric_info(key).description for key in ("hd95_mm", "hd_mm", "assd_mm", "volume_diff_ml")},
     "empty": "'both': dice=iou=1, distances 0; 'prediction'/'reference': dice=iou=0, distances null (undefined)",
     "lesions": "connected components; a reference lesion is detected when any predicted component overlaps it",
     "detection": (
@@ -69,11 +67,14 @@ DEFINITIONS = {
 __all__ = [
     "DEFAULT_CONNECTIVITY",
     "DEFINITIONS",
+    "MASK_METRICS",
+    "MetricInfo",
     "dice_coefficient",
     "evaluate_case",
     "label_metrics",
     "lesion_metrics",
     "lesion_table",
     "mask_metrics",
+    "metric_info",
     "surface_distances",
 ]

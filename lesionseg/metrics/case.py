@@ -63,22 +63,14 @@ def evaluate_case(
     Labels evaluated: every non-zero value in either image plus every value named in ``label_names``.
     Lesions are the components of the voxels whose value is in ``lesion_labels`` (default: all foreground).
     """
-    pred = same_voxels_in_reference_order(pred, ref)
-    require_same_grid(pred, ref, what="prediction")
-    pred_arr = as_labelmap(pred, "prediction")
-    ref_arr = as_labelmap(ref, "reference")
+    pred_arr, ref_arr = _labelmaps_on_one_grid(pred, ref)
     names = {int(k): str(v) for k, v in (label_names or {}).items()}
     per_label = label_metrics(pred_arr, ref_arr, ref.spacing, extra_values=names)
     labels_out: dict[str, Any] = {}
     for value, metrics in per_label.items():
         labels_out[str(value)] = {"name": names.get(value, f"Label_{value}"), **metrics}
     foreground = mask_metrics(pred_arr > 0, ref_arr > 0, ref.spacing)
-    if lesion_labels is None:
-        lesion_values = None
-        pred_lesions, ref_lesions = pred_arr > 0, ref_arr > 0
-    else:
-        lesion_values = sorted({int(v) for v in lesion_labels})
-        pred_lesions, ref_lesions = np.isin(pred_arr, lesion_values), np.isin(ref_arr, lesion_values)
+    lesion_values, pred_lesions, ref_lesions = _lesion_masks(pred_arr, ref_arr, lesion_labels)
     lesions = lesion_metrics(pred_lesions, ref_lesions, ref.spacing, connectivity, min_lesion_mm3)
     lesions = {
         "lesion_labels": lesion_values if lesion_values is not None else "all foreground",
@@ -87,14 +79,8 @@ def evaluate_case(
         "dice": dice_coefficient(pred_lesions, ref_lesions),
         **lesions,
     }
-    detection = lesion_detection(
-        pred_lesions,
-        ref_lesions,
-        ref.spacing,
-        min_reference_mm=min_reference_mm,
-        min_prediction_mm3=min_prediction_mm3,
-        connectivity=connectivity,
-    )
+    limits = {"min_reference_mm": min_reference_mm, "min_prediction_mm3": min_prediction_mm3}
+    detection = lesion_detection(pred_lesions, ref_lesions, ref.spacing, connectivity=connectivity, **limits)
     return {
         "grid": {"size_ijk": list(ref.size), "spacing_mm": [float(s) for s in ref.spacing]},
         "labels": labels_out,
@@ -114,20 +100,23 @@ def case_detection(
     connectivity: int = DEFAULT_CONNECTIVITY,
 ) -> dict[str, Any]:
     """Only the detection by size of ``evaluate_case``: what each FROC point needs, without the distances."""
+    _, pred_lesions, ref_lesions = _lesion_masks(*_labelmaps_on_one_grid(pred, ref), lesion_labels)
+    limits = {"min_reference_mm": min_reference_mm, "min_prediction_mm3": min_prediction_mm3}
+    return lesion_detection(pred_lesions, ref_lesions, ref.spacing, connectivity=connectivity, **limits)
+
+
+def _labelmaps_on_one_grid(pred: Image, ref: Image) -> tuple[np.ndarray, np.ndarray]:
+    """Both voxel arrays as labelmaps, ``pred`` re-indexed onto ``ref``'s grid, or the error that says why not."""
     pred = same_voxels_in_reference_order(pred, ref)
     require_same_grid(pred, ref, what="prediction")
-    pred_arr = as_labelmap(pred, "prediction")
-    ref_arr = as_labelmap(ref, "reference")
+    return as_labelmap(pred, "prediction"), as_labelmap(ref, "reference")
+
+
+def _lesion_masks(
+    pred: np.ndarray, ref: np.ndarray, lesion_labels: Iterable[int] | None
+) -> tuple[list[int] | None, np.ndarray, np.ndarray]:
+    """The lesion values (None: all foreground) and the lesion voxels of each labelmap."""
     if lesion_labels is None:
-        pred_lesions, ref_lesions = pred_arr > 0, ref_arr > 0
-    else:
-        values = sorted({int(v) for v in lesion_labels})
-        pred_lesions, ref_lesions = np.isin(pred_arr, values), np.isin(ref_arr, values)
-    return lesion_detection(
-        pred_lesions,
-        ref_lesions,
-        ref.spacing,
-        min_reference_mm=min_reference_mm,
-        min_prediction_mm3=min_prediction_mm3,
-        connectivity=connectivity,
-    )
+        return None, pred > 0, ref > 0
+    values = sorted({int(v) for v in lesion_labels})
+    return values, np.isin(pred, values), np.isin(ref, values)

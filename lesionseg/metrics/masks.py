@@ -14,6 +14,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import KDTree
 
+from lesionseg.metrics.descriptors import MASK_METRIC_KEYS
+
 # 6-neighbourhood: a voxel is on the surface when a face neighbour lies outside the mask.
 _FACE_NEIGHBOURS = ndimage.generate_binary_structure(3, 1)
 
@@ -21,8 +23,7 @@ EMPTY_BOTH = "both"
 EMPTY_PREDICTION = "prediction"
 EMPTY_REFERENCE = "reference"
 
-DISTANCE_KEYS = ("hd95_mm", "hd_mm", "assd_mm")
-METRIC_KEYS = ("dice", "iou", *DISTANCE_KEYS, "volume_pred_ml", "volume_ref_ml", "volume_diff_ml")
+METRIC_KEYS = MASK_METRIC_KEYS  # what mask_metrics returns, described in lesionseg.metrics.descriptors
 
 
 def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:

@@ -11,9 +11,10 @@ from typing import Any
 
 from lesionseg.io.atomic import write_bytes_atomic
 from lesionseg.metrics.cohort import LESION_COUNT_KEYS
-from lesionseg.metrics.masks import METRIC_KEYS
+from lesionseg.metrics.descriptors import MASK_METRIC_KEYS
 
-LABEL_COLUMNS = ("label", "name", *METRIC_KEYS, "empty")
+# Columns are result keys; titles and units live in the metrics' descriptors (lesionseg.metrics.descriptors).
+LABEL_COLUMNS = ("label", "name", *MASK_METRIC_KEYS, "empty")
 LESION_COLUMNS = (
     *LESION_COUNT_KEYS,
     "sensitivity",
@@ -63,7 +64,7 @@ def write_cohort_csv(path: Path, result: dict[str, Any]) -> list[Path]:
     for key, summary in result["summary"]["labels"].items():
         for stat in ("mean", "std"):
             rows.append(
-                {"case": stat, "label": key, "name": summary["name"], **{m: summary[m][stat] for m in METRIC_KEYS}}
+                {"case": stat, "label": key, "name": summary["name"], **{m: summary[m][stat] for m in MASK_METRIC_KEYS}}
             )
     write_bytes_atomic(path, _csv_bytes(("case", *LABEL_COLUMNS), rows))
     lesion_rows = [{"case": case["case"], **case["lesions"]} for case in result["cases"]]

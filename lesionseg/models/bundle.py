@@ -144,13 +144,17 @@ def spec_from_bundle(folder: str | Path) -> ModelSpec:
     inferer = _resolve(config.get("inferer", {}), config, where)
     if "roi_size" not in inferer:
         raise ValueError(f"{where}: the 'inferer' entry gives no roi_size")
-    blend = str(inferer.get("mode", "constant"))
+    # What the inferer leaves out takes the spec's defaults, which are MONAI's (see lesionseg.models.spec).
+    inference: dict[str, Any] = {"roi_size": [int(r) for r in inferer["roi_size"]]}
+    given = {"overlap": ("overlap", float), "sw_batch_size": ("sw_batch_size", int), "mode": ("blend", str)}
+    for key, (field, to) in given.items():
+        if key in inferer:
+            inference[field] = to(inferer[key])
     out_channels = int(params.get("out_channels", 2))
     data = {
         "schema_version": 1,
         "id": folder.name,
         "version": str(_metadata_version(folder)),
-        "task": "segmentation",
         "description": f"MONAI bundle folder {folder}",
         "network": {"name": name, "parameters": params},
         "input_channels": int(params.get("in_channels", 1)),
@@ -160,12 +164,7 @@ def spec_from_bundle(folder: str | Path) -> ModelSpec:
             "spacing": None if spacing is None else [float(s) for s in spacing],
             "intensity": intensity,
         },
-        "inference": {
-            "roi_size": [int(r) for r in inferer["roi_size"]],
-            "overlap": float(inferer.get("overlap", 0.25)),
-            "sw_batch_size": int(inferer.get("sw_batch_size", 1)),
-            "blend": blend,
-        },
+        "inference": inference,
         "labels": _labels(folder, out_channels),
         "weights": {"format": "state_dict", "path": "model.pt"},
     }

@@ -8,16 +8,20 @@ from lesionseg.models.spec import NETWORK_NAMES, ModelSpec
 from lesionseg.models.weights import WeightsError, load_state_dict, verify_weights
 
 
-def build_network(name: str, parameters: dict[str, Any]) -> Any:
-    """A MONAI network by class name; only the architectures a spec may name are reachable."""
+def build_network(name: str, parameters: dict[str, Any], source: str = "the spec's network.parameters") -> Any:
+    """A MONAI network by class name; only the architectures a spec may name are reachable.
+
+    Training and inference both build through here, so a trained network is one a spec can name. ``source`` says
+    in the error where the parameters came from.
+    """
     if name not in NETWORK_NAMES:
         raise ValueError(f"network {name!r} is not supported; use one of {', '.join(NETWORK_NAMES)}")
     from monai.networks import nets
 
     try:
         return getattr(nets, name)(**parameters)
-    except TypeError as error:
-        raise ValueError(f"network {name}: bad parameters ({error}); check the spec's network.parameters") from error
+    except (TypeError, ValueError, AssertionError) as error:
+        raise ValueError(f"network {name}: bad parameters ({error}); check {source}") from error
 
 
 def load_network(spec: ModelSpec, verify: bool = True) -> Any:

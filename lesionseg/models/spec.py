@@ -23,11 +23,24 @@ mirrored left-right and front-back:
   bundle on the Decathlon Task09 NIfTI files (or others written the same way), where it is right because the
   file carries the same mislabelling; on correctly oriented images it lands on the mirrored side.
 * ``none``: the weights carry no such quirk (computed like ``reproduce_monai``; the value documents the fact).
+
+Defaults and retired fields
+---------------------------
+Each optional field's default is written once, as the default of its dataclass field below; the schema's
+``default`` annotations repeat them for readers and a test keeps the two equal.  The sliding-window defaults
+are those of MONAI's ``SlidingWindowInferer``, so a MONAI bundle whose inferer leaves them out runs as MONAI
+runs it.
+
+``task``, ``preprocessing.interpolation`` and ``inference.activation`` are retired: each allowed one value
+(``segmentation``, ``bilinear``, ``softmax``), which is what the engine always does, and nothing read them.
+Specs written before keep loading: the fields are still accepted with those values and silently ignored
+(:data:`RETIRED_FIELDS`), and new specs leave them out.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib import resources
@@ -38,6 +51,11 @@ from lesionseg.labels import LabelInfo
 
 SCHEMA_RESOURCE = "model-spec.schema.json"
 NETWORK_NAMES = ("UNet", "SegResNet", "UNETR", "DynUNet", "BasicUNet")
+# Fields older specs carry that stated the only thing the engine does; accepted by the schema, then ignored.
+RETIRED_FIELDS = ("task", "preprocessing/interpolation", "inference/activation")
+# Fraction of a sliding window shared with its neighbour (MONAI's SlidingWindowInferer default); training
+# validates with it too, so a trained model's spec carries it.
+DEFAULT_OVERLAP = 0.25
 
 
 @cache
@@ -64,17 +82,15 @@ class PreprocessSpec:
     spacing: tuple[float, float, float] | None
     intensity: IntensitySpec
     orientation_quirk: str = "none"
-    interpolation: str = "bilinear"
 
 
 @dataclass(frozen=True)
 class InferenceSpec:
     roi_size: tuple[int, int, int]
-    overlap: float = 0.25
+    overlap: float = DEFAULT_OVERLAP
     sw_batch_size: int = 1
     blend: str = "constant"
     flip_tta: bool = False
-    activation: str = "softmax"
     amp: bool = True
     precision: str = "fp32"  # the CPU network through OpenVINO: fp32 or bf16
     threshold: float | None = None  # foreground probability cut for one-label models; None: argmax
@@ -116,7 +132,6 @@ class InputSpec:
 class ModelSpec:
     id: str
     version: str
-    task: str
     network_name: str
     network_parameters: dict[str, Any]
     input_channels: int
@@ -255,56 +270,68 @@ def validate_spec_dict(data: Any, where: str = "model spec") -> None:
             raise ValueError(f"{where}: inputs names repeat ({[each['name'] for each in inputs]}); name each once")
 
 
+def _given(data: Mapping[str, Any], convert: Mapping[str, Callable[[Any], Any]]) -> dict[str, Any]:
+    """The fields ``data`` gives, converted; the dataclass defaults stand for the others."""
+    return {name: to(data[name]) for name, to in convert.items() if name in data}
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
 def spec_from_dict(data: dict[str, Any], folder: Path | None = None, where: str = "model spec") -> ModelSpec:
     """Validate and convert a spec dictionary."""
     validate_spec_dict(data, where)
     pre = data["preprocessing"]
-    inten = dict(pre["intensity"])
     infer = data["inference"]
-    post = data.get("postprocessing", {})
     cascade = data.get("cascade")
+    lesion_labels = {int(v) for v in data.get("lesion_labels", [])}
+    # A spec that names its lesion labels decides for every label; an older one leaves it to the label's name.
+    stated = "lesion_labels" in data
     return ModelSpec(
         id=data["id"],
         version=data["version"],
-        task=data["task"],
-        description=data.get("description", ""),
-        intended_use=data.get("intended_use", ""),
-        license=data.get("license", ""),
-        demo=bool(data.get("demo", False)),
         network_name=data["network"]["name"],
         network_parameters=dict(data["network"]["parameters"]),
         input_channels=int(data["input_channels"]),
-        modality=data.get("modality"),
         inputs=tuple(InputSpec(str(each["name"]), each.get("modality")) for each in data.get("inputs", [])),
         preprocessing=PreprocessSpec(
             orientation=pre["orientation"],
             spacing=None if pre["spacing"] is None else tuple(float(s) for s in pre["spacing"]),
-            intensity=IntensitySpec(**inten),
-            orientation_quirk=pre.get("orientation_quirk", "none"),
-            interpolation=pre.get("interpolation", "bilinear"),
+            intensity=IntensitySpec(**pre["intensity"]),
+            **_given(pre, {"orientation_quirk": str}),
         ),
         inference=InferenceSpec(
             roi_size=tuple(int(r) for r in infer["roi_size"]),
-            overlap=float(infer.get("overlap", 0.25)),
-            sw_batch_size=int(infer.get("sw_batch_size", 1)),
-            blend=infer.get("blend", "constant"),
-            flip_tta=bool(infer.get("flip_tta", False)),
-            activation=infer.get("activation", "softmax"),
-            amp=bool(infer.get("amp", True)),
-            precision=str(infer.get("precision", "fp32")),
-            threshold=None if infer.get("threshold") is None else float(infer["threshold"]),
+            **_given(
+                infer,
+                {
+                    "overlap": float,
+                    "sw_batch_size": int,
+                    "blend": str,
+                    "flip_tta": bool,
+                    "amp": bool,
+                    "precision": str,
+                    "threshold": _optional_float,
+                },
+            ),
         ),
         postprocessing=PostprocessSpec(
-            keep_largest_component=bool(post.get("keep_largest_component", False)),
-            min_component_mm3=float(post.get("min_component_mm3", 0.0)),
-            fill_holes=bool(post.get("fill_holes", False)),
+            **_given(
+                data.get("postprocessing", {}),
+                {"keep_largest_component": bool, "min_component_mm3": float, "fill_holes": bool},
+            )
         ),
-        labels=tuple(LabelInfo.from_dict(label) for label in data["labels"]),
+        labels=tuple(
+            LabelInfo.from_dict(label, is_lesion=int(label["value"]) in lesion_labels if stated else None)
+            for label in data["labels"]
+        ),
         weights=WeightsSpec(**{k: v for k, v in data["weights"].items() if k != "note"}),
         lesion_labels=tuple(int(v) for v in data.get("lesion_labels", [])),
         cascade=CascadeSpec(str(cascade["coarse_model"]), float(cascade["margin_mm"])) if cascade else None,
         folder=folder,
         source=data,
+        **_given(data, {"description": str, "intended_use": str, "license": str, "demo": bool, "modality": str}),
     )
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from lesionseg.io.atomic import write_bytes_atomic
+from lesionseg.metrics.descriptors import MASK_METRIC_KEYS, metric_info
 
-_LABEL_HEADER = ["Label", "Name", "Dice", "IoU", "HD95 (mm)", "HD (mm)", "ASSD (mm)", "V pred (mL)", "V ref (mL)"]
-_LABEL_HEADER += ["ΔV (mL)", "Empty"]
-_LABEL_KEYS = ["dice", "iou", "hd95_mm", "hd_mm", "assd_mm", "volume_pred_ml", "volume_ref_ml", "volume_diff_ml"]
+_LABEL_KEYS = list(MASK_METRIC_KEYS)
+_LABEL_HEADER = ["Label", "Name", *(metric_info(key).short_header for key in _LABEL_KEYS), "Empty"]
 _LESION_HEADER = ["Ref lesions", "Pred lesions", "TP", "FN", "FP", "Sensitivity", "Precision", "FP vol (mL)"]
 _LESION_HEADER += ["FN vol (mL)"]
 _LESION_KEYS = ["n_ref", "n_pred", "tp", "fn", "fp", "sensitivity", "precision", "fp_volume_ml", "fn_volume_ml"]
@@ -86,8 +86,8 @@ def case_sections(result: dict[str, Any], images: list[Path], report_dir: Path) 
 def cohort_sections(result: dict[str, Any], images: dict[str, list[Path]], report_dir: Path) -> list[Section]:
     """Sections for a cohort: the summary, then per-case rows, then each case's overlays."""
     summary = result["summary"]
-    header = ["Label", "Name", "Dice", "IoU", "HD95 (mm)", "HD (mm)", "ASSD (mm)", "ΔV (mL)", "Empty (both/pred/ref)"]
     keys = ["dice", "iou", "hd95_mm", "hd_mm", "assd_mm", "volume_diff_ml"]
+    header = ["Label", "Name", *(metric_info(key).short_header for key in keys), "Empty (both/pred/ref)"]
     rows = []
     for key, row in [*summary["labels"].items(), ("all", {"name": "foreground", **summary["foreground"]})]:
         empty = row["empty_cases"]
@@ -123,7 +123,7 @@ def cohort_sections(result: dict[str, Any], images: dict[str, list[Path]], repor
             lesion_rows,
             _lesion_text(result["cases"][0]["lesions"]) if result["cases"] else "",
         ),
-        Section("Per case", ["Case", "Label", "Name", "Dice", "IoU", "HD95 (mm)", "HD (mm)", "ASSD (mm)"], case_rows),
+        Section("Per case", ["Case", *_LABEL_HEADER[:7]], case_rows),
     ]
     for case, paths in images.items():
         if paths:

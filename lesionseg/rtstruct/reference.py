@@ -8,19 +8,13 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 
+from lesionseg.dicom.geometry import orientation_frame, pixel_spacing_ij, same_orientation, sort_slices
+from lesionseg.dicom.headers import GEOMETRY_TAGS, SliceHeader, find_dicom_files
 from lesionseg.image import POSITION_TOLERANCE_MM, Image
 
 # Slices closer than POSITION_TOLERANCE_MM along the normal count as one position; gaps and in-plane
 # positions may vary by as much (header rounding; why that value: see lesionseg.image).
-
-
-# What the sorting and the checks need from every slice.
-_TAGS = [
-    "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "ImagePositionPatient", "ImageOrientationPatient",
-    "PixelSpacing", "Rows", "Columns", "FrameOfReferenceUID",
-]  # fmt: skip
 
 
 @dataclass
@@ -105,10 +99,6 @@ class ReferenceSeries:
         return [pydicom.dcmread(s.path, stop_before_pixels=not pixels) for s in self.slices]
 
 
-def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
-
-
 def read_reference_series(folder: str | Path, series_uid: str | None = None) -> ReferenceSeries:
     """Read the headers of the image series in ``folder`` and sort its slices along the normal.
 
@@ -119,22 +109,24 @@ def read_reference_series(folder: str | Path, series_uid: str | None = None) -> 
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"no such reference series folder: {folder}")
-    by_series: dict[str, list[tuple[Path, Dataset]]] = {}
-    for path in _files(folder):
-        try:
-            # Parsing only the geometry is several times quicker than whole headers.
-            header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_TAGS)
-        except (InvalidDicomError, OSError):
-            continue
-        if "ImagePositionPatient" not in header or "ImageOrientationPatient" not in header:
+    contents = find_dicom_files(folder, GEOMETRY_TAGS)
+    if contents.unreadable:
+        listing = "; ".join(f"{path.name}: {why}" for path, why in contents.unreadable[:3])
+        raise ValueError(
+            f"{len(contents.unreadable)} DICOM file(s) in {folder} cannot be read ({listing}); an export must "
+            "reference every slice of its series: repair or remove them first"
+        )
+    by_series: dict[str, list[SliceHeader]] = {}
+    for header in contents.headers:
+        if "ImagePositionPatient" not in header.dataset or "ImageOrientationPatient" not in header.dataset:
             continue  # not an image slice (an RTSTRUCT, a report, ...)
-        missing = [tag for tag in ("SOPInstanceUID", "SOPClassUID", "SeriesInstanceUID") if not header.get(tag)]
+        missing = [tag for tag in ("SOPInstanceUID", "SOPClassUID", "SeriesInstanceUID") if not header.text(tag)]
         if missing:
             raise ValueError(
-                f"{path.name} has no {' or '.join(missing)} (an anonymizer may have blanked it); exports must "
+                f"{header.path.name} has no {' or '.join(missing)} (an anonymizer may have blanked it); exports must "
                 "reference every slice by its UIDs: give the series its UIDs back (or re-export it) first"
             )
-        by_series.setdefault(str(header.SeriesInstanceUID), []).append((path, header))
+        by_series.setdefault(header.series_uid, []).append(header)
     if not by_series:
         raise ValueError(
             f"{folder} holds no DICOM image slices with a position and orientation (single-frame images; "
@@ -147,46 +139,45 @@ def read_reference_series(folder: str | Path, series_uid: str | None = None) -> 
         raise ValueError(f"series {series_uid} is not in {folder}")
     items = by_series[series_uid or next(iter(by_series))]
 
-    for path, header in items:
-        if "PixelSpacing" not in header:
-            raise ValueError(f"{path.name}: an image slice without PixelSpacing; contours cannot be placed on it")
-    first = items[0][1]
-    # One whole header: the patient, study and frame-of-reference tags that exports copy.
-    whole = pydicom.dcmread(items[0][0], stop_before_pixels=True)
-    orientation = np.asarray(first.ImageOrientationPatient, dtype=float)
-    spacing = np.asarray(first.PixelSpacing, dtype=float)
-    for path, header in items:
-        if np.abs(np.asarray(header.ImageOrientationPatient, dtype=float) - orientation).max() > 1e-4:
+    for header in items:
+        if header.position is None or header.orientation is None:
+            raise ValueError(f"{header.path.name}: ImagePositionPatient or ImageOrientationPatient is malformed")
+        if pixel_spacing_ij(header) is None:
             raise ValueError(
-                f"{path.name}: its ImageOrientationPatient differs from the other slices (a localizer?); "
+                f"{header.path.name}: an image slice without PixelSpacing; contours cannot be placed on it"
+            )
+    first = items[0]
+    # One whole header: the patient, study and frame-of-reference tags that exports copy.
+    whole = pydicom.dcmread(first.path, stop_before_pixels=True)
+    spacing_ij = np.array(pixel_spacing_ij(first))
+    rows_columns = (first.number("Rows"), first.number("Columns"))
+    for header in items:
+        if not same_orientation(header.orientation, first.orientation):
+            raise ValueError(
+                f"{header.path.name}: its ImageOrientationPatient differs from the other slices (a localizer?); "
                 "remove it from the series folder"
             )
-        if (header.Rows, header.Columns) != (first.Rows, first.Columns):
-            raise ValueError(f"{path.name}: {header.Rows}x{header.Columns} pixels, unlike the other slices")
-        if np.abs(np.asarray(header.PixelSpacing, dtype=float) - spacing).max() > 1e-4:
-            raise ValueError(f"{path.name}: PixelSpacing differs from the other slices")
-        if str(header.get("FrameOfReferenceUID", "")) != str(first.get("FrameOfReferenceUID", "")):
-            raise ValueError(f"{path.name}: FrameOfReferenceUID differs from the other slices")
-    if not first.get("FrameOfReferenceUID"):
+        if (header.number("Rows"), header.number("Columns")) != rows_columns:
+            rows, columns = (header.text(tag) for tag in ("Rows", "Columns"))
+            raise ValueError(f"{header.path.name}: {rows}x{columns} pixels, unlike the other slices")
+        if np.abs(np.array(pixel_spacing_ij(header)) - spacing_ij).max() > 1e-4:
+            raise ValueError(f"{header.path.name}: PixelSpacing differs from the other slices")
+        if header.text("FrameOfReferenceUID") != first.text("FrameOfReferenceUID"):
+            raise ValueError(f"{header.path.name}: FrameOfReferenceUID differs from the other slices")
+    if not first.text("FrameOfReferenceUID"):
         raise ValueError(f"the series in {folder} has no FrameOfReferenceUID; contours need one")
-    row_dir = orientation[:3] / np.linalg.norm(orientation[:3])
-    col_dir = orientation[3:] / np.linalg.norm(orientation[3:])
-    normal = np.cross(row_dir, col_dir)
-    slices = [
-        ReferenceSlice(path, str(h.SOPClassUID), str(h.SOPInstanceUID), np.asarray(h.ImagePositionPatient, dtype=float))
-        for path, h in items
-    ]
-    slices.sort(key=lambda s: float(s.position @ normal))
-    along = np.array([s.position @ normal for s in slices])
+    frame = orientation_frame(first.orientation)
+    normal = frame[:, 2]
+    ordered = sort_slices(items, normal)
+    along = np.array([h.position @ normal for h in ordered])
     if along.size > 1 and np.diff(along).min() < POSITION_TOLERANCE_MM:
         raise ValueError(f"two slices in {folder} share one position along the slice normal; remove the duplicate")
     return ReferenceSeries(
-        slices=slices,
-        row_direction=row_dir,
-        column_direction=col_dir,
-        # PixelSpacing lists the distance between rows (along j) first, then between columns (along i).
-        spacing_ij=np.array([spacing[1], spacing[0]]),
-        rows=int(first.Rows),
-        columns=int(first.Columns),
+        slices=[ReferenceSlice(h.path, h.text("SOPClassUID"), h.text("SOPInstanceUID"), h.position) for h in ordered],
+        row_direction=frame[:, 0],
+        column_direction=frame[:, 1],
+        spacing_ij=spacing_ij,
+        rows=int(first.number("Rows")),
+        columns=int(first.number("Columns")),
         first=whole,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -16,6 +17,19 @@ from lesionseg.orientation import orientation_code, reorient
 from lesionseg.rtstruct.reference import ReferenceSeries, read_reference_series
 
 log = logging.getLogger(__name__)
+
+
+def add_export_arguments(parser: argparse.ArgumentParser, output_help: str) -> None:
+    """The arguments of every export command: the reference series, the label map, the output and the names."""
+    parser.add_argument("--reference", required=True, help="folder holding the DICOM image series")
+    parser.add_argument("--seg", required=True, help="label map (NIfTI, NRRD, .seg.nrrd, MetaImage)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+    parser.add_argument("--output", required=True, help=output_help)
+    parser.add_argument(
+        "--names",
+        help="VALUE=NAME pairs, e.g. 1=Spleen,2=Liver: exports only these labels. Without it every label is "
+        "exported, named from a .seg.nrrd header or labels.json beside the map, else Label_<n>",
+    )
 
 
 def parse_names(text: str | None) -> dict[int, str]:
@@ -52,21 +66,6 @@ def _labels_from_json(path: Path) -> list[LabelInfo]:
         ) from error
 
 
-def _labels_from_seg_nrrd(header: Mapping[str, str]) -> list[LabelInfo]:
-    out = []
-    n = 0
-    while f"Segment{n}_Name" in header:
-        value = int(header.get(f"Segment{n}_LabelValue", n + 1))
-        color = LabelInfo.default(value).color
-        if f"Segment{n}_Color" in header:
-            parts = [float(c) for c in str(header[f"Segment{n}_Color"]).split()]
-            if len(parts) == 3 and all(0 <= c <= 1 for c in parts):
-                color = tuple(parts)
-        out.append(LabelInfo(value, str(header[f"Segment{n}_Name"]), color))
-        n += 1
-    return out
-
-
 def read_labelmap(path: str | Path) -> tuple[Image, list[LabelInfo]]:
     """A label map and the labels its own metadata names.
 
@@ -78,10 +77,9 @@ def read_labelmap(path: str | Path) -> tuple[Image, list[LabelInfo]]:
         raise FileNotFoundError(f"no such label map: {path}")
     known: list[LabelInfo] = []
     if path.name.lower().endswith(".seg.nrrd"):
-        from lesionseg.io.nrrd import read_nrrd
+        from lesionseg.io.segnrrd import read_seg_nrrd
 
-        image, header = read_nrrd(path)
-        known = _labels_from_seg_nrrd(header)
+        image, known = read_seg_nrrd(path)
     else:
         from lesionseg.io import read_image
 
@@ -126,16 +124,6 @@ def resolve_labels(
             out.append(LabelInfo(v, names[v], base.color, base.terminology))
         return out, absent
     return [by_value.get(v, LabelInfo.default(v)) for v in sorted(present) if v != 0], []
-
-
-def _nearest_resample(label: Image, grid: Image) -> np.ndarray:
-    import SimpleITK as sitk
-
-    from lesionseg.io.sitk import to_sitk
-
-    moving = to_sitk(label)
-    out = sitk.Resample(moving, to_sitk(grid), sitk.Transform(), sitk.sitkNearestNeighbor, 0, moving.GetPixelID())
-    return sitk.GetArrayFromImage(out)
 
 
 def labelled_fraction_inside(label: Image, reference: ReferenceSeries) -> tuple[float, float, float]:
@@ -203,6 +191,8 @@ def labels_on_reference(label: Image, reference: ReferenceSeries, say=print) -> 
     grid is resampled with nearest neighbour, and ``say`` reports it, provided the whole labelled
     volume lies inside the reference (otherwise ValueError names the fraction that does).
     """
+    from lesionseg.resample import resample_to  # SimpleITK loads when an export runs, not when its command registers
+
     if reference.is_regular():
         grid = reference.grid()
         if label.same_grid(grid):
@@ -216,10 +206,12 @@ def labels_on_reference(label: Image, reference: ReferenceSeries, say=print) -> 
             f"is not the reference series' grid ({grid.size}, {np.round(grid.spacing, 3).tolist()} mm); "
             "resampled to it with nearest neighbour"
         )
-        return _nearest_resample(label, grid)
+        return resample_to(label, grid, "nearest").array
     check_labels_inside(label, reference)
     say("note: the reference slices are unevenly spaced; the label map is sampled slice by slice (nearest neighbour)")
-    return np.concatenate([_nearest_resample(label, reference.slice_grid(n)) for n in range(len(reference.slices))])
+    return np.concatenate(
+        [resample_to(label, reference.slice_grid(n), "nearest").array for n in range(len(reference.slices))]
+    )
 
 
 def present_labels(voxels: np.ndarray) -> set[int]:

@@ -14,6 +14,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from lesionseg.models.spec import DEFAULT_OVERLAP
+
 PRESET_PACKAGE = "lesionseg.resources.training"
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -87,7 +89,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "validation": {
         "interval": 1,
-        "overlap": 0.25,
+        "overlap": DEFAULT_OVERLAP,
         "sw_batch_size": 4,
         "early_stopping_patience": 0,  # validations without improvement before stopping; 0: never
         "stop_at_dice": 0.0,  # stop once the mean validation Dice reaches this; 0: never

@@ -16,6 +16,7 @@ import numpy as np
 
 from lesionseg.datasets import Dataset, verify_dataset
 from lesionseg.datasets.splits import assign_groups, case_groups, case_provenance, groups_across
+from lesionseg.datasets.store import _entry_case
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ KEYS = ("image", "label")
 
 
 def case_versions(dataset: Dataset, manifest: Mapping[str, Any], cases: Sequence[str]) -> dict[str, dict]:
-    """What identifies the data of each case: its current version and the SHA-256 of its two files."""
+    """What identifies the data of each case: its current version and the SHA-256 of its files (every channel's)."""
     out = {}
     for case in cases:
         version = dataset.current_version(manifest, case)
@@ -33,6 +34,7 @@ def case_versions(dataset: Dataset, manifest: Mapping[str, Any], cases: Sequence
                 "version": int(version["version"]),
                 "image": files["image"]["sha256"],
                 "label": files["label"]["sha256"],
+                **{role: entry["sha256"] for role, entry in files.items() if role not in ("image", "label")},
             }
     return out
 
@@ -82,7 +84,7 @@ def dataset_datalists(
     entries = load_decathlon_datalist(str(dataset.description_path), True, "training", base_dir=str(dataset.root))
     if not entries:
         raise ValueError(f"dataset {dataset.root} has no training cases; add some with `lesionseg dataset add`")
-    by_case = {str(e.get("case", Path(e["image"]).name.split(".")[0])): e for e in entries}
+    by_case = {_entry_case(e): e for e in entries}
     manifest = dataset.manifest()
     versions = case_versions(dataset, manifest, sorted(by_case))
     groups = case_groups(case_provenance(dataset, manifest, sorted(versions)))
@@ -148,6 +150,7 @@ def dataset_datalists(
             "cases": {c: versions[c] for c in sorted(train_ids + val_ids)},
         },
         "labels": labels,
+        "channels": dataset.channel_names(),
         "lesion_labels": [v for v in dataset.lesion_labels() if v in labels],
         "manifest_sha256": dataset.manifest_sha256(),
         "name": doc.get("name", dataset.root.name),
@@ -177,6 +180,37 @@ def deterministic_transforms(config: dict[str, Any]) -> list:
 
 
 def intensity_transform(intensity: dict[str, Any]):
+    """The configured intensity scaling; on a multi-channel image, per channel (:class:`ChannelIntensityd`)."""
+    return ChannelIntensityd(intensity)
+
+
+class ChannelIntensityd:
+    """Scale ``image``'s intensities channel by channel: the configured scaling on the first channel, and
+    :func:`lesionseg.inference.channels.channel_intensity`'s rule (what inference does) on the others.
+
+    A single-channel image gets exactly the configured MONAI transform.
+    """
+
+    def __init__(self, intensity: dict[str, Any]):
+        self.intensity = dict(intensity)
+        self.first = _monai_intensity(self.intensity)
+
+    def __call__(self, data: dict) -> dict:
+        import torch
+
+        from lesionseg.inference.channels import channel_intensity
+
+        image = data["image"]
+        if image.shape[0] == 1:
+            return self.first(data)
+        parts = [self.first({"image": image[:1]})["image"]]
+        for channel in range(1, image.shape[0]):
+            scale = _monai_intensity(channel_intensity(self.intensity, channel))
+            parts.append(scale({"image": image[channel : channel + 1]})["image"])
+        return {**data, "image": torch.cat([torch.as_tensor(part) for part in parts], dim=0)}
+
+
+def _monai_intensity(intensity: dict[str, Any]):
     from monai import transforms as mt
 
     if intensity["kind"] == "range":

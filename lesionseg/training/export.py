@@ -40,15 +40,14 @@ def build_spec(
         "schema_version": 1,
         "id": model_id,
         "version": config["model"]["version"],
-        "task": "segmentation",
         "description": config["model"]["description"] or f"Trained by lesionseg train on dataset {dataset['name']}",
         "network": {"name": net_name, "parameters": net_params},
         "input_channels": int(net_params.get("in_channels", 1)),
+        **_inputs(dataset.get("channels", [])),
         "preprocessing": {
             "orientation": pre["orientation"],
             "orientation_quirk": "none",
             "spacing": None if pre["spacing"] is None else [float(v) for v in pre["spacing"]],
-            "interpolation": "bilinear",
             "intensity": intensity,
         },
         "inference": {
@@ -56,7 +55,6 @@ def build_spec(
             "overlap": float(config["validation"]["overlap"]),
             "sw_batch_size": int(config["validation"]["sw_batch_size"]),
             "blend": "constant",
-            "activation": "softmax",
             "amp": bool(config["training"]["amp"]),
         },
         "postprocessing": {},
@@ -75,6 +73,19 @@ def build_spec(
         return spec
     validate_spec_dict(spec, where="trained model spec")
     return spec
+
+
+def _inputs(channels: list[str]) -> dict[str, Any]:
+    """The spec's ``inputs`` of a multi-channel dataset (names, and the DICOM modality a name states); none for one."""
+    if len(channels) < 2:
+        return {}
+    from lesionseg.inference.channels import channel_modality
+
+    listed = []
+    for name in channels:
+        modality = channel_modality(name)
+        listed.append({"name": name, **({"modality": modality} if modality else {})})
+    return {"inputs": listed}
 
 
 def write_model_folder(
@@ -125,6 +136,23 @@ def write_model_folder(
     return output / SPEC
 
 
+def _channel_lines(spec: dict[str, Any]) -> list[str]:
+    inputs = spec.get("inputs", [])
+    if not inputs:
+        return []
+    names = ", ".join(each["name"] for each in inputs)
+    further = (
+        "z-scored over its own volume"
+        if spec["preprocessing"]["intensity"]["kind"] == "range"
+        else "scaled the same way, each over its own volume"
+    )
+    return [
+        f"- Input channels, in order: {names}; segment takes `--input` once per channel (or `--channel NAME=PATH`).",
+        f"  The intensity above is the first channel's; every further channel is {further}.",
+        "  Further channels are resampled linearly onto the first one's grid, which the labelmap lies on.",
+    ]
+
+
 def model_card(spec: dict[str, Any], record: dict[str, Any], labels: dict[int, str]) -> str:
     data = record["dataset"]
     best = record["best"]
@@ -146,6 +174,7 @@ def model_card(spec: dict[str, Any], record: dict[str, Any], labels: dict[int, s
         "## Model",
         f"- Network: MONAI {spec['network']['name']}, patch {spec['inference']['roi_size']}.",
         f"- Preprocessing: orientation {pre['orientation']}, spacing {spacing}, intensity {pre['intensity']}.",
+        *_channel_lines(spec),
         f"- Weights: `{spec['weights']['path']}` (state_dict), SHA-256 `{record['weights_sha256']}`, from epoch "
         f"{record['weights_from_epoch']} of {record['epochs']}.",
         "",

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from lesionseg.io.atomic import write_bytes_atomic, write_json_atomic
+from lesionseg.jobs.protocol import epoch_progress
 from lesionseg.training.checkpoint import BEST, LATEST, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from lesionseg.training.config import load_config
 from lesionseg.training.data import dataset_datalists, deterministic_transforms, random_transforms
@@ -42,17 +43,6 @@ class TrainResult:
     best_dice: float | None
     stopped_early: str | None
     history: list[dict[str, Any]]
-
-
-def resolve_device(name: str, local_rank: int = 0) -> Any:
-    import torch
-
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available here (torch {torch.__version__}); use --device cpu")
-    return device
 
 
 def _distributed() -> tuple[int, int, int]:
@@ -182,7 +172,6 @@ def _validate(model: Any, loader: Any, config: dict[str, Any], device: Any, labe
     ``ignore_empty=False``), so lesion-free cases count and false positives on them are punished.
     """
     import torch
-    from monai.inferers import sliding_window_inference
     from monai.metrics import compute_dice
     from monai.networks.utils import one_hot
 
@@ -195,13 +184,7 @@ def _validate(model: Any, loader: Any, config: dict[str, Any], device: Any, labe
     with torch.no_grad(), torch.autocast(device_type=device.type, enabled=amp):
         for batch in loader:
             image, label = batch["image"].to(device), batch["label"].to(device)
-            logits = sliding_window_inference(
-                image,
-                config["augmentation"]["patch_size"],
-                config["validation"]["sw_batch_size"],
-                model,
-                overlap=config["validation"]["overlap"],
-            )
+            logits = _shipped_logits(model, image, config, num_classes, device, amp)
             prediction = one_hot(torch.argmax(logits, dim=1, keepdim=True), num_classes)
             truth = one_hot(label.long(), num_classes)
             spatial = tuple(range(2, prediction.ndim))
@@ -221,6 +204,25 @@ def _validate(model: Any, loader: Any, config: dict[str, Any], device: Any, labe
         "dice_pooled": pooled,
         "dice_pooled_mean": round(float(np.mean(list(pooled.values()))), 5),
     }
+
+
+def _shipped_logits(model: Any, image: Any, config: dict[str, Any], num_classes: int, device: Any, amp: bool) -> Any:
+    """Logits ``[1, classes, i, j, k]`` for a MONAI batch ``[1, channels, i, j, k]``, from the sliding window that
+    inference runs with the exported spec's window (``inference`` in :func:`lesionseg.training.export.build_spec`),
+    so the validation Dice is the Dice of the model as shipped."""
+    from lesionseg.inference.window import sliding_window
+
+    logits = sliding_window(
+        image[0].permute(0, 3, 2, 1),  # the engine's [channels, k, j, i]
+        model,
+        config["augmentation"]["patch_size"],
+        num_classes,
+        overlap=config["validation"]["overlap"],
+        sw_batch_size=config["validation"]["sw_batch_size"],
+        device=device,
+        amp=amp,
+    ).logits
+    return logits.permute(0, 3, 2, 1)[None]
 
 
 def selection_score(config: dict[str, Any], entry: dict[str, Any]) -> float | None:
@@ -248,15 +250,26 @@ def train(
     them unchanged, unless ``new_split`` asks for a fresh split.  ``kept_split`` (a ``split.json``) makes
     a new run use the cases of another (a cascade's second stage those of its first).
     """
-    import torch
-    import torch.distributed as dist
-    from monai.data import CacheDataset, ThreadDataLoader, set_track_meta
-    from monai.transforms import Compose, Randomizable
-    from monai.utils import set_determinism
+    from lesionseg.inference.devices import subnormals_flushed
 
     output = Path(output)
+    config, checkpoint, summary_writer = _run_config(output, config_source, epochs, resume, tensorboard)
+    torch_device = _start_device(device)
+    # Small gradients become subnormal floats in the backward pass; flushing them is restored when the run ends.
+    with subnormals_flushed(torch_device):
+        run = _Training(dataset_dir, config, output, checkpoint, torch_device, summary_writer, new_split, kept_split)
+        return run.train(progress)
+
+
+def _run_config(
+    output: Path,
+    config_source: str | Path | dict[str, Any] | None,
+    epochs: int | None,
+    resume: bool,
+    tensorboard: bool | None,
+) -> tuple[dict[str, Any], dict[str, Any] | None, Any]:
+    """(config, checkpoint to resume or None, TensorBoard writer class or None), checked before torch starts."""
     latest = output / LATEST
-    rank, world, local_rank = _distributed()
     if resume and not latest.is_file():
         raise ValueError(f"--resume: {output} holds no {LATEST}; start without --resume (or give the right folder)")
     if not resume and latest.is_file():
@@ -285,18 +298,30 @@ def train(
             f"the run in {output} already finished epoch {int(checkpoint['epoch'])} of {total_epochs}; "
             f"give --epochs above {int(checkpoint['epoch'])} to train on"
         )
+    return config, checkpoint, summary_writer
 
+
+def _start_device(device: str) -> Any:
+    """This process's torch device, after joining torchrun's process group when there is one."""
+    import torch
+    import torch.distributed as dist
+
+    from lesionseg.inference.devices import resolve_device
+
+    _rank, world, local_rank = _distributed()
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device != "cpu" and torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend=backend)
     torch_device = resolve_device(device, local_rank)
     if torch_device.type == "cuda":
         torch.cuda.set_device(torch_device)
-    amp = bool(config["training"]["amp"]) and torch_device.type == "cuda"
-    if torch_device.type == "cpu":
-        # Small gradients become subnormal floats in the backward pass, and x86 CPUs handle those in
-        # microcode: a UNet step measured 30x slower (7 s vs 0.23 s) until they are flushed to zero.
-        torch.set_flush_denormal(True)
+    return torch_device
+
+
+def _seed(config: dict[str, Any], rank: int, torch_device: Any) -> None:
+    import torch
+    from monai.utils import set_determinism
+
     seed = int(config["training"]["seed"]) + rank
     if config["training"]["deterministic"]:
         set_determinism(seed=seed)  # also turns cuDNN's autotuner off and its deterministic kernels on
@@ -307,161 +332,166 @@ def train(
         # Seeded but fast: cuDNN may pick the quickest convolution algorithms for the fixed patch size.
         torch.backends.cudnn.benchmark = torch_device.type == "cuda"
 
-    kept = json.loads(checkpoint["split"]) if checkpoint is not None and "split" in checkpoint else kept_split
-    data = dataset_datalists(dataset_dir, config, None if new_split else kept)
-    labels = data["labels"]
-    out_channels = max(labels) + 1
-    if checkpoint is not None and (kept is None or new_split):
-        if kept is None and checkpoint["dataset_manifest_sha256"] != data["manifest_sha256"]:
-            # A run from before splits were recorded: its split cannot be checked, only the manifest.
-            log.warning("the dataset changed since this run started (its manifest hash differs); resuming on new data")
-        if new_split:
-            log.warning(
-                "resuming on a new split (%d training, %d validation cases); validation scores from before are not "
-                "comparable with those that follow",
-                len(data["train_ids"]),
-                len(data["validation_ids"]),
+
+class _Training:
+    """One run: its setup (seeds, data, network, optimiser, a checkpoint's state), then epochs, checkpoints and the
+    model folder at the finish."""
+
+    def __init__(
+        self,
+        dataset_dir: str | Path,
+        config: dict[str, Any],
+        output: Path,
+        checkpoint: dict[str, Any] | None,
+        torch_device: Any,
+        summary_writer: Any,
+        new_split: bool,
+        kept_split: dict[str, Any] | None,
+    ) -> None:
+        import torch
+
+        from lesionseg.training.networks import config_network
+
+        rank, world, _local_rank = _distributed()
+        self.config, self.output, self.rank, self.world, self.device = config, output, rank, world, torch_device
+        self.amp = bool(config["training"]["amp"]) and torch_device.type == "cuda"
+        _seed(config, rank, torch_device)
+        self._load_data(dataset_dir, checkpoint, new_split, kept_split)
+        self.net_name, self.net_params, model = config_network(config, max(self.labels) + 1, len(self.data["channels"]))
+        self.model = model.to(torch_device)
+        self.optimizer = _optimizer(config, self.model.parameters())
+        self.scheduler = _scheduler(config, self.optimizer, config["training"]["epochs"])
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.loss_function = _loss(config)
+        self.history: list[dict[str, Any]] = []
+        self.start_epoch = 1
+        if checkpoint is not None:
+            self._resume(checkpoint)
+        self.trained = self.model
+        if world > 1:
+            self.trained = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[torch_device.index] if torch_device.type == "cuda" else None
             )
-    output.mkdir(parents=True, exist_ok=True)
-    if rank == 0:
-        write_json_atomic(output / SPLIT_RECORD, data["split_record"])
+        self.writer = summary_writer(log_dir=str(output / "tensorboard")) if summary_writer and rank == 0 else None
+        self.curve = _CurveSchedule(output)
 
-    train_items = data["train"]
-    if world > 1:
-        from monai.data import partition_dataset
+    def _load_data(
+        self, dataset_dir: str | Path, checkpoint: dict[str, Any] | None, new_split: bool, kept_split: dict | None
+    ) -> None:
+        """The split (a resumed run's own unless ``new_split``), written to ``split.json``; the cached loaders."""
+        from monai.data import CacheDataset, ThreadDataLoader
+        from monai.transforms import Compose, Randomizable
 
-        train_items = partition_dataset(train_items, num_partitions=world, shuffle=False, even_divisible=True)[rank]
-    random_chain = random_transforms(config, torch_device)
-    random_parts = _random_sources(random_chain, Randomizable)
-    train_ds = CacheDataset(
-        train_items,
-        Compose(deterministic_transforms(config) + random_chain),
-        cache_rate=config["training"]["cache_rate"],
-        num_workers=1,
-        progress=False,
-    )
-    val_ds = (
-        CacheDataset(
-            data["validation"], Compose(deterministic_transforms(config)), cache_rate=1.0, num_workers=1, progress=False
-        )
-        if rank == 0 and data["validation"]
-        else None
-    )
-    train_loader = ThreadDataLoader(train_ds, batch_size=config["training"]["batch_size"], shuffle=True, num_workers=0)
-    val_loader = ThreadDataLoader(val_ds, batch_size=1, num_workers=0) if val_ds is not None else None
-
-    from lesionseg.training.networks import build_network
-
-    net_name, net_params, model = build_network(config, out_channels)
-    model = model.to(torch_device)
-    optimizer = _optimizer(config, model.parameters())
-    scheduler = _scheduler(config, optimizer, total_epochs)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    loss_function = _loss(config)
-    history: list[dict[str, Any]] = []
-    start_epoch = 1
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        history = [json.loads(line) for line in checkpoint["history"]]
-        start_epoch = int(checkpoint["epoch"]) + 1
-        restore_rng_state(checkpoint["rng"], random_parts)
-        if rank == 0:
-            _write_metrics(output, history)
-    trained = model
-    if world > 1:
-        trained = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[torch_device.index] if torch_device.type == "cuda" else None
-        )
-    writer = summary_writer(log_dir=str(output / "tensorboard")) if summary_writer and rank == 0 else None
-    curve = _CurveSchedule(output)
-
-    def best_of(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
-        validated = [h for h in entries if selection_score(config, h) is not None]
-        return max(validated, key=lambda h: (selection_score(config, h), -h["epoch"])) if validated else None
-
-    stopped: str | None = None
-    epochs_run = 0
-    iterations_cap = int(config["training"]["iterations_per_epoch"])
-    # Cached tensors carry no metadata and the random part needs none; volumes left out of the cache
-    # (cache_rate < 1) are loaded per iteration, and their orientation and spacing steps need it.
-    set_track_meta(config["training"]["cache_rate"] < 1.0)
-    try:
-        for epoch in range(start_epoch, total_epochs + 1):
-            started = time.perf_counter()
-            trained.train()
-            loss_sum, steps, samples = 0.0, 0, 0
-            for batch in train_loader:
-                image = batch["image"].to(torch_device, non_blocking=True)
-                label = batch["label"].to(torch_device, non_blocking=True)
-                optimizer.zero_grad(set_to_none=True)
-                with torch.autocast(device_type=torch_device.type, enabled=amp):
-                    loss = loss_function(trained(image), label)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                loss_sum += float(loss.detach())
-                steps += 1
-                samples += int(image.shape[0])
-                if iterations_cap and steps >= iterations_cap:
-                    break
-            if steps == 0:
-                raise RuntimeError(
-                    "the training loader gave no batches (a transform failed while loading; see the traceback above)"
+        config, output, rank, world = self.config, self.output, self.rank, self.world
+        kept = json.loads(checkpoint["split"]) if checkpoint is not None and "split" in checkpoint else kept_split
+        data = dataset_datalists(dataset_dir, config, None if new_split else kept)
+        self.data = data
+        self.labels = data["labels"]
+        if checkpoint is not None and (kept is None or new_split):
+            if kept is None and checkpoint["dataset_manifest_sha256"] != data["manifest_sha256"]:
+                # A run from before splits were recorded: its split cannot be checked, only the manifest.
+                log.warning(
+                    "the dataset changed since this run started (its manifest hash differs); resuming on new data"
                 )
-            train_seconds = time.perf_counter() - started
-            lr = float(optimizer.param_groups[0]["lr"])
-            scheduler.step()
-            entry: dict[str, Any] = {
-                "epoch": epoch,
-                "loss": round(loss_sum / max(steps, 1), 6),
-                "lr": lr,
-                "iterations": steps,
-                "samples": samples,
-                "train_s": round(train_seconds, 3),
-            }
-            validate = val_loader is not None and (
-                epoch % config["validation"]["interval"] == 0 or epoch == total_epochs
+            if new_split:
+                log.warning(
+                    "resuming on a new split (%d training, %d validation cases); validation scores from before are "
+                    "not comparable with those that follow",
+                    len(data["train_ids"]),
+                    len(data["validation_ids"]),
+                )
+        output.mkdir(parents=True, exist_ok=True)
+        if rank == 0:
+            write_json_atomic(output / SPLIT_RECORD, data["split_record"])
+
+        train_items = data["train"]
+        if world > 1:
+            from monai.data import partition_dataset
+
+            train_items = partition_dataset(train_items, num_partitions=world, shuffle=False, even_divisible=True)[rank]
+        random_chain = random_transforms(config, self.device)
+        self.random_parts = _random_sources(random_chain, Randomizable)
+        train_ds = CacheDataset(
+            train_items,
+            Compose(deterministic_transforms(config) + random_chain),
+            cache_rate=config["training"]["cache_rate"],
+            num_workers=1,
+            progress=False,
+        )
+        val_ds = (
+            CacheDataset(
+                data["validation"],
+                Compose(deterministic_transforms(config)),
+                cache_rate=1.0,
+                num_workers=1,
+                progress=False,
             )
-            if validate:
-                # Iterating a loader draws from torch's generator; fork it so that when validation runs
-                # does not change the training that follows (and resumed runs match uninterrupted ones).
-                with torch.random.fork_rng(devices=[torch_device] if torch_device.type == "cuda" else []):
-                    entry.update(_validate(model, val_loader, config, torch_device, labels, amp))
-            entry["time_s"] = round(time.perf_counter() - started, 3)
-            entry["elapsed_s"] = round(entry["time_s"] + (history[-1]["elapsed_s"] if history else 0.0), 3)
+            if rank == 0 and data["validation"]
+            else None
+        )
+        self.train_loader = ThreadDataLoader(
+            train_ds, batch_size=config["training"]["batch_size"], shuffle=True, num_workers=0
+        )
+        self.val_loader = ThreadDataLoader(val_ds, batch_size=1, num_workers=0) if val_ds is not None else None
+
+    def _resume(self, checkpoint: dict[str, Any]) -> None:
+        """Continue from a checkpoint: weights, optimiser, schedule, scaler, history and every random state."""
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        self.history = [json.loads(line) for line in checkpoint["history"]]
+        self.start_epoch = int(checkpoint["epoch"]) + 1
+        restore_rng_state(checkpoint["rng"], self.random_parts)
+        if self.rank == 0:
+            _write_metrics(self.output, self.history)
+
+    def best(self) -> dict[str, Any] | None:
+        validated = [h for h in self.history if selection_score(self.config, h) is not None]
+        return max(validated, key=lambda h: (selection_score(self.config, h), -h["epoch"])) if validated else None
+
+    def train(self, progress: Progress | None) -> TrainResult:
+        """The epochs from the first not yet run; the model folder when they end or stop early."""
+        from monai.data import set_track_meta
+
+        # Cached tensors carry no metadata and the random part needs none; volumes left out of the cache
+        # (cache_rate < 1) are loaded per iteration, and their orientation and spacing steps need it.
+        set_track_meta(self.config["training"]["cache_rate"] < 1.0)
+        try:
+            epochs_run, stopped = self.epochs(progress)
+            self.finish()
+        finally:
+            self.close()
+        history = self.history
+        best = self.best()
+        return TrainResult(
+            self.output,
+            epochs_run,
+            history[-1]["epoch"] if history else 0,
+            best["epoch"] if best else None,
+            best["dice_mean"] if best else None,
+            stopped,
+            history,
+        )
+
+    def epochs(self, progress: Progress | None) -> tuple[int, str | None]:
+        """Each epoch with its checkpoint and event, until the last or an early stop: (epochs run, why stopped)."""
+        import torch
+        import torch.distributed as dist
+
+        config, history, rank, world = self.config, self.history, self.rank, self.world
+        total_epochs = config["training"]["epochs"]
+        stopped: str | None = None
+        epochs_run = 0
+        for epoch in range(self.start_epoch, total_epochs + 1):
+            entry, validate = self.epoch(epoch, total_epochs)
             history.append(entry)
             epochs_run += 1
-            best = best_of(history)
+            best = self.best()
             if rank == 0:
-                state = {
-                    "epoch": epoch,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "rng": rng_state(random_parts),
-                    "history": [json.dumps(h, sort_keys=True) for h in history],
-                    "config": json.dumps(config),
-                    "dataset_manifest_sha256": data["manifest_sha256"],
-                    # The cases (and their file hashes) this run trains and validates on; a resume keeps them.
-                    "split": json.dumps(data["split_record"]),
-                }
-                if validate and best is not None and best["epoch"] == epoch:
-                    save_checkpoint(output / BEST, state)
-                save_checkpoint(latest, state)
-                _write_metrics(output, history)
-                if curve.due(validate):
-                    curve.draw(history)
-                if writer is not None:
-                    _log_scalars(writer, entry)
+                self.checkpoint(entry, validate, best)
             if progress is not None and rank == 0:
-                # The job runner's event vocabulary: "progress" with a percent, plus this epoch's metrics.
-                progress(
-                    {"event": "progress", "stage": "train", "percent": round(100 * epoch / total_epochs, 2), **entry}
-                )
+                progress(epoch_progress(epoch, total_epochs, entry))
             stopped = _should_stop(config, history, best, validate)
             if world > 1:
                 flag = torch.tensor([1 if stopped else 0])
@@ -470,6 +500,89 @@ def train(
             if stopped:
                 log.info("stopping after epoch %d: %s", epoch, stopped)
                 break
+        return epochs_run, stopped
+
+    def epoch(self, epoch: int, total_epochs: int) -> tuple[dict[str, Any], bool]:
+        """Train one epoch, validating it when due: (its metrics entry, whether it was validated)."""
+        import torch
+
+        config, torch_device, optimizer, scaler = self.config, self.device, self.optimizer, self.scaler
+        started = time.perf_counter()
+        self.trained.train()
+        loss_sum, steps, samples = 0.0, 0, 0
+        iterations_cap = int(config["training"]["iterations_per_epoch"])
+        for batch in self.train_loader:
+            image = batch["image"].to(torch_device, non_blocking=True)
+            label = batch["label"].to(torch_device, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device_type=torch_device.type, enabled=self.amp):
+                loss = self.loss_function(self.trained(image), label)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            loss_sum += float(loss.detach())
+            steps += 1
+            samples += int(image.shape[0])
+            if iterations_cap and steps >= iterations_cap:
+                break
+        if steps == 0:
+            raise RuntimeError(
+                "the training loader gave no batches (a transform failed while loading; see the traceback above)"
+            )
+        train_seconds = time.perf_counter() - started
+        lr = float(optimizer.param_groups[0]["lr"])
+        self.scheduler.step()
+        entry: dict[str, Any] = {
+            "epoch": epoch,
+            "loss": round(loss_sum / max(steps, 1), 6),
+            "lr": lr,
+            "iterations": steps,
+            "samples": samples,
+            "train_s": round(train_seconds, 3),
+        }
+        validate = self.val_loader is not None and (
+            epoch % config["validation"]["interval"] == 0 or epoch == total_epochs
+        )
+        if validate:
+            # Iterating a loader draws from torch's generator; fork it so that when validation runs
+            # does not change the training that follows (and resumed runs match uninterrupted ones).
+            with torch.random.fork_rng(devices=[torch_device] if torch_device.type == "cuda" else []):
+                entry.update(_validate(self.model, self.val_loader, config, torch_device, self.labels, self.amp))
+        entry["time_s"] = round(time.perf_counter() - started, 3)
+        history = self.history
+        entry["elapsed_s"] = round(entry["time_s"] + (history[-1]["elapsed_s"] if history else 0.0), 3)
+        return entry, validate
+
+    def checkpoint(self, entry: dict[str, Any], validate: bool, best: dict[str, Any] | None) -> None:
+        """Rank 0, after each epoch: the latest (and a new best) checkpoint, metrics.jsonl, the curve, TensorBoard."""
+        epoch = entry["epoch"]
+        state = {
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_state(self.random_parts),
+            "history": [json.dumps(h, sort_keys=True) for h in self.history],
+            "config": json.dumps(self.config),
+            "dataset_manifest_sha256": self.data["manifest_sha256"],
+            # The cases (and their file hashes) this run trains and validates on; a resume keeps them.
+            "split": json.dumps(self.data["split_record"]),
+        }
+        if validate and best is not None and best["epoch"] == epoch:
+            save_checkpoint(self.output / BEST, state)
+        save_checkpoint(self.output / LATEST, state)
+        _write_metrics(self.output, self.history)
+        if self.curve.due(validate):
+            self.curve.draw(self.history)
+        if self.writer is not None:
+            _log_scalars(self.writer, entry)
+
+    def finish(self) -> None:
+        """Agree the ranks' weights, then (rank 0) write the model folder with the best checkpoint's weights."""
+        import torch.distributed as dist
+
+        model, output, history, world = self.model, self.output, self.history, self.world
         if world > 1:
             # Parameters agree through DDP's all-reduce; batch-norm statistics are rank 0's, as exported.
             for buffer in model.buffers():
@@ -479,12 +592,12 @@ def train(
         if world > 1:
             digests = [None] * world
             dist.all_gather_object(digests, digest)
-        best = best_of(history)
-        if rank == 0:
+        best = self.best()
+        if self.rank == 0:
             from lesionseg.training.export import write_model_folder
 
-            if history and curve.epoch != history[-1]["epoch"]:
-                curve.draw(history)
+            if history and self.curve.epoch != history[-1]["epoch"]:
+                self.curve.draw(history)
 
             weights = (
                 load_checkpoint(output / BEST)["model"]
@@ -493,39 +606,35 @@ def train(
             )
             write_model_folder(
                 output,
-                config,
-                net_name,
-                net_params,
+                self.config,
+                self.net_name,
+                self.net_params,
                 weights,
-                labels,
-                data,
+                self.labels,
+                self.data,
                 history,
                 best,
-                {"world_size": world, "rank_weight_sha256": digests, "device": str(torch_device), "amp": amp},
+                {"world_size": world, "rank_weight_sha256": digests, "device": str(self.device), "amp": self.amp},
             )
-    finally:
-        if rank == 0 and history and curve.epoch != history[-1]["epoch"]:
+
+    def close(self) -> None:
+        """Whether the run finished or not: the curve of every finished epoch, and the writer and group closed."""
+        import torch.distributed as dist
+        from monai.data import set_track_meta
+
+        history = self.history
+        if self.rank == 0 and history and self.curve.epoch != history[-1]["epoch"]:
             # Interrupted (cancelled, out of budget, failed): still leave a curve of every finished epoch,
             # without hiding the exception that got us here.
             try:
-                curve.draw(history)
+                self.curve.draw(history)
             except Exception:
-                log.warning("could not draw %s", output / CURVE, exc_info=True)
+                log.warning("could not draw %s", self.output / CURVE, exc_info=True)
         set_track_meta(True)
-        if writer is not None:
-            writer.close()
-        if world > 1 and dist.is_initialized():
+        if self.writer is not None:
+            self.writer.close()
+        if self.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
-    best = best_of(history)
-    return TrainResult(
-        output,
-        epochs_run,
-        history[-1]["epoch"] if history else 0,
-        best["epoch"] if best else None,
-        best["dice_mean"] if best else None,
-        stopped,
-        history,
-    )
 
 
 def _random_sources(transforms: list, randomizable: type) -> list:

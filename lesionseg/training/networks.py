@@ -79,14 +79,11 @@ def network_parameters(config: dict[str, Any], out_channels: int, in_channels: i
     return params
 
 
-def build_network(config: dict[str, Any], out_channels: int) -> tuple[str, dict[str, Any], Any]:
-    """(name, parameters, module) for a config."""
-    from monai.networks import nets
+def config_network(config: dict[str, Any], out_channels: int, in_channels: int = 1) -> tuple[str, dict[str, Any], Any]:
+    """(name, parameters, module) for a config, built as inference builds the spec that training writes;
+    ``in_channels``: the dataset's image channels (CT and PET: 2)."""
+    from lesionseg.models.network import build_network
 
     name = config["network"]["name"]
-    params = network_parameters(config, out_channels)
-    try:
-        module = getattr(nets, name)(**params)
-    except (TypeError, ValueError, AssertionError) as error:
-        raise ValueError(f"config network: MONAI's {name} rejects {params} ({error})") from error
-    return name, params, module
+    params = network_parameters(config, out_channels, in_channels)
+    return name, params, build_network(name, params, "the config's network section")
