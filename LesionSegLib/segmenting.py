@@ -232,6 +232,8 @@ def weights_problem(entry: ModelEntry) -> str:
         return f"The weights of {entry.spec.id!r} are being verified (hashed); this takes a few seconds."
     if entry.problem:
         return f"The weights of {entry.spec.id!r} fail their check ({entry.problem}); download them again."
+    if not entry.weights_present and nnunetmodels.is_nnunet_spec(entry.spec):
+        return f"Checkpoints of the nnU-Net model {entry.spec.id!r} are missing; import it again."
     if not entry.weights_present:
         return f"The weights of {entry.spec.id!r} are not on this computer; press Download first."
     return ""
@@ -638,9 +640,12 @@ class SegmentingLogic:
         """Whether the advanced nnU-Net options apply to the model (an imported nnU-Net result folder)."""
         return entry is not None and nnunetmodels.is_nnunet_spec(entry.spec)
 
-    def applyModelChoice(self, parameterNode: Any, entry: ModelEntry | None, scene: Any = None) -> None:
-        """Prepare the parameter node for a newly chosen model: preselect a volume for its second channel whose name
-        says it is that channel, and reset the nnU-Net options to the model's own (its sidecar's)."""
+    def applyModelChoice(
+        self, parameterNode: Any, entry: ModelEntry | None, scene: Any = None, resetOptions: bool = True
+    ) -> None:
+        """Prepare the parameter node for the chosen model: preselect a volume for its second channel whose name
+        says it is that channel, and (``resetOptions``: a newly chosen model) set the nnU-Net options to the
+        model's own (its sidecar's)."""
         if parameterNode is None or entry is None:
             return
         names = self.modelChannels(entry)
@@ -650,7 +655,7 @@ class SegmentingLogic:
             found = default_channel_volume(scene, names[1], exclude=first) if scene is not None else None
             if found is not None:
                 parameterNode.channelVolume = found
-        if self.isNnunetModel(entry) and hasattr(parameterNode, "nnunetCheckpoint"):
+        if resetOptions and self.isNnunetModel(entry) and hasattr(parameterNode, "nnunetCheckpoint"):
             defaults = nnunetmodels.sidecar_options(entry.spec)
             parameterNode.nnunetFolds = " ".join(defaults.folds)
             parameterNode.nnunetCheckpoint = defaults.checkpoint

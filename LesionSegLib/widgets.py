@@ -15,7 +15,7 @@ import slicer
 from slicer.i18n import tr as _
 
 from lesionseg.jobs import JobState
-from LesionSegLib import comparison, export, lesions, segmenting
+from LesionSegLib import channels, comparison, export, lesions, segmenting
 
 
 def showTableInLayout(tableNode: Any) -> None:
@@ -423,6 +423,7 @@ class SegmentPanel:
     def onModelChanged(self, _index: int = -1) -> None:
         entry = self.currentEntry()
         node = self.parameterNode()
+        self.showModelInputs(entry)
         if entry is None:
             self.ui.downloadModelButton.enabled = False
             if self.entries:
@@ -431,8 +432,11 @@ class SegmentPanel:
                 )
             self.updateSegmentButton()
             return
-        if node is not None and node.modelId != entry.spec.id:
+        changed = node is not None and node.modelId != entry.spec.id
+        if changed:
             node.modelId = entry.spec.id
+        # Its second channel's volume, if the scene has one named for it; a newly chosen model's nnU-Net options.
+        self.logic.applyModelChoice(node, entry, slicer.mrmlScene, resetOptions=changed)
         self.logic.modelChosen(entry.spec.id)  # the warm worker frees another model's memory now
         problem = segmenting.weights_problem(entry)
         # Description, intended use and licence come from the spec, shown before anything runs.
@@ -441,6 +445,17 @@ class SegmentPanel:
             bool(problem) and not entry.pending and bool(entry.spec.weights.url) and not self.busy
         )
         self.updateSegmentButton()
+
+    def showModelInputs(self, entry: Any) -> None:
+        """One labelled volume selector per channel of the chosen model; the nnU-Net options for an nnU-Net model."""
+        labels = channels.channel_labels(None if entry is None else entry.spec)
+        self.ui.inputVolumeLabel.text = labels[0]
+        second = len(labels) > 1
+        self.ui.channelVolumeLabel.visible = second
+        self.ui.channelVolumeSelector.visible = second
+        if second:
+            self.ui.channelVolumeLabel.text = labels[1]
+        self.ui.nnunetCollapsibleButton.visible = self.logic.isNnunetModel(entry)
 
     def readiness(self) -> tuple[bool, str]:
         """Segment's state: Cancel is always available while a job runs."""
@@ -459,6 +474,9 @@ class SegmentPanel:
             return False, _("No model to run; add one to the LesionSeg models folder.")
         if enabled and segmenting.weights_problem(entry):
             return False, segmenting.weights_problem(entry)
+        channelsProblem = self.logic.channelsReadiness(self.parameterNode(), entry) if enabled else ""
+        if channelsProblem:
+            return False, channelsProblem
         return enabled, reason
 
     def updateSegmentButton(self) -> None:
@@ -481,8 +499,16 @@ class SegmentPanel:
         node = self.parameterNode()
         try:
             options = self.logic.segmentOptions(node)
+            entry = self.currentEntry()
+            volumes = self.logic.channelVolumes(node, entry)
             self.run = self.logic.startSegmentation(
-                node.inputVolume, self.currentEntry(), node.device, options["cropBody"], options["threshold"]
+                volumes[0],
+                entry,
+                node.device,
+                options["cropBody"],
+                options["threshold"],
+                volumes[1:],
+                self.logic.nnunetOptions(node, entry),
             )
         except (ValueError, RuntimeError) as error:
             self.log(str(error))
