@@ -294,3 +294,59 @@ def test_nnunet_defaults_are_written_to_the_parameter_node_when_the_model_is_cho
     assert logic.nnunetOptions(parameters, entry) == nnunetmodels.NnunetRunOptions(("0", "1"), mirroring="on")
     own = make_logic("SpleenSeg", False, logic.modelsDir, None).modelEntry("spleen_ct_segmentation")
     assert logic.nnunetOptions(parameters, own) is None  # LesionSeg's own models have no nnU-Net options
+
+
+def write_pet_reading_model(models, model_id: str = "petct-own"):
+    """A LesionSeg model (spec ``inputs``: CT, PET) whose answer comes from its PET channel alone: lesion where the
+    PET, z-scored over its volume, exceeds 0.5. Its result shows the PET reached it, on the CT's grid."""
+    import torch
+    from safetensors.torch import save_file
+
+    from lesionseg.models import file_hashes
+    from LesionSegLib.selftest import WINDOW_HU, threshold_model_spec, threshold_weights
+
+    cut_hu = WINDOW_HU[0] + 0.5 * (WINDOW_HU[1] - WINDOW_HU[0])  # 0.5 on the scaled axis the weights compare with
+    spec = threshold_model_spec(model_id, "lesion", cut_hu)
+    spec["network"]["parameters"]["in_channels"] = spec["input_channels"] = 2
+    spec["inputs"] = [{"name": "CT"}, {"name": "PET", "modality": "PT"}]
+    spec["lesion_labels"] = [1]
+    weights = threshold_weights(cut_hu)
+    first = weights["convInit.conv.weight"]
+    weights["convInit.conv.weight"] = torch.zeros((first.shape[0], 2, *first.shape[2:]))
+    weights["convInit.conv.weight"][0, 1, 1, 1, 1] = 1.0  # the PET's voxel, not the CT's
+    folder = models / model_id
+    folder.mkdir()
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(folder / "model.safetensors"))
+    spec["weights"]["sha256"] = file_hashes(folder / "model.safetensors")["sha256"]
+    (folder / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
+
+
+def test_a_two_channel_lesionseg_model_gets_both_volumes_through_the_warm_worker(tmp_path, pet_ct_scene):
+    models = tmp_path / "models"
+    models.mkdir()
+    write_pet_reading_model(models)
+    logic = make_logic("ProstateMetSeg", True, models, tmp_path)
+    try:
+        scene, ct, pet, _ = pet_ct_scene
+        entry = logic.modelEntry("petct-own")
+        assert logic.modelChannels(entry) == ["CT", "PET"] and not logic.isNnunetModel(entry)
+        parameters = Parameters()
+        parameters.inputVolume, parameters.channelVolume = ct, pet
+        assert logic.channelsReadiness(parameters, entry) == ""
+        volumes = logic.channelVolumes(parameters, entry)
+        run = logic.startSegmentation(volumes[0], entry, "cpu", channelVolumes=volumes[1:])
+        assert run.worker is not None  # LesionSeg's own models keep the warm worker
+        log, _ = wait(run)
+        assert run.state is JobState.SUCCEEDED, (run.failure(), log)
+        labels, _ = labelmap_from_segmentation_node(logic.loadSegmentationResult(run, scene), ct)
+        # The PET's hot sphere on the CT's voxel centres, give or take the linear blur of one PET voxel (2.5 x 2.5 x
+        # 3 mm): found where the PET is, and nowhere else (the CT's own bright lesion lies elsewhere).
+        k, j, i = np.meshgrid(*(np.arange(n) for n in CT_SHAPE), indexing="ij")
+        c = HOT_CENTRE
+        distance = np.sqrt((i * 1.0 - c[0]) ** 2 + (j * 1.0 - c[1]) ** 2 + (k * 2.0 - c[2]) ** 2)
+        found = labels.array > 0
+        assert labels.same_grid(logic.volumeImage(ct))
+        assert found[distance <= HOT_RADIUS].all()
+        assert not found[distance > HOT_RADIUS + np.linalg.norm([2.5, 2.5, 3.0])].any()
+    finally:
+        logic.shutdownWorker()
