@@ -38,11 +38,36 @@ from lesionseg.models.spec import (
     WeightsSpec,
 )
 
+# What an nnU-Net model's job imports beyond segmenting.REQUIREMENTS, as (import name, pip requirement), pinned as
+# requirements/nnunet.txt pins them (a test keeps the two equal). Installed on first use with --no-deps: nnunetv2's own
+# dependencies would replace the torch that Slicer has (see requirements/nnunet.txt).
+NNUNET_REQUIREMENTS = (
+    ("nnunetv2", "nnunetv2==2.8.1"),
+    ("dynamic_network_architectures", "dynamic-network-architectures==0.4.4"),
+    ("acvl_utils", "acvl-utils==0.2.6"),
+    ("batchgenerators", "batchgenerators==0.25.5"),
+    ("batchgeneratorsv2", "batchgeneratorsv2==0.3.6"),
+    ("blosc2", "blosc2==4.15.0"),
+    ("msgpack", "msgpack==1.2.4"),
+    ("ndindex", "ndindex==1.10.1"),
+    ("httpx", "httpx==0.29.0"),
+    ("threadpoolctl", "threadpoolctl==3.8.0"),
+    ("tqdm", "tqdm==4.70.1"),
+    ("pandas", "pandas==3.1.1"),
+)
+
 ENGINE = "nnunet"
 NETWORK_NAME = "nnU-Net v2"  # the spec's network name for an imported nnU-Net model
 CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_best.pth")
 MIRRORING_CHOICES = ("auto", "on", "off")  # auto: on for a GPU, off on the CPU (the engine decides)
 DEFAULT_TILE_STEP_SIZE = 0.5
+
+
+def missing_nnunet_requirements() -> list[tuple[str, str]]:
+    """The (import name, pip requirement) pairs of NNUNET_REQUIREMENTS that this Python cannot import."""
+    import importlib.util
+
+    return [(name, requirement) for name, requirement in NNUNET_REQUIREMENTS if importlib.util.find_spec(name) is None]
 
 
 def is_nnunet_spec(spec: ModelSpec) -> bool:

@@ -15,7 +15,7 @@ import slicer
 from slicer.i18n import tr as _
 
 from lesionseg.jobs import JobState
-from LesionSegLib import channels, comparison, export, lesions, segmenting
+from LesionSegLib import channels, comparison, export, lesions, nnunetmodels, segmenting
 
 
 def showTableInLayout(tableNode: Any) -> None:
@@ -281,8 +281,10 @@ class LesionTablePanel(CsvTablePanel):
         lesions.write_lesion_csv(path, self.rows)
 
 
-def ensurePythonPackages(log: Callable[[str], None]) -> bool:
+def ensurePythonPackages(log: Callable[[str], None], nnunet: bool = False) -> bool:
     """Install what the segmentation job needs, after asking; False when the user declines or it fails.
+
+    ``nnunet``: the job runs an imported nnU-Net model, which needs nnunetv2 too (installed on first use).
 
     torch goes through the PyTorchUtils extension when it is installed, so that its CUDA build matches the
     GPU driver; otherwise through pip (a CPU or default build).
@@ -353,10 +355,34 @@ def ensurePythonPackages(log: Callable[[str], None]) -> bool:
                     )
         importlib.invalidate_caches()
         log(_("Installed: {names}").format(names=names))
+    if nnunet and not ensureNnunetPackages(log):
+        return False
     import torch
 
     if not torch.cuda.is_available():
         log(_("No CUDA GPU is available to PyTorch: the model runs on the CPU, which takes longer."))
+    return True
+
+
+def ensureNnunetPackages(log: Callable[[str], None]) -> bool:
+    """Install nnunetv2 and what it imports (pinned, without their own dependencies), after asking."""
+    missing = nnunetmodels.missing_nnunet_requirements()
+    if not missing:
+        return True
+    names = ", ".join(requirement for _name, requirement in missing)
+    if not slicer.util.confirmOkCancelDisplay(
+        _(
+            "nnU-Net models need Python packages that this Slicer does not have yet: {names}.\n\nInstall them now?"
+        ).format(names=names),
+        _("Install nnU-Net"),
+    ):
+        log(_("Packages not installed; nnU-Net models need {names}.").format(names=names))
+        return False
+    with slicer.util.WaitCursor():
+        # --no-deps: nnunetv2's declared dependencies would replace Slicer's torch (requirements/nnunet.txt).
+        slicer.util.pip_install(["--no-deps", *(requirement for _name, requirement in missing)])
+    importlib.invalidate_caches()
+    log(_("Installed: {names}").format(names=names))
     return True
 
 
@@ -488,7 +514,7 @@ class SegmentPanel:
             self.run.cancel()
             self._finishRun()
             return
-        if not ensurePythonPackages(self.log):
+        if not ensurePythonPackages(self.log, nnunet=self.logic.isNnunetModel(self.currentEntry())):
             return
         if self.currentEntry() is None:
             # The packages were just installed: list the models, and let the user choose before running one.

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -350,3 +351,22 @@ def test_a_two_channel_lesionseg_model_gets_both_volumes_through_the_warm_worker
         assert not found[distance > HOT_RADIUS + np.linalg.norm([2.5, 2.5, 3.0])].any()
     finally:
         logic.shutdownWorker()
+
+
+def test_nnunet_packages_offered_on_first_use_are_the_ones_requirements_pin():
+    from support.processes import python_without
+
+    from LesionSegLib.segmenting import REQUIREMENTS
+
+    pinned = [line.strip() for line in (Path(__file__).resolve().parents[2] / "requirements" / "nnunet.txt")
+              .read_text().splitlines() if line.strip() and not line.startswith("#")]  # fmt: skip
+    assert [requirement for _name, requirement in nnunetmodels.NNUNET_REQUIREMENTS] == pinned
+    assert nnunetmodels.missing_nnunet_requirements() == []  # this Python runs the models above
+    names = {name for name, _requirement in REQUIREMENTS}
+    assert not names & {name for name, _requirement in nnunetmodels.NNUNET_REQUIREMENTS}
+    # A Slicer without nnunetv2: the module offers exactly the missing packages.
+    shown = python_without(
+        ("nnunetv2", "acvl_utils"),
+        "from LesionSegLib import nnunetmodels; print(nnunetmodels.missing_nnunet_requirements())",
+    )
+    assert shown.strip() == str([("nnunetv2", "nnunetv2==2.8.1"), ("acvl_utils", "acvl-utils==0.2.6")])
