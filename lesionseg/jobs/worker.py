@@ -4,6 +4,7 @@ Requests (JSON lines): the worker prints a ``ready`` event (:mod:`lesionseg.jobs
 
     {"id": "r1", "command": "segment", "model": ID_OR_DIR, "input": PATH, "output": PATH,
      "device": "auto", "crop_body": false, "threshold": null, "models_dir": null}
+                               (a multi-channel model: "input": [PATH, ...], one per channel)
     {"command": "release"}     drop the loaded model (another model was chosen)
     {"command": "shutdown"}
 
@@ -276,11 +277,14 @@ class WarmWorker:
             raise BrokenPipeError("the worker is not running; start() it first")
         request_id = uuid.uuid4().hex[:12]
         request = WorkerRequest(self, request_id, output_path)
+        # a multi-channel model's images: one path per channel, in its order
+        multi = isinstance(input_path, (list, tuple))
+        inputs = [str(Path(p)) for p in input_path] if multi else str(Path(input_path))
         request._message = {
             "id": request_id,
             "command": "segment",
             "model": str(model),
-            "input": str(Path(input_path)),
+            "input": inputs,
             "output": str(Path(output_path)),
             "device": device,
             "crop_body": crop_body,
