@@ -95,10 +95,11 @@ def predict_uncertain(
     image: Image,
     model: LoadedModel,
     progress: Progress,
-    crop_body: bool = False,
+    pass_seconds: list[float],
+    *,
     threshold: float | None = None,
+    crop_body: bool = False,
     further: Sequence[Image] = (),
-    pass_seconds: list[float] | None = None,
 ) -> dict[str, Image]:
     """``labels`` (before post-processing), ``entropy``, ``mutual_information`` and ``probability`` on the input's
     grid; appends each member's seconds to ``pass_seconds``."""
@@ -120,8 +121,7 @@ def predict_uncertain(
         entropy = _entropy(softmax)
         mean_softmax = softmax if mean_softmax is None else mean_softmax.add_(softmax)
         mean_entropy = entropy if mean_entropy is None else mean_entropy.add_(entropy)
-        if pass_seconds is not None:
-            pass_seconds.append(time.perf_counter() - started)
+        pass_seconds.append(time.perf_counter() - started)
     del network_input
     progress.stage("postprocess")
     mean_softmax /= len(members)
@@ -164,7 +164,9 @@ def segment_uncertain(
     check_run(image, model, reporter, modality, allow_modality, further)
     seconds: list[float] = []
     with subnormals_flushed(model.device):
-        maps = predict_uncertain(image, model, reporter, crop_body, threshold, further, seconds)
+        maps = predict_uncertain(
+            image, model, reporter, seconds, threshold=threshold, crop_body=crop_body, further=further
+        )
     labelmap = postprocess(maps["labels"], model.spec.postprocessing)
     reporter.update(1.0)
     lesions = lesion_confidence(labelmap, maps["entropy"], maps["mutual_information"], maps["probability"], model.spec)
