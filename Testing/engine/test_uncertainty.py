@@ -200,3 +200,19 @@ def test_spec_tta_names_the_flips_and_refuses_unknown_axes():
 def test_segment_file_refuses_an_unknown_uncertainty_method_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="unknown uncertainty method 'mc'"):
         segment_file("threshold", tmp_path / "none.nii.gz", tmp_path / "out.nii.gz", uncertainty="mc")
+
+
+def test_warm_worker_request_with_uncertainty_writes_it_beside_the_labelmap(edge_model, tmp_path):
+    from lesionseg.jobs import EventKind, JobState, WarmWorker
+
+    source = write_image(two_boxes(), tmp_path / "case.nii.gz")
+    worker = WarmWorker().start()
+    try:
+        request = worker.submit(str(edge_model.spec.folder), source, tmp_path / "out.nii.gz", "cpu", uncertainty="tta")
+        assert request.wait(300) is JobState.SUCCEEDED, (request.error_text, worker.job.stderr_text[-2000:])
+        result = next(e.data for e in request.poll() if e.kind is EventKind.RESULT)
+        assert result["uncertainty"]["passes"] == 4
+        assert read_image(tmp_path / "out_mutual_information.nii.gz").same_grid(read_image(source))
+        assert len(json.loads((tmp_path / "out_lesions.json").read_text())["lesions"]) == 2
+    finally:
+        worker.close()
