@@ -99,6 +99,11 @@ def test_rank_errors_name_the_problem(edge_folder, tmp_path):
     assert done.returncode == 2 and "no such folder" in done.stderr
     done = lesionseg("rank", "--model", model, "--images", str(empty), "--method", "variance", "--output", "r")
     assert done.returncode == 2 and "unknown ranking method 'variance'" in done.stderr
+    one_slice = Image(np.zeros((1, 30, 30), np.int16), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3))
+    write_image(one_slice, empty / "flat.nii.gz")
+    with pytest.raises(UserError, match="case flat: "):
+        rank_cases(load_model(edge_folder, "cpu", backend="torch"), empty)
+    (empty / "flat.nii.gz").unlink()
     (empty / "broken.nii.gz").write_bytes(b"this is not a NIfTI file")
     with pytest.raises(UserError, match="case broken: cannot read its image"):
         rank_cases(load_model(edge_folder, "cpu", backend="torch"), empty)

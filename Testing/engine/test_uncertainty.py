@@ -216,3 +216,11 @@ def test_warm_worker_request_with_uncertainty_writes_it_beside_the_labelmap(edge
         assert len(json.loads((tmp_path / "out_lesions.json").read_text())["lesions"]) == 2
     finally:
         worker.close()
+
+
+def test_a_spec_with_flip_tta_runs_each_member_once_unaveraged(tmp_path):
+    # Were the spec's flip_tta averaging applied inside every member, the members would all agree (MI 0).
+    folder = tmp_path / "edge_flip_tta"
+    write_model_folder(folder, threshold_spec_dict("edge", spacing=None, roi=(48, 48, 48), flip_tta=True), edge_state())
+    result = segment_uncertain(two_boxes(), load_model(folder, "cpu", backend="torch"), Progress())
+    assert result.mutual_information.array.max() == pytest.approx(binary_entropy(0.25), rel=1e-5)

@@ -215,7 +215,7 @@ def _run_windows(
         device=device,
         stitch_device=stitch_device,
         amp=inf.amp,
-        flip_tta=inf.flip_tta,
+        flip_tta=inf.flip_tta and members == 1,  # TTA members are the flips themselves
         progress=report,
         flip=flip,
     )

@@ -119,7 +119,12 @@ def rank_cases(
                 " channel(s); rank a dataset with the model's channels"
             )
         image, modality, further = _read_case(case, paths, loaded.spec.channel_names)
-        result = segment_uncertain(image, loaded, Progress(), threshold=threshold, modality=modality, further=further)
+        try:
+            result = segment_uncertain(
+                image, loaded, Progress(), threshold=threshold, modality=modality, further=further
+            )
+        except ValueError as error:  # input the model refuses: say which case, so it can be taken out
+            raise UserError(f"case {case}: {error}") from error
         rows.append({"case": case, **case_scores(result), "images": [str(p) for p in paths]})
         if say:
             say(f"{number}/{len(cases)} {case}: {method} {rows[-1][method]}")
