@@ -22,13 +22,13 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from lesionseg.models.hashcache import HashCache
 from lesionseg.models.nnunet import (
     NnunetModelError,
     configuration_folders,
     is_configuration_folder,
     load_configuration,
 )
-from lesionseg.models.hashcache import HashCache
 from lesionseg.models.weights import file_hashes
 
 SIDECAR = "lesionseg-nnunet.json"
