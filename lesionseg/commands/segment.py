@@ -131,10 +131,9 @@ def run(args: argparse.Namespace) -> int:
         if nnunet_model is not None:
             from lesionseg.inference.nnunet import segment_file_nnunet
 
-            if args.threshold is not None or args.crop_body:
+            if args.threshold is not None:
                 raise ValueError(
-                    "--threshold and --crop-body apply to LesionSeg's own models, not yet to nnU-Net result folders; "
-                    "leave them out"
+                    "--threshold applies to LesionSeg's own models, not yet to nnU-Net result folders; leave it out"
                 )
             result = segment_file_nnunet(
                 nnunet_model,
@@ -144,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
                 sink,
                 options=_nnunet_options(args),
                 named_channels=args.channel,
+                crop_body=args.crop_body,
             )
         else:
             result = segment_file(
