@@ -101,6 +101,43 @@ def missing_speed_requirements() -> list[tuple[str, str]]:
     return _not_importable(SPEED_REQUIREMENTS)
 
 
+# Needed only by imported nnU-Net models, so installed when the user first picks one: nnunetv2 and what its predictor
+# imports.  Installed with --no-deps: nnunetv2's declared dependencies pull timm and torchvision, and PyPI's
+# torchvision replaces or fails to load beside Slicer's torch.  The pins are requirements/nnunet.txt's (a test keeps
+# them equal); python-dateutil (pandas) and idna (httpx) are the import-time dependencies that file leaves to
+# requirements/test.txt; scikit-image and SimpleITK come with REQUIREMENTS.
+NNUNET_ENGINE = "nnunet"  # an imported nnU-Net model's spec.source["engine"]
+NNUNET_REQUIREMENTS = (
+    ("nnunetv2", "nnunetv2==2.8.1"),
+    ("dynamic_network_architectures", "dynamic-network-architectures==0.4.4"),
+    ("acvl_utils", "acvl-utils==0.2.6"),
+    ("batchgenerators", "batchgenerators==0.25.5"),
+    ("batchgeneratorsv2", "batchgeneratorsv2==0.3.6"),
+    ("blosc2", "blosc2==4.15.0"),
+    ("msgpack", "msgpack==1.2.4"),
+    ("ndindex", "ndindex==1.10.1"),
+    ("httpx", "httpx==0.29.0"),
+    ("threadpoolctl", "threadpoolctl==3.8.0"),
+    ("tqdm", "tqdm==4.70.1"),
+    ("pandas", "pandas==3.1.1"),
+    ("dateutil", "python-dateutil>=2.9"),
+    ("idna", "idna>=3.0"),
+)
+
+
+def missing_model_requirements(spec: ModelSpec | None) -> list[tuple[str, str]]:
+    """What running ``spec``'s model needs beyond :data:`REQUIREMENTS` and this Python lacks: nnunetv2 and its
+    predictor's imports for an imported nnU-Net model, nothing for LesionSeg's own models (or no model chosen)."""
+    if spec is None or spec.source.get("engine") != NNUNET_ENGINE:
+        return []
+    return _not_importable(NNUNET_REQUIREMENTS)
+
+
+def model_requirements_pip_arguments(missing: Iterable[tuple[str, str]]) -> list[str]:
+    """The ``pip install`` arguments for :func:`missing_model_requirements`'s packages (``--no-deps``: see above)."""
+    return ["--no-deps", *(requirement for _name, requirement in missing)]
+
+
 def packages_problem() -> str:
     """What to install before segmenting in this Slicer (a fresh one lacks most of REQUIREMENTS); empty if none."""
     missing = missing_requirements()

@@ -281,11 +281,12 @@ class LesionTablePanel(CsvTablePanel):
         lesions.write_lesion_csv(path, self.rows)
 
 
-def ensurePythonPackages(log: Callable[[str], None]) -> bool:
+def ensurePythonPackages(log: Callable[[str], None], spec: Any = None) -> bool:
     """Install what the segmentation job needs, after asking; False when the user declines or it fails.
 
     torch goes through the PyTorchUtils extension when it is installed, so that its CUDA build matches the
-    GPU driver; otherwise through pip (a CPU or default build).
+    GPU driver; otherwise through pip (a CPU or default build).  ``spec``: the chosen model, whose engine may need
+    more (nnunetv2 for an imported nnU-Net model, installed on its first use).
     """
     missing = segmenting.missing_requirements()
     if missing:
@@ -353,10 +354,34 @@ def ensurePythonPackages(log: Callable[[str], None]) -> bool:
                     )
         importlib.invalidate_caches()
         log(_("Installed: {names}").format(names=names))
+    if not _ensureModelPackages(log, spec):
+        return False
     import torch
 
     if not torch.cuda.is_available():
         log(_("No CUDA GPU is available to PyTorch: the model runs on the CPU, which takes longer."))
+    return True
+
+
+def _ensureModelPackages(log: Callable[[str], None], spec: Any) -> bool:
+    """Install, after asking, what the chosen model's engine needs beyond the common packages (nnunetv2)."""
+    missing = segmenting.missing_model_requirements(spec)
+    if not missing:
+        return True
+    names = ", ".join(requirement for _name, requirement in missing)
+    if not slicer.util.confirmOkCancelDisplay(
+        _(
+            "The nnU-Net model {model} needs Python packages that this Slicer does not have yet: {names}.\n\n"
+            "Install them now?"
+        ).format(model=spec.id, names=names),
+        _("Install Python packages"),
+    ):
+        log(_("Packages not installed; the nnU-Net model needs {names}.").format(names=names))
+        return False
+    with slicer.util.WaitCursor():
+        slicer.util.pip_install(segmenting.model_requirements_pip_arguments(missing))
+    importlib.invalidate_caches()
+    log(_("Installed: {names}").format(names=names))
     return True
 
 
@@ -470,7 +495,8 @@ class SegmentPanel:
             self.run.cancel()
             self._finishRun()
             return
-        if not ensurePythonPackages(self.log):
+        entry = self.currentEntry()
+        if not ensurePythonPackages(self.log, entry.spec if entry is not None else None):
             return
         if self.currentEntry() is None:
             # The packages were just installed: list the models, and let the user choose before running one.
