@@ -7,15 +7,12 @@ folders are the hand-set nnU-Net models of Testing/support/nnunet_models.py.
 from __future__ import annotations
 
 import json
-import os
-import resource
-import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from support import nnunet_models as nm
+from support.processes import segment_under_address_space_limit
 
 from lesionseg.cli import main
 from lesionseg.inference.memory import GIB
@@ -23,8 +20,6 @@ from lesionseg.inference.nnunet import predict_nnunet
 from lesionseg.inference.nnunet_memory import grid_voxels, plan_nnunet_memory
 from lesionseg.io import read_image
 from lesionseg.models.nnunet import load_configuration
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -51,31 +46,12 @@ def test_memory_estimate_follows_the_plans_grid_folds_and_configuration(dataset)
     assert not small.fits
 
 
-def _limit_address_space(limit_bytes: int):
-    def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
-
-    return apply
-
-
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/status for the address-space room")
 def test_nnunet_segment_under_an_address_space_limit_is_refused_before_inference(dataset, tmp_path):
     # A coarse scan (10 x 10 x 20 mm voxels) onto the model's 1 x 1 x 2 mm grid: 1000x the voxels, about 11 GiB.
     image = np.full((40, 100, 100), 40.0, np.float32)
     source = nm.write_case(tmp_path / "coarse_0000.nii.gz", image, spacing_xyz=(10.0, 10.0, 20.0))
-    output = tmp_path / "out.nii.gz"
-    run = subprocess.run(
-        [sys.executable, "-m", "lesionseg", "segment", "--model", str(dataset.configuration("3d_fullres")),
-         "--input", str(source), "--output", str(output), "--device", "cpu", "--progress", "jsonl"],
-        capture_output=True, text=True, timeout=300, cwd=REPO, preexec_fn=_limit_address_space(4 * GIB),
-        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
-    )  # fmt: skip
-    assert run.returncode == 2, run.stderr[-2000:]
-    assert "Traceback" not in run.stderr
-    assert "GiB of memory" in run.stderr and "address-space limit" in run.stderr and "--crop-body" in run.stderr
-    stages = [json.loads(line).get("stage") for line in run.stdout.splitlines() if line.startswith("{")]
-    assert "inference" not in stages, "the refusal must come before any window is computed"
-    assert not output.exists()
+    segment_under_address_space_limit(dataset.configuration("3d_fullres"), source, tmp_path / "out.nii.gz", 4 * GIB)
 
 
 def test_crop_body_equals_the_uncropped_run_inside_the_body_and_is_zero_outside(dataset, tmp_path, capsys):
