@@ -310,22 +310,6 @@ def predict_nnunet(
     if box is not None:
         images = [_cropped(each, box) for each in images]
         image = images[0]
-    from lesionseg.inference.nnunet_memory import check_nnunet_memory
-
-    mirroring = options.mirroring if options.mirroring is not None else torch_device.type == "cuda"
-    counted = [
-        (config, _stage_folds(config, options if config is configuration else NnunetOptions())) for config in chain
-    ]
-    memory = check_nnunet_memory(counted, image, mirroring, torch_device, crop_body)
-    stages = []
-    for index, config in enumerate(chain):
-        stage_options = options
-        if index < len(chain) - 1:
-            # --folds names the folds of the configuration asked for; the first stage uses all of its own.
-            stage_options = NnunetOptions(None, None, options.checkpoint, options.mirroring, options.tile_step_size)
-        stages.append(load_stage(config, stage_options, torch_device))
-        reporter.update((index + 1) / len(chain))
-    reporter.stage("preprocess")
     orientation = model_orientation(configuration.folder)
     permutation = None
     if orientation == "RAS":
@@ -337,6 +321,23 @@ def predict_nnunet(
         source_image = image
         images = [permute_axes(each, *permutation) for each in images]
         image = images[0]
+    from lesionseg.inference.nnunet_memory import check_nnunet_memory
+
+    mirroring = options.mirroring if options.mirroring is not None else torch_device.type == "cuda"
+    counted = []  # each stage with its fold count; a cascade's first stage runs all of its own folds
+    for config in chain:
+        own = options if config is configuration else NnunetOptions(checkpoint=options.checkpoint)
+        counted.append((config, _stage_folds(config, own)))
+    memory = check_nnunet_memory(counted, image, mirroring, torch_device, crop_body)
+    stages = []
+    for index, config in enumerate(chain):
+        stage_options = options
+        if index < len(chain) - 1:
+            # --folds names the folds of the configuration asked for; the first stage uses all of its own.
+            stage_options = NnunetOptions(None, None, options.checkpoint, options.mirroring, options.tile_step_size)
+        stages.append(load_stage(config, stage_options, torch_device))
+        reporter.update((index + 1) / len(chain))
+    reporter.stage("preprocess")
     if len(stages) > 1:
         reporter.message(f"cascade: {stages[0].configuration.name} first, then {configuration.name}")
     reporter.stage("inference")
