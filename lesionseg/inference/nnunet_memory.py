@@ -12,10 +12,14 @@ output channels.  The largest of three phases counts, on top of what is held thr
 * back to the input grid: the fp16 logits ``2KT``, their float64 copy for resampling ``8KT``, the logits of every
   class on the input grid ``4KV`` and the argmax ``9V``.
 
-One window holds, per network stage, the feature maps kept for the skip connection and the decoder's output at that
-resolution (``2 · features · voxels`` each), plus the input window and mirrored predictions; fp16 under CUDA's
-autocast.  On a GPU, nnU-Net keeps the input and logits on the device and falls back to host RAM for them when they
-do not fit, so only the window must fit the GPU.
+One window holds, per network stage, ``6 · features · voxels`` at that stage's resolution: where the decoder meets
+the skip connection, the skip, the upsampled map, their concatenation (twice the features) and the convolution's and
+normalisation's outputs live at once; plus the input window and mirrored predictions; fp16 under CUDA's autocast.
+(On nnU-Net's default 3d_fullres network, 128³ window, this gives 2.1 GiB; benchmarks/RESULTS.md has the measured
+peak of a whole run, 2.5 GiB with the imports.)
+
+On a GPU, nnU-Net keeps the input and logits on the device and falls back to host RAM for them when they do not fit,
+so only the window must fit the GPU.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import numpy as np
 
 from lesionseg.inference.memory import MemoryPlan, check_memory_plan
 from lesionseg.models.nnunet import NnunetConfiguration
+
+LIVE_MAPS_PER_STAGE = 6  # feature maps of one stage's size alive at once, in units of its feature count
 
 
 def grid_voxels(configuration: NnunetConfiguration, shape_zyx: Sequence[int], spacing_zyx: Sequence[float]) -> int:
@@ -53,7 +59,7 @@ def window_bytes(configuration: NnunetConfiguration, bytes_per_value: int, mirro
         feature_values, scale = 0, 1
         for count, stride in zip(features, strides, strict=True):
             scale *= int(np.prod(stride if isinstance(stride, (list, tuple)) else [stride] * len(patch)))
-            feature_values += 2 * int(count) * max(1, patch_voxels // scale)
+            feature_values += LIVE_MAPS_PER_STAGE * int(count) * max(1, patch_voxels // scale)
     predictions = configuration.output_channels() * patch_voxels * (3 if mirroring else 2)
     return bytes_per_value * (feature_values + configuration.input_channels() * patch_voxels + predictions)
 
