@@ -54,6 +54,10 @@ NNUNET_REQUIREMENTS = (
     ("threadpoolctl", "threadpoolctl==3.8.0"),
     ("tqdm", "tqdm==4.70.1"),
     ("pandas", "pandas==3.1.1"),
+    # import-time dependencies that requirements/nnunet.txt leaves to requirements/test.txt: pandas imports
+    # python-dateutil and httpx imports idna, and --no-deps installs neither
+    ("dateutil", "python-dateutil>=2.9"),
+    ("idna", "idna>=3.0"),
 )
 
 ENGINE = "nnunet"
@@ -225,6 +229,7 @@ def segment_argv(
     device: str,
     options: NnunetRunOptions,
     models_dir_: str | Path | None = None,
+    crop_body: bool = False,
 ) -> list[str]:
     """The one-shot ``lesionseg segment`` command for an imported nnU-Net model, one ``--input`` per channel."""
     argv = [python, "-m", "lesionseg", "segment", "--model", model_id]
@@ -233,4 +238,6 @@ def segment_argv(
     argv += ["--output", str(output_path), "--device", device, "--progress", "jsonl"]
     if models_dir_:
         argv += ["--models-dir", str(models_dir_)]
+    if crop_body:
+        argv.append("--crop-body")
     return argv + options.argv()

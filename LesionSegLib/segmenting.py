@@ -103,6 +103,27 @@ def missing_speed_requirements() -> list[tuple[str, str]]:
     return _not_importable(SPEED_REQUIREMENTS)
 
 
+# Needed only by imported nnU-Net models, so installed when the user first picks one: nnunetv2 and what its predictor
+# imports (nnunetmodels.NNUNET_REQUIREMENTS).  Installed with --no-deps: nnunetv2's declared dependencies pull timm
+# and torchvision, and PyPI's torchvision replaces or fails to load beside Slicer's torch; scikit-image and
+# SimpleITK come with REQUIREMENTS.
+NNUNET_ENGINE = nnunetmodels.ENGINE  # an imported nnU-Net model's spec.source["engine"]
+NNUNET_REQUIREMENTS = nnunetmodels.NNUNET_REQUIREMENTS
+
+
+def missing_model_requirements(spec: ModelSpec | None) -> list[tuple[str, str]]:
+    """What running ``spec``'s model needs beyond :data:`REQUIREMENTS` and this Python lacks: nnunetv2 and its
+    predictor's imports for an imported nnU-Net model, nothing for LesionSeg's own models (or no model chosen)."""
+    if spec is None or not nnunetmodels.is_nnunet_spec(spec):
+        return []
+    return nnunetmodels.missing_nnunet_requirements()
+
+
+def model_requirements_pip_arguments(missing: Iterable[tuple[str, str]]) -> list[str]:
+    """The ``pip install`` arguments for :func:`missing_model_requirements`'s packages (``--no-deps``: see above)."""
+    return ["--no-deps", *(requirement for _name, requirement in missing)]
+
+
 def packages_problem() -> str:
     """What to install before segmenting in this Slicer (a fresh one lacks most of REQUIREMENTS); empty if none."""
     missing = missing_requirements()
@@ -366,10 +387,10 @@ class SegmentationRun(BackgroundRun):
                 raise ValueError(f"{name} channel: {problem}")
             further.append(lesionseg.mrml.image_from_volume_node(node))
         self.nnunet = nnunetmodels.is_nnunet_spec(entry.spec)
-        if self.nnunet and (threshold is not None or crop_body):
+        if self.nnunet and threshold is not None:
             raise ValueError(
-                f"{entry.spec.id!r} is an nnU-Net model: the detection threshold and body crop apply to LesionSeg's "
-                "own models; set the threshold to its model default and leave body crop off"
+                f"{entry.spec.id!r} is an nnU-Net model: the detection threshold applies to LesionSeg's own models; "
+                "set the threshold to its model default"
             )
         self.nnunet_options = nnunet_options or nnunetmodels.sidecar_options(entry.spec)
         # refused here, before anything is written or started; the spec's own cut counts when none is given
@@ -407,6 +428,7 @@ class SegmentationRun(BackgroundRun):
                 self.device,
                 self.nnunet_options,
                 self.models_dir,
+                self.crop_body,
             )
             self.request = Job(argv, self.timeout_s, self.output_path, env=child_environment(self.environment))
             self.request.start()

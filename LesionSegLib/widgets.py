@@ -15,7 +15,7 @@ import slicer
 from slicer.i18n import tr as _
 
 from lesionseg.jobs import JobState
-from LesionSegLib import channels, comparison, export, lesions, nnunetmodels, segmenting
+from LesionSegLib import channels, comparison, export, lesions, segmenting
 
 
 def showTableInLayout(tableNode: Any) -> None:
@@ -281,13 +281,12 @@ class LesionTablePanel(CsvTablePanel):
         lesions.write_lesion_csv(path, self.rows)
 
 
-def ensurePythonPackages(log: Callable[[str], None], nnunet: bool = False) -> bool:
+def ensurePythonPackages(log: Callable[[str], None], spec: Any = None) -> bool:
     """Install what the segmentation job needs, after asking; False when the user declines or it fails.
 
-    ``nnunet``: the job runs an imported nnU-Net model, which needs nnunetv2 too (installed on first use).
-
     torch goes through the PyTorchUtils extension when it is installed, so that its CUDA build matches the
-    GPU driver; otherwise through pip (a CPU or default build).
+    GPU driver; otherwise through pip (a CPU or default build).  ``spec``: the chosen model, whose engine may need
+    more (nnunetv2 for an imported nnU-Net model, installed on its first use).
     """
     missing = segmenting.missing_requirements()
     if missing:
@@ -355,7 +354,7 @@ def ensurePythonPackages(log: Callable[[str], None], nnunet: bool = False) -> bo
                     )
         importlib.invalidate_caches()
         log(_("Installed: {names}").format(names=names))
-    if nnunet and not ensureNnunetPackages(log):
+    if not _ensureModelPackages(log, spec):
         return False
     import torch
 
@@ -364,23 +363,23 @@ def ensurePythonPackages(log: Callable[[str], None], nnunet: bool = False) -> bo
     return True
 
 
-def ensureNnunetPackages(log: Callable[[str], None]) -> bool:
-    """Install nnunetv2 and what it imports (pinned, without their own dependencies), after asking."""
-    missing = nnunetmodels.missing_nnunet_requirements()
+def _ensureModelPackages(log: Callable[[str], None], spec: Any) -> bool:
+    """Install, after asking, what the chosen model's engine needs beyond the common packages (nnunetv2)."""
+    missing = segmenting.missing_model_requirements(spec)
     if not missing:
         return True
     names = ", ".join(requirement for _name, requirement in missing)
     if not slicer.util.confirmOkCancelDisplay(
         _(
-            "nnU-Net models need Python packages that this Slicer does not have yet: {names}.\n\nInstall them now?"
-        ).format(names=names),
-        _("Install nnU-Net"),
+            "The nnU-Net model {model} needs Python packages that this Slicer does not have yet: {names}.\n\n"
+            "Install them now?"
+        ).format(model=spec.id, names=names),
+        _("Install Python packages"),
     ):
-        log(_("Packages not installed; nnU-Net models need {names}.").format(names=names))
+        log(_("Packages not installed; the nnU-Net model needs {names}.").format(names=names))
         return False
     with slicer.util.WaitCursor():
-        # --no-deps: nnunetv2's declared dependencies would replace Slicer's torch (requirements/nnunet.txt).
-        slicer.util.pip_install(["--no-deps", *(requirement for _name, requirement in missing)])
+        slicer.util.pip_install(segmenting.model_requirements_pip_arguments(missing))
     importlib.invalidate_caches()
     log(_("Installed: {names}").format(names=names))
     return True
@@ -514,7 +513,8 @@ class SegmentPanel:
             self.run.cancel()
             self._finishRun()
             return
-        if not ensurePythonPackages(self.log, nnunet=self.logic.isNnunetModel(self.currentEntry())):
+        entry = self.currentEntry()
+        if not ensurePythonPackages(self.log, entry.spec if entry is not None else None):
             return
         if self.currentEntry() is None:
             # The packages were just installed: list the models, and let the user choose before running one.

@@ -6,16 +6,14 @@ the cgroup reader is checked on folders laid out as the kernel's cgroup v1 and v
 
 from __future__ import annotations
 
-import json
-import os
 import resource
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from support.processes import segment_under_address_space_limit
 from support.tiny_models import threshold_spec_dict, threshold_state, write_model_folder
 
 from lesionseg.image import Image
@@ -23,8 +21,6 @@ from lesionseg.inference.devices import address_space_room_bytes, cgroup_room_by
 from lesionseg.inference.memory import GIB, MemoryPlanError, check_memory_plan, plan_memory
 from lesionseg.inference.network_grid import axis_map, resample_array_in_slabs, resample_separable
 from lesionseg.io import write_image
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_resampling_in_slabs_equals_resampling_in_one_piece():
@@ -97,13 +93,6 @@ def test_a_plan_over_the_limit_is_refused_with_the_figure_the_bound_and_the_reme
         check_memory_plan(gpu, type(small)(64 * GIB, "the machine's available RAM"), "cuda", crop_body=True)
 
 
-def _limit_address_space(limit_bytes: int):
-    def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
-
-    return apply
-
-
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/status for the address-space room")
 def test_segment_under_an_address_space_limit_is_refused_before_inference(tmp_path):
     # A model at 0.5 mm on a 1 mm CT: the network grid has 8x the input's voxels, so the plan needs ~2.6 GiB.
@@ -112,18 +101,5 @@ def test_segment_under_an_address_space_limit_is_refused_before_inference(tmp_pa
     ct = np.full((200, 256, 256), -1000, dtype=np.int16)
     ct[60:140, 80:180, 80:180] = 300
     source = write_image(Image(ct, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3)), tmp_path / "ct.nrrd")
-    output = tmp_path / "out.nii.gz"
     # The engine's imports take about 1 GiB of address space; leave about 1 GiB more.
-    limit = 2 * GIB + GIB // 4
-    run = subprocess.run(
-        [sys.executable, "-m", "lesionseg", "segment", "--model", str(model), "--input", str(source),
-         "--output", str(output), "--device", "cpu", "--progress", "jsonl"],
-        capture_output=True, text=True, timeout=300, cwd=REPO, preexec_fn=_limit_address_space(limit),
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
-    assert run.returncode == 2, run.stderr[-2000:]
-    assert "Traceback" not in run.stderr
-    assert "GiB of memory" in run.stderr and "address-space limit" in run.stderr and "--crop-body" in run.stderr
-    stages = [json.loads(line).get("stage") for line in run.stdout.splitlines() if line.startswith("{")]
-    assert "inference" not in stages, "the refusal must come before any window is computed"
-    assert not output.exists()
+    segment_under_address_space_limit(model, source, tmp_path / "out.nii.gz", 2 * GIB + GIB // 4)

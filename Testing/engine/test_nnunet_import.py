@@ -16,6 +16,7 @@ from support import nnunet_models as nm
 from lesionseg.cli import main
 from lesionseg.inference.nnunet import NnunetOptions, predict_nnunet
 from lesionseg.io import read_image
+from lesionseg.models.hashcache import CACHE_FILE
 from lesionseg.models.nnunet import NnunetModelError
 from lesionseg.models.nnunet_import import SIDECAR, import_nnunet_model
 
@@ -88,6 +89,27 @@ def test_a_checkpoint_changed_after_import_is_refused(dataset, case, tmp_path, c
         predict_nnunet(image, folder, NnunetOptions(), device="cpu")
     row = listed(tmp_path / "models", capsys)["fullres"]
     assert row["verified"] is False and "refused: its SHA-256" in row["problem"] and row["origin"] == "nnunet"
+
+
+def test_listing_imported_models_again_does_not_read_unchanged_checkpoints(dataset, tmp_path, capsys):
+    models = tmp_path / "models"
+    folder = import_nnunet_model(dataset.configuration("3d_fullres"), models, "fullres")
+    checkpoint = folder / "nnUNetTrainer__nnUNetPlans__3d_fullres" / "fold_0" / "checkpoint_final.pth"
+    assert listed(models, capsys)["fullres"]["verified"] is True
+    remembered = json.loads((models / CACHE_FILE).read_text(encoding="utf-8"))["files"]
+    assert str(checkpoint.resolve()) in remembered
+    # Damage the bytes but keep size and mtime: a listing that re-read the file would now fail it; the repeat
+    # listing answers from the cache (the documented limit of the cache; the run itself always hashes).
+    stamp = checkpoint.stat()
+    data = bytearray(checkpoint.read_bytes())
+    data[-100] ^= 0xFF
+    checkpoint.write_bytes(bytes(data))
+    os.utime(checkpoint, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert listed(models, capsys)["fullres"]["verified"] is True
+    # An ordinary change (a new mtime) is hashed again and seen.
+    os.utime(checkpoint, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 1_000_000_000))
+    row = listed(models, capsys)["fullres"]
+    assert row["verified"] is False and "refused: its SHA-256" in row["problem"]
 
 
 @pytest.mark.parametrize(

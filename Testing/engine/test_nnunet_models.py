@@ -207,10 +207,10 @@ def test_background_job_segments_with_an_nnunet_dataset_folder(dataset, case, tm
     assert result["engine"] == "nnunet" and result["nnunet"]["configuration"] == "2d"
     assert result["nnunet"]["stages"][0]["folds"] == ["0"]
     assert dice(sitk.GetArrayFromImage(sitk.ReadImage(str(output))), truth, 1) > 0.9
-    refused = Job.segment(str(dataset.root), input_file, tmp_path / "other.nii.gz", "cpu", extra=["--crop-body"])
+    refused = Job.segment(str(dataset.root), input_file, tmp_path / "other.nii.gz", "cpu", extra=["--threshold", "0.3"])
     assert refused.start().wait(600) is JobState.FAILED
     error = next(e.data for e in refused.poll() if e.kind is EventKind.ERROR)
-    assert "--crop-body apply to LesionSeg's own models" in error["text"]
+    assert "--threshold applies to LesionSeg's own models" in error["text"]
 
 
 def test_missing_nnunet_package_or_checkpoint_name_is_one_clear_error(dataset, case, monkeypatch):

@@ -33,3 +33,29 @@ def python_without(missing: tuple[str, ...], code: str, timeout: float = 120) ->
     if done.returncode != 0:
         raise AssertionError(f"the child Python failed ({done.returncode}):\n{done.stderr}")
     return done.stdout
+
+
+def segment_under_address_space_limit(model: Path, source: Path, output: Path, limit_bytes: int) -> None:
+    """Run ``lesionseg segment`` (CPU, JSON-lines progress) in a child under a real ``ulimit -v`` of ``limit_bytes``,
+    and check that the memory plan refused it: exit status 2, the figure, the bound and ``--crop-body`` named, no
+    window computed and no output written."""
+    import json
+    import os
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+
+    repo = Path(__file__).resolve().parents[2]
+    run = subprocess.run(
+        [sys.executable, "-m", "lesionseg", "segment", "--model", str(model), "--input", str(source),
+         "--output", str(output), "--device", "cpu", "--progress", "jsonl"],
+        capture_output=True, text=True, timeout=300, cwd=repo, preexec_fn=limit,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)},
+    )  # fmt: skip
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr
+    assert "GiB of memory" in run.stderr and "address-space limit" in run.stderr and "--crop-body" in run.stderr
+    stages = [json.loads(line).get("stage") for line in run.stdout.splitlines() if line.startswith("{")]
+    assert "inference" not in stages, "the refusal must come before any window is computed"
+    assert not output.exists()

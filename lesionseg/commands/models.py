@@ -80,10 +80,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.action not in (None, "list"):
         raise ValueError(f"unknown action {args.action!r}")
-    entries = registry.entries()
+    from lesionseg.models.hashcache import HashCache
     from lesionseg.models.nnunet_import import imported_models
 
-    nnunet_models = imported_models(registry.root)
+    # Remembered hashes: a repeat listing reads only weights changed since (hashcache.py says what that trusts).
+    cache = HashCache(registry.root)
+    entries = registry.entries(cache=cache)
+    nnunet_models = imported_models(registry.root, cache)
     if getattr(args, "json", False):
         rows = [
             {

@@ -147,10 +147,9 @@ def run(args: argparse.Namespace) -> int:
 
             if args.uncertainty != "none":
                 raise ValueError("--uncertainty applies to LesionSeg's own models, not yet to nnU-Net result folders")
-            if args.threshold is not None or args.crop_body:
+            if args.threshold is not None:
                 raise ValueError(
-                    "--threshold and --crop-body apply to LesionSeg's own models, not yet to nnU-Net result folders; "
-                    "leave them out"
+                    "--threshold applies to LesionSeg's own models, not yet to nnU-Net result folders; leave it out"
                 )
             result = segment_file_nnunet(
                 nnunet_model,
@@ -160,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
                 sink,
                 options=_nnunet_options(args),
                 named_channels=args.channel,
+                crop_body=args.crop_body,
             )
         else:
             result = segment_file(

@@ -14,7 +14,10 @@ nnU-Net's own preprocessing, sliding window and resampling back run unchanged (`
 * every fold present (or ``folds``) is softmax-averaged, as nnU-Net's ensembling does within one configuration;
 * a ``3d_cascade_fullres`` configuration runs its ``3d_lowres`` first stage and passes its labels on
   (a signed integer array: nnU-Net's one-hot encoding of a uint8 array overflows);
-* progress counts nnU-Net's windows, and nnU-Net's prints go to stderr so ``--progress jsonl`` stays clean.
+* progress counts nnU-Net's windows, and nnU-Net's prints go to stderr so ``--progress jsonl`` stays clean;
+* the memory the predictor needs is estimated (:mod:`lesionseg.inference.nnunet_memory`) and a run that cannot fit
+  is refused before any checkpoint loads, with the same message as our own models';
+* ``crop_body`` runs nnU-Net on the box around the body (plus a margin) and pastes the labels back on the full grid.
 """
 
 from __future__ import annotations
@@ -247,20 +250,45 @@ def _run_stage(
     return labels
 
 
+def _body_box(image: Image, reporter: Progress) -> tuple[slice, slice, slice] | None:
+    """Array slices of the box around the body plus the pipeline's margin; None (and a warning) without a body."""
+    from lesionseg.inference.crop import body_box_world, box_on_grid
+    from lesionseg.inference.pipeline import CROP_MARGIN_MM
+
+    corners = body_box_world(image)
+    if corners is None:
+        reporter.warning("--crop-body found no body (nothing above -500 HU); segmenting the whole volume")
+        return None
+    box = box_on_grid(corners, image, CROP_MARGIN_MM)
+    reporter.message(f"body crop: {[int(s.stop - s.start) for s in box][::-1]} of {list(image.size)} voxels")
+    return box
+
+
+def _cropped(image: Image, box: tuple[slice, slice, slice]) -> Image:
+    start_ijk = np.array([[box[2].start, box[1].start, box[0].start]], dtype=float)
+    return Image(np.ascontiguousarray(image.array[box]), image.spacing, image.world(start_ijk)[0], image.direction)
+
+
+def _stage_folds(configuration: NnunetConfiguration, options: NnunetOptions) -> int:
+    return len(options.folds) if options.folds else max(1, len(configuration.folds(options.checkpoint)))
+
+
 def predict_nnunet(
     image: Image | Sequence[Image],
     model: str | Path,
     options: NnunetOptions | None = None,
     device: str = "auto",
     progress=None,
+    crop_body: bool = False,
 ) -> tuple[Image, list[LabelInfo], dict[str, Any]]:
     """The labelmap (uint8, on the first image's grid), the labels and a description of what ran.
 
     ``image`` is one image, or one per channel of ``dataset.json`` in its order, all on the first one's grid
-    (:func:`lesionseg.inference.channels.align_channels` puts them there).
+    (:func:`lesionseg.inference.channels.align_channels` puts them there).  ``crop_body``: nnU-Net sees only the
+    box around the body in the first channel (CT above -500 HU) plus a margin; the labels outside it are 0.
     """
     images = [image] if isinstance(image, Image) else list(image)
-    image = images[0]
+    image = full_grid = images[0]
     from lesionseg.inference.devices import resolve_device
 
     options = options or NnunetOptions()
@@ -278,15 +306,10 @@ def predict_nnunet(
             f"{configuration.folder} needs {len(names)} input image(s) ({', '.join(names)}), "
             f"{len(images)} given; give one per channel, in this order"
         )
-    stages = []
-    for index, config in enumerate(chain):
-        stage_options = options
-        if index < len(chain) - 1:
-            # --folds names the folds of the configuration asked for; the first stage uses all of its own.
-            stage_options = NnunetOptions(None, None, options.checkpoint, options.mirroring, options.tile_step_size)
-        stages.append(load_stage(config, stage_options, torch_device))
-        reporter.update((index + 1) / len(chain))
-    reporter.stage("preprocess")
+    box = _body_box(image, reporter) if crop_body else None
+    if box is not None:
+        images = [_cropped(each, box) for each in images]
+        image = images[0]
     orientation = model_orientation(configuration.folder)
     permutation = None
     if orientation == "RAS":
@@ -298,6 +321,23 @@ def predict_nnunet(
         source_image = image
         images = [permute_axes(each, *permutation) for each in images]
         image = images[0]
+    from lesionseg.inference.nnunet_memory import check_nnunet_memory
+
+    mirroring = options.mirroring if options.mirroring is not None else torch_device.type == "cuda"
+    counted = []  # each stage with its fold count; a cascade's first stage runs all of its own folds
+    for config in chain:
+        own = options if config is configuration else NnunetOptions(checkpoint=options.checkpoint)
+        counted.append((config, _stage_folds(config, own)))
+    memory = check_nnunet_memory(counted, image, mirroring, torch_device, crop_body)
+    stages = []
+    for index, config in enumerate(chain):
+        stage_options = options
+        if index < len(chain) - 1:
+            # --folds names the folds of the configuration asked for; the first stage uses all of its own.
+            stage_options = NnunetOptions(None, None, options.checkpoint, options.mirroring, options.tile_step_size)
+        stages.append(load_stage(config, stage_options, torch_device))
+        reporter.update((index + 1) / len(chain))
+    reporter.stage("preprocess")
     if len(stages) > 1:
         reporter.message(f"cascade: {stages[0].configuration.name} first, then {configuration.name}")
     reporter.stage("inference")
@@ -322,6 +362,10 @@ def predict_nnunet(
         labelmap = permute_axes(labelmap, *undo_permutation(*permutation))
         if not labelmap.same_grid(source_image):
             raise RuntimeError("internal error: the labelmap did not return to the input grid after reorientation")
+    if box is not None:
+        pasted = np.zeros(full_grid.array.shape, dtype=labelmap.array.dtype)
+        pasted[box] = labelmap.array
+        labelmap = full_grid.with_array(pasted)
     info = {
         "configuration": configuration.name,
         "folder": str(configuration.folder),
@@ -338,6 +382,8 @@ def predict_nnunet(
         "tile_step_size": options.tile_step_size,
         "orientation": orientation,
         "channels": names,
+        "memory_estimate_gib": round(memory.host_bytes / 1024**3, 2),
+        "body_crop": None if box is None else [int(s.stop - s.start) for s in box][::-1],
     }
     reporter.update(1.0)
     return labelmap, labels_of(configuration), info
@@ -351,6 +397,7 @@ def segment_file_nnunet(
     progress: EventSink | None = None,
     options: NnunetOptions | None = None,
     named_channels: Sequence[str] = (),
+    crop_body: bool = False,
 ) -> dict[str, Any]:
     """Read the image(s), segment with an nnU-Net result folder, write the labelmap atomically; the result event.
 
@@ -367,7 +414,7 @@ def segment_file_nnunet(
     configuration = load_configuration(resolve_configuration_folder(model, (options or NnunetOptions()).configuration))
     assigned = assign_channels(channel_names(configuration), [str(p) for p in inputs], named_channels)
     images = align_channels([read_channel(name, path) for name, path in assigned])
-    labelmap, labels, info = predict_nnunet(images, model, options, device, reporter)
+    labelmap, labels, info = predict_nnunet(images, model, options, device, reporter, crop_body)
     written, listed = write_result_labelmap(labelmap, labels, output_path, reporter)
     return {
         "event": "result",

@@ -22,6 +22,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from lesionseg.models.hashcache import HashCache
 from lesionseg.models.nnunet import (
     NnunetModelError,
     configuration_folders,
@@ -170,8 +171,12 @@ def verify_checkpoints(configuration_folder: Path, files: list[Path]) -> bool:
     return True
 
 
-def check_against_sidecar(sidecar_path: Path, files: list[Path]) -> None:
-    """Refuse any of ``files`` whose SHA-256 is not the one the sidecar recorded at import."""
+def check_against_sidecar(sidecar_path: Path, files: list[Path], cache: HashCache | None = None) -> None:
+    """Refuse any of ``files`` whose SHA-256 is not the one the sidecar recorded at import.
+
+    ``cache`` (the model list only) answers for a file unchanged since it was last hashed; a run passes none and
+    hashes what it loads every time (see ``hashcache`` for what the cache trusts).
+    """
     try:
         recorded = json.loads(sidecar_path.read_text(encoding="utf-8"))["checkpoints"]
     except (ValueError, KeyError, TypeError) as error:
@@ -183,7 +188,7 @@ def check_against_sidecar(sidecar_path: Path, files: list[Path]) -> None:
                 f"{path}: refused: this checkpoint was not part of the imported model (no hash recorded in "
                 f"{sidecar_path.name}); import the model again to accept it"
             )
-        actual = file_hashes(path)["sha256"]
+        actual = (cache.hashes(path) if cache is not None else file_hashes(path))["sha256"]
         if actual != recorded[relative]:
             raise NnunetModelError(
                 f"{path}: refused: its SHA-256 {actual[:12]}... differs from {recorded[relative][:12]}... recorded at "
@@ -202,8 +207,11 @@ def imported_model_folder(model: str | Path, models_root: str | Path | None) -> 
     return folder if (folder / SIDECAR).is_file() else None
 
 
-def imported_models(models_root: str | Path | None = None) -> list[dict[str, Any]]:
-    """Every imported nnU-Net model with the state of its checkpoints (each one hashed again: this reads them all)."""
+def imported_models(models_root: str | Path | None = None, cache: HashCache | None = None) -> list[dict[str, Any]]:
+    """Every imported nnU-Net model with the state of its checkpoints.
+
+    Without ``cache`` every checkpoint is read and hashed again; with it, only those changed since the last listing.
+    """
     from lesionseg.models.registry import models_dir
 
     rows = []
@@ -222,7 +230,7 @@ def imported_models(models_root: str | Path | None = None) -> list[dict[str, Any
             missing = [str(f) for f in files if not f.is_file()]
             if missing:
                 raise NnunetModelError(f"checkpoint(s) missing: {', '.join(missing)}; import the model again")
-            check_against_sidecar(sidecar_path, files)
+            check_against_sidecar(sidecar_path, files, cache)
             row["verified"] = True
         except (NnunetModelError, ValueError, KeyError, TypeError, OSError) as error:
             row["verified"] = False
