@@ -199,12 +199,11 @@ def _watch(trainer: Any, on_epoch: Callable[[dict[str, Any]], None]) -> None:
     elapsed = [0.0]
 
     def on_epoch_end() -> None:
-        # Read before nnU-Net's on_epoch_end advances current_epoch.
+        end_epoch()  # logs the epoch's end time, saves checkpoints and advances current_epoch past this epoch
         names = label_names(trainer.dataset_json)
-        figures = epoch_figures(trainer.logger, trainer.current_epoch + 1, names, trainer.num_iterations_per_epoch,
+        figures = epoch_figures(trainer.logger, trainer.current_epoch, names, trainer.num_iterations_per_epoch,
                                 elapsed[0])  # fmt: skip
         elapsed[0] = figures["elapsed_s"]
-        end_epoch()
         on_epoch(protocol.epoch_progress(figures["epoch"], trainer.num_epochs, figures))
 
     def save_checkpoint(filename: str) -> None:
