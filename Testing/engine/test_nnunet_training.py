@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from support import cli
+from support.processes import alive
 from support.training_data import sphere_dataset_folder
 
 from lesionseg.datasets import split_dataset
-from lesionseg.jobs import EventKind, protocol
+from lesionseg.jobs import EventKind, Job, JobState, protocol
 from lesionseg.training.nnunet import epoch_figures, label_names
 
 
@@ -68,10 +71,52 @@ def test_epoch_events_from_nnunets_training_log_parse_as_job_events() -> None:
     assert set(last) - {"event"} <= set(protocol.FIELDS[EventKind.PROGRESS]), "every field is documented"
 
 
+def _descendants(pid: int) -> set[int]:
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _cancel_once_nnunet_trains(argv: list[str]) -> None:
+    """Start the training as the modules do, cancel it once nnU-Net trains (with its augmentation workers up)."""
+    job = Job(argv).start()
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline and job.running:
+        texts = [e.data.get("text", "") for e in job.poll() if e.kind is EventKind.MESSAGE]
+        if any(t.startswith("nnU-Net: training") for t in texts):
+            break
+        time.sleep(0.2)
+    time.sleep(5)
+    tree = _descendants(job.pid)
+    assert tree, "nnU-Net's worker processes should be running"
+    job.cancel()
+    assert job.state is JobState.CANCELLED and not alive(job.pid)
+    deadline = time.monotonic() + 30  # the group's SIGKILL; a loaded machine may take a moment
+    while any(alive(pid) for pid in tree) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in tree if alive(pid)]
+
+
 @pytest.mark.slow
 def test_train_a_tiny_nnunet_model_then_segment_a_case_with_it(spheres: Path, tmp_path: Path) -> None:
     work, models = tmp_path / "work", tmp_path / "models"
     started = time.monotonic()
+    # A cancelled first try: its whole process tree ends; the planning it did is kept for the next run.
+    _cancel_once_nnunet_trains([sys.executable, "-m", "lesionseg", "train", "--engine", "nnunet", "--dataset",
+                                str(spheres), "--trainer", "nnUNetTrainer_LesionSegTiny", "--output", str(work),
+                                "--models-dir", str(models), "--device", "cpu", "--threads", "1", "--progress",
+                                "jsonl"])  # fmt: skip
+    assert (work / "preprocessed" / "Dataset501_Spheres" / "nnUNetPlans.json").is_file()
     run = cli.lesionseg("train", "--engine", "nnunet", "--dataset", str(spheres), "--configuration", "3d_fullres",
                         "--trainer", "nnUNetTrainer_LesionSegTiny", "--output", str(work), "--model-id", "spheres-nn",
                         "--models-dir", str(models), "--device", "cpu", "--threads", "1", "--progress", "jsonl",
