@@ -17,8 +17,9 @@ from support.processes import alive
 from support.training_data import sphere_dataset_folder
 
 from lesionseg.datasets import split_dataset
+from lesionseg.errors import UserError
 from lesionseg.jobs import EventKind, Job, JobState, protocol
-from lesionseg.training.nnunet import epoch_figures, label_names
+from lesionseg.training.nnunet import epoch_figures, label_names, train_nnunet
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +40,14 @@ def test_resume_without_a_checkpoint_is_refused_before_any_work(spheres: Path, t
     assert errors and "no nnU-Net checkpoint" in errors[0].data["text"], run.stdout + run.stderr
     assert "silently start a new training" in errors[0].data["text"]
     assert not (work / "raw").exists() and not (tmp_path / "models").exists()  # refused before exporting anything
+
+
+def test_a_cascade_without_its_first_stage_is_refused_with_the_step_to_take(spheres: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="train --configuration 3d_lowres in the same --output"):
+        train_nnunet(spheres, "3d_cascade_fullres", tmp_path / "work", tmp_path / "models", "cascade")
+    with pytest.raises(UserError, match="nnU-Net trains 3d_fullres, 3d_cascade_fullres, 2d, 3d_lowres"):
+        train_nnunet(spheres, "3d_highres", tmp_path / "work", tmp_path / "models", "cascade")
+    assert not (tmp_path / "work" / "raw").exists()
 
 
 def test_epoch_events_from_nnunets_training_log_parse_as_job_events() -> None:
@@ -152,6 +161,6 @@ def test_train_a_tiny_nnunet_model_then_segment_a_case_with_it(spheres: Path, tm
     from lesionseg.io import read_image
 
     written, source = read_image(out), read_image(image)
-    assert written.shape == source.shape and np.allclose(written.affine, source.affine)
+    assert written.same_grid(source), "the labelmap lies on the input's grid"
     assert set(np.unique(written.array)) <= {0, 1, 2}
     print(f"nnU-Net train, resume and segment: {time.monotonic() - started:.0f} s")

@@ -249,11 +249,15 @@ def train_nnunet(
             f"{work} already holds this nnU-Net training ({trainer} {configuration} fold {fold}); add --resume to "
             "continue it, or choose a new --output"
         )
+    first_stage = fold_folders(work, "3d_lowres", trainer, fold)
+    if configuration == "3d_cascade_fullres" and not any((f / "checkpoint_final.pth").is_file() for f in first_stage):
+        raise UserError(
+            "3d_cascade_fullres trains on the predictions of 3d_lowres: train --configuration 3d_lowres in the same "
+            f"--output with the same --trainer and --fold ({trainer}, {fold}) first"
+        )
     # nnunetv2 (2.8) reads its folders from the environment whenever it joins a path, so setting them here holds
     # for this process and for the worker processes nnU-Net starts.
     os.environ.update(environment(work, processes))
-    if configuration == "3d_cascade_fullres":
-        require_checkpoint(work, "3d_lowres", trainer, fold)  # the cascade trains on the first stage's predictions
     cls = trainer_class(trainer)
     preprocessed = prepare(dataset, work, configuration, resume, report)
     import torch
