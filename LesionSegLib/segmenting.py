@@ -21,7 +21,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,8 @@ from lesionseg.models import ModelEntry, ModelRegistry, ModelSpec, models_dir
 from lesionseg.models.hashcache import BackgroundHasher, HashCache
 from lesionseg.models.spec import check_threshold
 from lesionseg.orientation import orientation_code
+from LesionSegLib import nnunetmodels
+from LesionSegLib.channels import channel_names, channel_volumes, channels_problem, default_channel_volume
 from LesionSegLib.jobs import BackgroundRun
 
 # Attributes on every result node: the training module reads them back as the case's provenance.
@@ -178,6 +180,8 @@ def model_entries(
     thread (their entries are ``pending`` meanwhile), so listing does not read every weights file each time.
     """
     entries = ModelRegistry(models_dir).entries(hasher=hasher)
+    # Imported nnU-Net models too: their sidecar says which labels are lesions, so they join the right module.
+    entries += nnunetmodels.nnunet_entries(models_dir, hasher)
     return sorted((e for e in entries if is_lesion_model(e.spec) == lesion), key=lambda e: (e.spec.demo, e.spec.id))
 
 
@@ -228,6 +232,8 @@ def weights_problem(entry: ModelEntry) -> str:
         return f"The weights of {entry.spec.id!r} are being verified (hashed); this takes a few seconds."
     if entry.problem:
         return f"The weights of {entry.spec.id!r} fail their check ({entry.problem}); download them again."
+    if not entry.weights_present and nnunetmodels.is_nnunet_spec(entry.spec):
+        return f"Checkpoints of the nnU-Net model {entry.spec.id!r} are missing; import it again."
     if not entry.weights_present:
         return f"The weights of {entry.spec.id!r} are not on this computer; press Download first."
     return ""
@@ -314,7 +320,13 @@ class RunStatus:
 
 
 class SegmentationRun(BackgroundRun):
-    """One background segmentation of ``volume_node`` with ``entry``'s model."""
+    """One background segmentation of ``volume_node`` with ``entry``'s model.
+
+    ``channel_nodes`` are the volumes of a multi-channel model's further channels, in its order; each is written
+    on its own grid and the engine resamples it onto the first's. LesionSeg's own models run in the session's warm
+    worker; an imported nnU-Net model runs as a one-shot ``lesionseg segment`` job with ``nnunet_options``
+    (:mod:`LesionSegLib.nnunetmodels` says why). Both report the same events and cancel the same way.
+    """
 
     what = "Segmentation"
     cancelled_text = "Segmentation cancelled; nothing was added to the scene."
@@ -334,11 +346,32 @@ class SegmentationRun(BackgroundRun):
         crop_body: bool = False,
         threshold: float | None = None,
         worker: ManagedWorker | None = None,
+        channel_nodes: Sequence[Any] = (),
+        nnunet_options: nnunetmodels.NnunetRunOptions | None = None,
     ) -> None:
         image = check_input_volume(volume_node)
         problem = weights_problem(entry)
         if problem:
             raise ValueError(problem)
+        names = channel_names(entry.spec)
+        if 1 + len(channel_nodes) != len(names):
+            raise ValueError(
+                f"model {entry.spec.id!r} takes {len(names)} image(s) ({', '.join(names)}), "
+                f"{1 + len(channel_nodes)} given; select one volume per channel"
+            )
+        further = []
+        for name, node in zip(names[1:], channel_nodes, strict=True):
+            problem = input_volume_problem(node)
+            if problem:
+                raise ValueError(f"{name} channel: {problem}")
+            further.append(lesionseg.mrml.image_from_volume_node(node))
+        self.nnunet = nnunetmodels.is_nnunet_spec(entry.spec)
+        if self.nnunet and (threshold is not None or crop_body):
+            raise ValueError(
+                f"{entry.spec.id!r} is an nnU-Net model: the detection threshold and body crop apply to LesionSeg's "
+                "own models; set the threshold to its model default and leave body crop off"
+            )
+        self.nnunet_options = nnunet_options or nnunetmodels.sidecar_options(entry.spec)
         # refused here, before anything is written or started; the spec's own cut counts when none is given
         self.threshold = check_threshold(entry.spec, threshold)
         self.volume_node, self.spec, self.device, self.module = volume_node, entry.spec, device, module
@@ -347,10 +380,17 @@ class SegmentationRun(BackgroundRun):
         self.output_path = self.work_dir / "labels.nrrd"
         self.input_image = image
         write_image(image, self.input_path)
-        self.worker = worker or session_worker(python, environment)
+        self.channel_nodes = list(channel_nodes)
+        self.input_paths = [self.input_path]
+        for index, channel in enumerate(further, start=1):
+            self.input_paths.append(self.work_dir / f"channel{index}.nrrd")
+            write_image(channel, self.input_paths[-1])
+        self.python, self.environment = python, environment
+        self.stderr_explains_failure = self.nnunet  # a one-shot job's stderr is this run's alone
+        self.worker = None if self.nnunet else (worker or session_worker(python, environment))
         self.models_dir, self.crop_body, self.timeout_s = models_dir, crop_body, timeout_s
         self.user_threshold = threshold  # None: the spec's own cut, applied by the engine
-        self.request: WorkerRequest | None = None
+        self.request: WorkerRequest | Job | None = None
         self.status = RunStatus(stage="waiting to start")
         self.started = 0.0
         self.warnings: list[str] = []  # the run's warnings: shown in the log and kept on the result node
@@ -358,9 +398,23 @@ class SegmentationRun(BackgroundRun):
 
     def start(self) -> SegmentationRun:
         self.started = time.monotonic()
+        if self.nnunet:
+            argv = nnunetmodels.segment_argv(
+                self.python,
+                self.spec.id,
+                self.input_paths,
+                self.output_path,
+                self.device,
+                self.nnunet_options,
+                self.models_dir,
+            )
+            self.request = Job(argv, self.timeout_s, self.output_path, env=child_environment(self.environment))
+            self.request.start()
+            self.status.stage = "starting"
+            return self
         self.request = self.worker.submit(
             self.spec.id,
-            self.input_path,
+            self.input_paths if len(self.input_paths) > 1 else self.input_path,
             self.output_path,
             device=self.device,
             crop_body=self.crop_body,
@@ -372,11 +426,11 @@ class SegmentationRun(BackgroundRun):
 
     @property
     def worker_pid(self) -> int | None:
-        """The worker process that runs (or ran) this segmentation."""
+        """The process that runs (or ran) this segmentation: the warm worker, or an nnU-Net model's own job."""
         return None if self.request is None else self.request.pid
 
     @property
-    def job(self) -> WorkerRequest | None:
+    def job(self) -> WorkerRequest | Job | None:
         """The worker request (state, error text, stderr), as the background job was before the warm worker."""
         return self.request
 
@@ -385,7 +439,8 @@ class SegmentationRun(BackgroundRun):
         self.status.log = []
         if self.request is None:
             return self.status
-        if self.timeout_s is not None and not self.finished and time.monotonic() - self.started > self.timeout_s:
+        overdue = self.timeout_s is not None and time.monotonic() - self.started > self.timeout_s
+        if overdue and not self.finished and not self.nnunet:  # a Job keeps its own time limit
             self.request.cancel(JobState.TIMED_OUT)
         for event in self.request.poll():
             self.read(event)
@@ -565,6 +620,63 @@ class SegmentingLogic:
         options["threshold"] = threshold if threshold > 0.0 else None
         return options
 
+    # --- channels and nnU-Net options: what the panel shows for the chosen model ------------------------------
+
+    def modelChannels(self, entry: ModelEntry | None) -> list[str]:
+        """The chosen model's input channels in order (the panel shows one volume selector per channel)."""
+        return channel_names(None if entry is None else entry.spec)
+
+    def channelVolumes(self, parameterNode: Any, entry: ModelEntry | None) -> list[Any]:
+        """The volume chosen for each of the model's channels (None where none is)."""
+        return channel_volumes(parameterNode, None if entry is None else entry.spec)
+
+    def channelsReadiness(self, parameterNode: Any, entry: ModelEntry | None) -> str:
+        """Why the chosen volumes cannot feed the model's further channels; empty when they can."""
+        if entry is None or parameterNode is None:
+            return ""
+        return channels_problem(parameterNode, entry.spec)
+
+    def isNnunetModel(self, entry: ModelEntry | None) -> bool:
+        """Whether the advanced nnU-Net options apply to the model (an imported nnU-Net result folder)."""
+        return entry is not None and nnunetmodels.is_nnunet_spec(entry.spec)
+
+    def applyModelChoice(
+        self, parameterNode: Any, entry: ModelEntry | None, scene: Any = None, resetOptions: bool = True
+    ) -> None:
+        """Prepare the parameter node for the chosen model: preselect a volume for its second channel whose name
+        says it is that channel, and (``resetOptions``: a newly chosen model) set the nnU-Net options to the
+        model's own (its sidecar's)."""
+        if parameterNode is None or entry is None:
+            return
+        names = self.modelChannels(entry)
+        if len(names) > 1 and hasattr(parameterNode, "channelVolume") and not parameterNode.channelVolume:
+            first = parameterNode.inputVolume
+            scene = scene or (first.GetScene() if first is not None else None)
+            found = default_channel_volume(scene, names[1], exclude=first) if scene is not None else None
+            if found is not None:
+                parameterNode.channelVolume = found
+        if resetOptions and self.isNnunetModel(entry) and hasattr(parameterNode, "nnunetCheckpoint"):
+            defaults = nnunetmodels.sidecar_options(entry.spec)
+            parameterNode.nnunetFolds = " ".join(defaults.folds)
+            parameterNode.nnunetCheckpoint = defaults.checkpoint
+            parameterNode.nnunetMirroring = defaults.mirroring
+            parameterNode.nnunetTileStepSize = defaults.tile_step_size
+
+    def nnunetOptions(self, parameterNode: Any, entry: ModelEntry) -> nnunetmodels.NnunetRunOptions | None:
+        """The nnU-Net run options the parameter node holds for an nnU-Net model (None for LesionSeg's own);
+        the sidecar's defaults stand in for a parameter node without them. ValueError for unusable folds."""
+        if not self.isNnunetModel(entry):
+            return None
+        defaults = nnunetmodels.sidecar_options(entry.spec)
+        if parameterNode is None or not hasattr(parameterNode, "nnunetCheckpoint"):
+            return defaults
+        return nnunetmodels.NnunetRunOptions(
+            folds=nnunetmodels.parse_folds(parameterNode.nnunetFolds),
+            checkpoint=parameterNode.nnunetCheckpoint or defaults.checkpoint,
+            mirroring=parameterNode.nnunetMirroring or "auto",
+            tile_step_size=float(parameterNode.nnunetTileStepSize or defaults.tile_step_size),
+        )
+
     def startSegmentation(
         self,
         volumeNode: Any,
@@ -572,11 +684,15 @@ class SegmentingLogic:
         device: str = "auto",
         cropBody: bool = False,
         threshold: float | None = None,
+        channelVolumes: Sequence[Any] = (),
+        nnunetOptions: nnunetmodels.NnunetRunOptions | None = None,
     ) -> SegmentationRun:
         """Write the volume for the child, start the job, and return the run to poll.
 
         ``cropBody`` skips the air around the body; ``threshold`` (models with one foreground label) is the
-        probability above which a voxel is foreground, None for the model's default.
+        probability above which a voxel is foreground, None for the model's default. ``channelVolumes`` are the
+        further channels' volumes of a multi-channel model; ``nnunetOptions`` an nnU-Net model's run options
+        (None: its sidecar's).
         """
         python = self.pythonExecutable or slicer_python()
         run = SegmentationRun(
@@ -591,6 +707,8 @@ class SegmentingLogic:
             self.childEnvironment,
             crop_body=cropBody,
             threshold=threshold,
+            channel_nodes=channelVolumes,
+            nnunet_options=nnunetOptions,
         )
         return run.start()
 
@@ -618,9 +736,13 @@ class SegmentingLogic:
         timeout_s: float = 600,
         cropBody: bool = False,
         threshold: float | None = None,
+        channelVolumes: Sequence[Any] = (),
+        nnunetOptions: nnunetmodels.NnunetRunOptions | None = None,
     ) -> Any:
         """Segment and wait (scripts and self-tests; the widget polls instead). Returns the new node."""
-        run = self.startSegmentation(volumeNode, self.modelEntry(modelId), device, cropBody, threshold)
+        run = self.startSegmentation(
+            volumeNode, self.modelEntry(modelId), device, cropBody, threshold, channelVolumes, nnunetOptions
+        )
         deadline = time.monotonic() + timeout_s
         while not run.finished:
             if time.monotonic() > deadline:

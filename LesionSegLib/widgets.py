@@ -15,7 +15,7 @@ import slicer
 from slicer.i18n import tr as _
 
 from lesionseg.jobs import JobState
-from LesionSegLib import comparison, export, lesions, segmenting
+from LesionSegLib import channels, comparison, export, lesions, nnunetmodels, segmenting
 
 
 def showTableInLayout(tableNode: Any) -> None:
@@ -281,8 +281,10 @@ class LesionTablePanel(CsvTablePanel):
         lesions.write_lesion_csv(path, self.rows)
 
 
-def ensurePythonPackages(log: Callable[[str], None]) -> bool:
+def ensurePythonPackages(log: Callable[[str], None], nnunet: bool = False) -> bool:
     """Install what the segmentation job needs, after asking; False when the user declines or it fails.
+
+    ``nnunet``: the job runs an imported nnU-Net model, which needs nnunetv2 too (installed on first use).
 
     torch goes through the PyTorchUtils extension when it is installed, so that its CUDA build matches the
     GPU driver; otherwise through pip (a CPU or default build).
@@ -353,10 +355,34 @@ def ensurePythonPackages(log: Callable[[str], None]) -> bool:
                     )
         importlib.invalidate_caches()
         log(_("Installed: {names}").format(names=names))
+    if nnunet and not ensureNnunetPackages(log):
+        return False
     import torch
 
     if not torch.cuda.is_available():
         log(_("No CUDA GPU is available to PyTorch: the model runs on the CPU, which takes longer."))
+    return True
+
+
+def ensureNnunetPackages(log: Callable[[str], None]) -> bool:
+    """Install nnunetv2 and what it imports (pinned, without their own dependencies), after asking."""
+    missing = nnunetmodels.missing_nnunet_requirements()
+    if not missing:
+        return True
+    names = ", ".join(requirement for _name, requirement in missing)
+    if not slicer.util.confirmOkCancelDisplay(
+        _(
+            "nnU-Net models need Python packages that this Slicer does not have yet: {names}.\n\nInstall them now?"
+        ).format(names=names),
+        _("Install nnU-Net"),
+    ):
+        log(_("Packages not installed; nnU-Net models need {names}.").format(names=names))
+        return False
+    with slicer.util.WaitCursor():
+        # --no-deps: nnunetv2's declared dependencies would replace Slicer's torch (requirements/nnunet.txt).
+        slicer.util.pip_install(["--no-deps", *(requirement for _name, requirement in missing)])
+    importlib.invalidate_caches()
+    log(_("Installed: {names}").format(names=names))
     return True
 
 
@@ -423,6 +449,7 @@ class SegmentPanel:
     def onModelChanged(self, _index: int = -1) -> None:
         entry = self.currentEntry()
         node = self.parameterNode()
+        self.showModelInputs(entry)
         if entry is None:
             self.ui.downloadModelButton.enabled = False
             if self.entries:
@@ -431,8 +458,11 @@ class SegmentPanel:
                 )
             self.updateSegmentButton()
             return
-        if node is not None and node.modelId != entry.spec.id:
+        changed = node is not None and node.modelId != entry.spec.id
+        if changed:
             node.modelId = entry.spec.id
+        # Its second channel's volume, if the scene has one named for it; a newly chosen model's nnU-Net options.
+        self.logic.applyModelChoice(node, entry, slicer.mrmlScene, resetOptions=changed)
         self.logic.modelChosen(entry.spec.id)  # the warm worker frees another model's memory now
         problem = segmenting.weights_problem(entry)
         # Description, intended use and licence come from the spec, shown before anything runs.
@@ -441,6 +471,17 @@ class SegmentPanel:
             bool(problem) and not entry.pending and bool(entry.spec.weights.url) and not self.busy
         )
         self.updateSegmentButton()
+
+    def showModelInputs(self, entry: Any) -> None:
+        """One labelled volume selector per channel of the chosen model; the nnU-Net options for an nnU-Net model."""
+        labels = channels.channel_labels(None if entry is None else entry.spec)
+        self.ui.inputVolumeLabel.text = labels[0]
+        second = len(labels) > 1
+        self.ui.channelVolumeLabel.visible = second
+        self.ui.channelVolumeSelector.visible = second
+        if second:
+            self.ui.channelVolumeLabel.text = labels[1]
+        self.ui.nnunetCollapsibleButton.visible = self.logic.isNnunetModel(entry)
 
     def readiness(self) -> tuple[bool, str]:
         """Segment's state: Cancel is always available while a job runs."""
@@ -459,6 +500,9 @@ class SegmentPanel:
             return False, _("No model to run; add one to the LesionSeg models folder.")
         if enabled and segmenting.weights_problem(entry):
             return False, segmenting.weights_problem(entry)
+        channelsProblem = self.logic.channelsReadiness(self.parameterNode(), entry) if enabled else ""
+        if channelsProblem:
+            return False, channelsProblem
         return enabled, reason
 
     def updateSegmentButton(self) -> None:
@@ -470,7 +514,7 @@ class SegmentPanel:
             self.run.cancel()
             self._finishRun()
             return
-        if not ensurePythonPackages(self.log):
+        if not ensurePythonPackages(self.log, nnunet=self.logic.isNnunetModel(self.currentEntry())):
             return
         if self.currentEntry() is None:
             # The packages were just installed: list the models, and let the user choose before running one.
@@ -481,8 +525,16 @@ class SegmentPanel:
         node = self.parameterNode()
         try:
             options = self.logic.segmentOptions(node)
+            entry = self.currentEntry()
+            volumes = self.logic.channelVolumes(node, entry)
             self.run = self.logic.startSegmentation(
-                node.inputVolume, self.currentEntry(), node.device, options["cropBody"], options["threshold"]
+                volumes[0],
+                entry,
+                node.device,
+                options["cropBody"],
+                options["threshold"],
+                volumes[1:],
+                self.logic.nnunetOptions(node, entry),
             )
         except (ValueError, RuntimeError) as error:
             self.log(str(error))

@@ -91,6 +91,9 @@ class ProstateMetSegParameterNode:
     exportFormat - RTSTRUCT, DICOM SEG or NRRD (.seg.nrrd).
     lesionThreshold - Lesion probability above which a voxel is lesion; 0 uses the model's default.
     cropBody - Segment only the box around the body, skipping the air around it.
+    channelVolume - The second input image of a model that takes two (e.g. the PET of a PET/CT model).
+    nnunetFolds, nnunetCheckpoint, nnunetMirroring, nnunetTileStepSize - How an imported nnU-Net model runs: folds
+        to average (empty: all), checkpoint file, test-time mirroring (auto: on a GPU only) and sliding-window step.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -104,6 +107,11 @@ class ProstateMetSegParameterNode:
     exportFormat: Annotated[str, Choice(list(LesionSegLib.export.FORMATS))] = LesionSegLib.export.RTSTRUCT
     lesionThreshold: Annotated[float, WithinRange(0.0, 0.95)] = 0.0
     cropBody: bool = False
+    channelVolume: vtkMRMLScalarVolumeNode
+    nnunetFolds: str = ""
+    nnunetCheckpoint: str = "checkpoint_final.pth"
+    nnunetMirroring: Annotated[str, Choice(["auto", "on", "off"])] = "auto"
+    nnunetTileStepSize: Annotated[float, WithinRange(0.05, 1.0)] = 0.5
 
 
 #

@@ -10,7 +10,7 @@ import vtk
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -84,6 +84,9 @@ class SpleenSegParameterNode:
     device - Where the network runs: "auto" picks CUDA when PyTorch sees a GPU.
     exportFormat - RTSTRUCT, DICOM SEG or NRRD (.seg.nrrd).
     cropBody - Segment only the box around the body, skipping the air around it.
+    channelVolume - The second input image of a model that takes two (e.g. the PET of a PET/CT model).
+    nnunetFolds, nnunetCheckpoint, nnunetMirroring, nnunetTileStepSize - How an imported nnU-Net model runs: folds
+        to average (empty: all), checkpoint file, test-time mirroring (auto: on a GPU only) and sliding-window step.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -94,6 +97,11 @@ class SpleenSegParameterNode:
     device: Annotated[str, Choice(list(DEVICES))] = "auto"
     exportFormat: Annotated[str, Choice(list(LesionSegLib.export.FORMATS))] = LesionSegLib.export.RTSTRUCT
     cropBody: bool = False
+    channelVolume: vtkMRMLScalarVolumeNode
+    nnunetFolds: str = ""
+    nnunetCheckpoint: str = "checkpoint_final.pth"
+    nnunetMirroring: Annotated[str, Choice(["auto", "on", "off"])] = "auto"
+    nnunetTileStepSize: Annotated[float, WithinRange(0.05, 1.0)] = 0.5
 
 
 #

@@ -19,6 +19,7 @@ COMMAND_MODULES: list[str] = [
     "lesionseg.commands.info",
     "lesionseg.commands.synth",
     "lesionseg.commands.segment",
+    "lesionseg.commands.rank",
     "lesionseg.commands.models",
     "lesionseg.commands.worker",
     "lesionseg.commands.dicom",

@@ -20,7 +20,9 @@ from lesionseg.models.spec import InferenceSpec, IntensitySpec, ModelSpec, Postp
 
 
 def _defaults(cls) -> dict:
-    return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+    # As JSON writes them: a tuple default (inference.tta) is the schema's list.
+    fields = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+    return {name: list(value) if isinstance(value, tuple) else value for name, value in fields.items()}
 
 
 def _schema_defaults(properties: dict) -> dict:

@@ -148,3 +148,21 @@ def bright_ct() -> Image:
     values[2:6, 5:14, 4:10] = 250
     values[7, 15:18, 12:16] = 500
     return Image(values, (0.9, 1.1, 2.5), (25.0, -12.0, 60.0), np.diag([-1.0, 1.0, -1.0]))
+
+
+def edge_state(rise: float = 0.05, gain: float = 2400.0) -> dict:
+    """Threshold-network weights that find where intensity rises along network axis i, by more than ``rise`` (0..1
+    scaled) over two voxels: ``logit1 = gain * (relu(x[i+1] - x[i-1]) - rise)``.
+
+    Mirroring along i turns a rise into a fall, so flip test-time augmentation members disagree exactly on edges
+    along i, and nowhere else; ``gain * rise`` (120) is large enough that each member is certain (softmax 0 or 1
+    in float32) away from an edge's rim.
+    """
+    weights = threshold_state()
+    first = weights["convInit.conv.weight"]
+    first.zero_()
+    first[0, 0, 2, 1, 1] = 1.0
+    first[0, 0, 0, 1, 1] = -1.0
+    weights["conv_final.2.conv.weight"][1, 0] = gain
+    weights["conv_final.2.conv.bias"][1] = -gain * rise
+    return weights

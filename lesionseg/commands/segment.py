@@ -38,6 +38,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(default: the spec's inference.threshold, else the most probable class); lower finds more",
     )
     parser.add_argument(
+        "--uncertainty",
+        choices=["none", "tta"],
+        default="none",
+        help="tta: flip test-time augmentation (the spec's inference.tta flips; N flips cost N+1 network passes), "
+        "writing beside --output the entropy and mutual information volumes (NAME_entropy, "
+        "NAME_mutual_information) and each predicted lesion's confidence, volume and mean probability "
+        "(NAME_lesions.json/.csv). Default none",
+    )
+    parser.add_argument(
         "--models-dir", help="user models folder (default $LESIONSEG_MODELS_DIR or ~/.lesionseg/models)"
     )
     parser.add_argument(
@@ -121,6 +130,11 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("give the image to segment with --input PATH (or --channel NAME=PATH per channel)")
         given = [*args.input, *(item.partition("=")[2] for item in args.channel if "=" in item)]
         check_output(args.output, [*given, args.model], args.overwrite)  # before minutes of work, not after
+        if args.uncertainty != "none":
+            from lesionseg.inference.uncertainty import uncertainty_outputs
+
+            for beside in uncertainty_outputs(args.output).values():
+                check_output(beside, [*given, args.model], args.overwrite)
         from lesionseg.inference.pipeline import segment_file
         from lesionseg.models.nnunet import is_nnunet_folder
         from lesionseg.models.nnunet_import import imported_model_folder
@@ -131,6 +145,8 @@ def run(args: argparse.Namespace) -> int:
         if nnunet_model is not None:
             from lesionseg.inference.nnunet import segment_file_nnunet
 
+            if args.uncertainty != "none":
+                raise ValueError("--uncertainty applies to LesionSeg's own models, not yet to nnU-Net result folders")
             if args.threshold is not None or args.crop_body:
                 raise ValueError(
                     "--threshold and --crop-body apply to LesionSeg's own models, not yet to nnU-Net result folders; "
@@ -159,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
                 backend=args.backend,
                 precision=args.precision,
                 named_channels=args.channel,
+                uncertainty=args.uncertainty,
             )
     except Exception as error:
         if args.progress != "jsonl":

@@ -180,11 +180,30 @@ def _crop_to_body(plan: NetworkPlan, progress: Progress) -> NetworkPlan:
     return plan.cropped(region)
 
 
-def _run_windows(network_input, model: LoadedModel, memory: MemoryPlan, stitch_device, progress: Progress) -> Stitched:
+def _run_windows(
+    network_input,
+    model: LoadedModel,
+    memory: MemoryPlan,
+    stitch_device,
+    progress: Progress,
+    flip: str = "",
+    member: tuple[int, int] = (0, 1),
+) -> Stitched:
+    """The stitched logits; ``flip`` and ``member`` (index, members) for one pass of test-time augmentation."""
     inf, device = model.spec.inference, model.device
+    index, members = member
     windows = count_windows(tuple(network_input.shape[1:][::-1]), inf.roi_size, inf.overlap)
     on = f"{device}" if model.backend == "torch" else f"{device} through OpenVINO ({model.precision})"
-    progress.message(f"{windows} windows of {list(inf.roi_size)} voxels, batch {memory.sw_batch_size}, on {on}")
+    if index == 0:
+        progress.message(f"{windows} windows of {list(inf.roi_size)} voxels, batch {memory.sw_batch_size}, on {on}")
+
+    def report(done: int, total: int) -> None:
+        if members == 1:
+            progress.update(done / total, windows_done=done, windows_total=total)
+        else:
+            figures = dict(windows_done=done, windows_total=total, tta_pass=index + 1, tta_passes=members)
+            progress.update((index + done / total) / members, **figures)
+
     stitched = sliding_window(
         network_input,
         model.network,
@@ -196,10 +215,11 @@ def _run_windows(network_input, model: LoadedModel, memory: MemoryPlan, stitch_d
         device=device,
         stitch_device=stitch_device,
         amp=inf.amp,
-        flip_tta=inf.flip_tta,
-        progress=lambda done, total: progress.update(done / total, windows_done=done, windows_total=total),
+        flip_tta=inf.flip_tta and members == 1,  # TTA members are the flips themselves
+        progress=report,
+        flip=flip,
     )
-    if stitched.computed < stitched.windows:
+    if stitched.computed < stitched.windows and index == 0:
         reused = stitched.windows - stitched.computed
         progress.message(f"{reused} windows of constant input reused one computed prediction")
     return stitched
@@ -214,6 +234,27 @@ def _class_scores(probabilities, threshold: float | None) -> tuple[Any, list[flo
     # 2 p1 - 1, so "p1 > t" is "p1 - p0 > 2t - 1" (interpolation keeps this exact).  Outside a crop: -1, background.
     cut = 0.0 if threshold is None else 2.0 * threshold - 1.0
     return (probabilities[1] - probabilities[0])[None], [-1.0], lambda slab: slab[0] > cut
+
+
+def prepare_network_input(
+    image: Image, model: LoadedModel, progress: Progress, crop_body: bool, further: Sequence[Image] = ()
+) -> tuple[NetworkPlan, MemoryPlan, Any, Any]:
+    """The ``preprocess`` stage: the plan, the memory plan, the device the volumes live on, the network's input."""
+    import torch
+
+    progress.stage("preprocess")
+    plan = NetworkPlan.for_image(image, model.spec.preprocessing)
+    memory = _plan_memory(plan, model, crop_body)
+    if memory.note:
+        progress.message(memory.note)
+    volume_device = model.device if memory.stitch_on_device else torch.device("cpu")
+    progress.update(0.3)
+    if crop_body:
+        plan = _crop_to_body(plan, progress)
+    scaling = _channel_scaling(model.spec.preprocessing.intensity)
+    network_input = plan.to_network(volume_device, scaling, further)
+    progress.update(0.8)
+    return plan, memory, volume_device, network_input
 
 
 def predict_labelmap(
@@ -233,18 +274,7 @@ def predict_labelmap(
     """
     import torch
 
-    progress.stage("preprocess")
-    plan = NetworkPlan.for_image(image, model.spec.preprocessing)
-    memory = _plan_memory(plan, model, crop_body)
-    if memory.note:
-        progress.message(memory.note)
-    volume_device = model.device if memory.stitch_on_device else torch.device("cpu")
-    progress.update(0.3)
-    if crop_body:
-        plan = _crop_to_body(plan, progress)
-    scaling = _channel_scaling(model.spec.preprocessing.intensity)
-    network_input = plan.to_network(volume_device, scaling, further)
-    progress.update(0.8)
+    plan, memory, volume_device, network_input = prepare_network_input(image, model, progress, crop_body, further)
     progress.stage("inference")
     stitched = _run_windows(network_input, model, memory, volume_device, progress)
     del network_input
@@ -309,14 +339,7 @@ def _segment_loaded(
     further: Sequence[Image] = (),
 ) -> tuple[Image, list[LabelInfo]]:
     """``segment_image`` once the model is loaded and ``threshold`` checked (by ``check_threshold``)."""
-    check_channel_count(model.spec, 1 + len(further))
-    stages = () if model.coarse is None else (model.coarse.spec,)
-    for text in check_model_input(image, model.spec, modality, allow_modality, window_specs=stages):
-        reporter.warning(text)
-    if not model.weights_verified:
-        reporter.warning(f"model {model.spec.id!r}: its weights have no hash to check against (unverified)")
-    for note in model.notes:
-        reporter.message(note)
+    check_run(image, model, reporter, modality, allow_modality, further)
     with subnormals_flushed(model.device):
         if model.coarse is None:
             labelmap = predict_labelmap(image, model, reporter, crop_body, threshold, further)
@@ -325,6 +348,25 @@ def _segment_loaded(
     labelmap = postprocess(labelmap, model.spec.postprocessing)
     reporter.update(1.0)
     return labelmap, list(model.spec.labels)
+
+
+def check_run(
+    image: Image,
+    model: LoadedModel,
+    reporter: Progress,
+    modality: str | None,
+    allow_modality: str | None,
+    further: Sequence[Image] = (),
+) -> None:
+    """Refuse input the model cannot take, and report what the user must know before its result."""
+    check_channel_count(model.spec, 1 + len(further))
+    stages = () if model.coarse is None else (model.coarse.spec,)
+    for text in check_model_input(image, model.spec, modality, allow_modality, window_specs=stages):
+        reporter.warning(text)
+    if not model.weights_verified:
+        reporter.warning(f"model {model.spec.id!r}: its weights have no hash to check against (unverified)")
+    for note in model.notes:
+        reporter.message(note)
 
 
 def check_channel_count(spec: ModelSpec, given: int) -> None:
@@ -384,8 +426,12 @@ def segment_file(
     backend: str = "auto",
     precision: str | None = None,
     named_channels: Sequence[str] = (),
+    uncertainty: str = "none",
 ) -> dict[str, Any]:
     """Read an image (file or DICOM folder), segment it, write the labelmap atomically; returns the result event.
+
+    ``uncertainty="tta"`` runs flip test-time augmentation and writes its volumes and lesion table beside the
+    labelmap (:mod:`lesionseg.inference.uncertainty`); the result event's ``uncertainty`` lists them and the cost.
 
     A multi-channel model takes ``input_path`` as one path per channel in its spec's order, or ``named_channels``
     as ``NAME=PATH``; further channels are resampled onto the first one's grid, which the labelmap lies on.
@@ -399,6 +445,10 @@ def segment_file(
 
     started = time.perf_counter()
     labelmap_format(output_path)  # refuse a bad output name or threshold before any work
+    if uncertainty != "none":
+        from lesionseg.inference.uncertainty import check_uncertainty
+
+        check_uncertainty(uncertainty)
     spec = model.spec if isinstance(model, LoadedModel) else resolve_spec(model, models_dir)
     threshold = check_threshold(spec, threshold)
     reporter, warnings = recording_warnings(progress)
@@ -420,9 +470,20 @@ def segment_file(
     if not isinstance(model, LoadedModel):
         model = load_model(spec, device, models_dir, backend, precision)
     reporter.update(1.0)
-    labelmap, labels = _segment_loaded(
-        image, model, reporter, crop_body, threshold, source.modality, allow_modality, further
-    )
+    extra: dict[str, Any] = {}
+    if uncertainty == "none":
+        labelmap, labels = _segment_loaded(
+            image, model, reporter, crop_body, threshold, source.modality, allow_modality, further
+        )
+    else:
+        from lesionseg.inference.uncertainty import segment_uncertain, write_uncertainty
+
+        uncertain = segment_uncertain(
+            image, model, reporter, crop_body, threshold, source.modality, allow_modality, further
+        )
+        labelmap, labels = uncertain.labelmap, list(model.spec.labels)
+        about = {"model": model.spec.id, "model_version": model.spec.version, "input": assigned[0][1]}
+        extra["uncertainty"] = write_uncertainty(uncertain, output_path, about)
     written, listed = write_result_labelmap(labelmap, labels, output_path, reporter)
     return {
         "event": "result",
@@ -437,5 +498,6 @@ def segment_file(
         "precision": model.precision,
         "threshold": threshold,
         "warnings": warnings,
+        **extra,
         "seconds": round(time.perf_counter() - started, 3),
     }

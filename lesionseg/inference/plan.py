@@ -119,15 +119,34 @@ class NetworkPlan:
         resampled onto the reoriented input slab by slab, ``decide`` turns each slab ``[channels, k, j, i]`` into
         labels there, and the labels are re-indexed back to the input's axes.
         """
+        import torch
+
+        maps = self.to_input_maps(scores, outside, lambda slab: {"labels": decide(slab).to(torch.uint8)}, progress)
+        return maps["labels"]
+
+    def to_input_maps(
+        self,
+        scores,
+        outside: Sequence[float],
+        derive: Callable[[Any], dict[str, Any]],
+        progress: Callable[[float], None] | None = None,
+    ) -> dict[str, Image]:
+        """Volumes on the input's grid derived from ``scores`` ``[channels, k, j, i]`` on :attr:`region`.
+
+        As :meth:`to_input`, but ``derive`` turns each linearly resampled slab into several named tensors
+        ``[k, j, i]`` (labels, or the uncertainty's float maps), each returned as an image on the input's grid.
+        """
         if self.region != WHOLE:
             scores = self._uncrop(scores, outside)
-        labels = _resample_to_labels(scores, self.backward, decide, progress)
+        arrays = _resample_in_slabs(scores, self.backward, derive, progress)
         reoriented = self.reoriented
-        labelmap = Image(labels, reoriented.spacing, reoriented.origin, reoriented.direction)
-        restored = permute_axes(labelmap, *undo_permutation(*self.reorientation))
-        if not restored.same_grid(self.source):
-            raise RuntimeError("internal error: the labelmap did not return to the input grid after reorientation")
-        return restored
+        maps = {}
+        for name, array in arrays.items():
+            derived = Image(array, reoriented.spacing, reoriented.origin, reoriented.direction)
+            maps[name] = permute_axes(derived, *undo_permutation(*self.reorientation))
+            if not maps[name].same_grid(self.source):
+                raise RuntimeError(f"internal error: the {name} did not return to the input grid after reorientation")
+        return maps
 
     def _uncrop(self, scores, outside: Sequence[float]):
         import torch
@@ -139,15 +158,16 @@ class NetworkPlan:
         return whole
 
 
-def _resample_to_labels(
-    scores, maps_kji: Sequence[AxisMap], decide: Callable[[Any], Any], progress: Callable[[float], None] | None
-) -> np.ndarray:
-    """Resample ``scores`` with ``maps_kji`` slab by slab along k, and ``decide`` each slab's labels (uint8)."""
-    import torch
-
+def _resample_in_slabs(
+    scores,
+    maps_kji: Sequence[AxisMap],
+    derive: Callable[[Any], dict[str, Any]],
+    progress: Callable[[float], None] | None,
+) -> dict[str, np.ndarray]:
+    """Resample ``scores`` with ``maps_kji`` slab by slab along k, and ``derive`` each slab's named volumes."""
     kmap, jmap, imap = maps_kji
     n_out = len(kmap.lower)
-    out = np.zeros((n_out, len(jmap.lower), len(imap.lower)), dtype=np.uint8)
+    out: dict[str, np.ndarray] = {}
     for k0 in range(0, n_out, _SLAB):
         k1 = min(k0 + _SLAB, n_out)
         first = int(kmap.lower[k0:k1].min())
@@ -155,7 +175,11 @@ def _resample_to_labels(
         local = AxisMap(kmap.lower[k0:k1] - first, kmap.upper[k0:k1] - first, kmap.weight[k0:k1])
         slab = interpolate_axis(scores[:, first : last + 1], 1, local)
         slab = interpolate_axis(interpolate_axis(slab, 2, jmap), 3, imap)
-        out[k0:k1] = decide(slab).to(torch.uint8).cpu().numpy()
+        for name, values in derive(slab).items():
+            values = values.cpu().numpy()
+            if name not in out:
+                out[name] = np.zeros((n_out, *values.shape[1:]), dtype=values.dtype)
+            out[name][k0:k1] = values
         if progress:
             progress(k1 / n_out)
     return out

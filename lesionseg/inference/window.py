@@ -118,16 +118,27 @@ def plan_windows(volume, roi_ijk: Sequence[int], overlap: float) -> tuple[Any, W
     return volume, WindowPlan(roi, padding, starts, computed, repeats)
 
 
-def batch_predictor(network: Callable, device: Any, amp: bool = False, flip_tta: bool = False) -> Callable:
-    """A function from a batch of windows ``[batch, channels, k, j, i]`` to the network's float32 outputs."""
+# The network's tensor dimension of each axis a flip names: MONAI's layout [batch, channels, i, j, k].
+FLIP_DIMS = {"i": 2, "j": 3, "k": 4}
+
+
+def batch_predictor(
+    network: Callable, device: Any, amp: bool = False, flip_tta: bool = False, flip: str = ""
+) -> Callable:
+    """A function from a batch of windows ``[batch, channels, k, j, i]`` to the network's float32 outputs.
+
+    ``flip`` (axes of ``i``, ``j``, ``k``): the network sees each window mirrored along them, and its output is
+    mirrored back; one member of ``segment --uncertainty tta``.
+    """
     import torch
 
     autocast = torch.autocast("cuda", dtype=torch.float16) if amp and device.type == "cuda" else nullcontext()
+    mirror = tuple(FLIP_DIMS[axis] for axis in flip)
 
     def predict(batch):
         batch = batch.to(device, non_blocking=True).permute(0, 1, 4, 3, 2)
         with torch.inference_mode(), autocast:
-            logits = network(batch).float()
+            logits = network(batch.flip(mirror)).float().flip(mirror) if mirror else network(batch).float()
             if flip_tta:
                 for dims in ((2,), (3,), (4,)):
                     logits = logits + network(batch.flip(dims)).float().flip(dims)
@@ -202,18 +213,19 @@ def sliding_window(
     amp: bool = False,
     flip_tta: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    flip: str = "",
 ) -> Stitched:
     """Average the network's raw outputs over windows of ``volume`` (``[channels, k, j, i]``).
 
     The logits lie on ``stitch_device`` (default: ``device``, then the volume's).  ``progress(done, total)`` is
-    called after each batch, counting the windows the network computes.
+    called after each batch, counting the windows the network computes.  ``flip``: see :func:`batch_predictor`.
     """
     import torch
 
     device = torch.device(device or volume.device)
     stitch_device = torch.device(stitch_device or device)
     padded, plan = plan_windows(volume, roi_ijk, overlap)
-    predict = batch_predictor(network, device, amp, flip_tta)
+    predict = batch_predictor(network, device, amp, flip_tta, flip)
     weights = importance_map(plan.roi, blend, stitch_device)
     out = stitch_windows(padded, plan, predict, num_classes, weights, sw_batch_size, progress)
     return Stitched(plan.unpad(out), len(plan.starts), len(plan.computed))

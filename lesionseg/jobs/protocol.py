@@ -63,6 +63,8 @@ progress percent           0-100 over the whole job; never goes back
          windows_done      segment, inference stage: sliding windows computed so far
          windows_total     segment, inference stage: sliding windows in all
          cascade           segment: 'coarse' while a two-step model's coarse stage runs
+         tta_pass          segment --uncertainty tta, inference stage: the member pass running (1-based)
+         tta_passes        segment --uncertainty tta, inference stage: passes in all (the cost: N sliding windows)
          epoch             train: the epoch just finished (1-based); with it come that epoch's figures below
          loss              train: mean training loss of the epoch
          lr                train: learning rate the epoch ran with
@@ -97,6 +99,7 @@ result   output            the file written (segment) or the model folder (train
          warnings          segment: the texts of the run's warning events
          seconds           segment: wall-clock seconds of the run
          engine            segment and train: 'nnunet' for an nnU-Net result folder or training
+         uncertainty       segment --uncertainty tta: passes (the cost), flips, pass_seconds, and the files beside
          nnunet            segment, nnU-Net: configuration, folds and test-time augmentation used
          model_reused      warm worker: the model event's reused, repeated
          nnunet_results    train, nnU-Net: the trained configuration folder in the work folder

@@ -3,7 +3,8 @@
 Requests (JSON lines): the worker prints a ``ready`` event (:mod:`lesionseg.jobs.protocol`), then reads on stdin::
 
     {"id": "r1", "command": "segment", "model": ID_OR_DIR, "input": PATH, "output": PATH,
-     "device": "auto", "crop_body": false, "threshold": null, "models_dir": null}
+     "device": "auto", "crop_body": false, "threshold": null, "models_dir": null, "uncertainty": "none"}
+                               (a multi-channel model: "input": [PATH, ...], one per channel)
     {"command": "release"}     drop the loaded model (another model was chosen)
     {"command": "shutdown"}
 
@@ -110,6 +111,7 @@ def serve(stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
                 tagged,
                 bool(request.get("crop_body")),
                 threshold=request.get("threshold"),
+                uncertainty=request.get("uncertainty") or "none",
             )
             tagged({**result, "model_reused": reused})
         except Exception as error:  # one bad request must not end the worker
@@ -270,22 +272,30 @@ class WarmWorker:
         crop_body: bool = False,
         threshold: float | None = None,
         models_dir: str | Path | None = None,
+        uncertainty: str = "none",
     ) -> WorkerRequest:
-        """Queue a segmentation; raises OSError when the worker is gone (start another)."""
+        """Queue a segmentation; raises OSError when the worker is gone (start another).
+
+        ``uncertainty="tta"`` also writes the uncertainty volumes and lesion table beside ``output_path`` (as
+        ``segment --uncertainty tta``)."""
         if not self.alive:
             raise BrokenPipeError("the worker is not running; start() it first")
         request_id = uuid.uuid4().hex[:12]
         request = WorkerRequest(self, request_id, output_path)
+        # a multi-channel model's images: one path per channel, in its order
+        multi = isinstance(input_path, (list, tuple))
+        inputs = [str(Path(p)) for p in input_path] if multi else str(Path(input_path))
         request._message = {
             "id": request_id,
             "command": "segment",
             "model": str(model),
-            "input": str(Path(input_path)),
+            "input": inputs,
             "output": str(Path(output_path)),
             "device": device,
             "crop_body": crop_body,
             "threshold": threshold,
             "models_dir": None if models_dir is None else str(models_dir),
+            "uncertainty": uncertainty,
         }
         self.adopt(request)
         return request

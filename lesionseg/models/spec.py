@@ -91,6 +91,9 @@ class InferenceSpec:
     sw_batch_size: int = 1
     blend: str = "constant"
     flip_tta: bool = False
+    # ``segment --uncertainty tta``: the flips after the unflipped pass, each the network axes (of i, j, k) mirrored
+    # together; one member per flip, so the default runs four passes.
+    tta: tuple[str, ...] = ("i", "j", "k")
     amp: bool = True
     precision: str = "fp32"  # the CPU network through OpenVINO: fp32 or bf16
     threshold: float | None = None  # foreground probability cut for one-label models; None: argmax
@@ -310,6 +313,7 @@ def spec_from_dict(data: dict[str, Any], folder: Path | None = None, where: str 
                     "sw_batch_size": int,
                     "blend": str,
                     "flip_tta": bool,
+                    "tta": lambda flips: tuple(str(each) for each in flips),
                     "amp": bool,
                     "precision": str,
                     "threshold": _optional_float,

@@ -1,0 +1,113 @@
+"""``lesionseg rank``: which unlabelled case to annotate next, by the model's uncertainty."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from support.cli import lesionseg
+from support.tiny_models import edge_state, threshold_spec_dict, write_model_folder
+
+from lesionseg.errors import UserError
+from lesionseg.image import Image
+from lesionseg.inference.pipeline import load_model
+from lesionseg.inference.ranking import rank_cases, write_ranking
+from lesionseg.io import write_image
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="module")
+def edge_folder(tmp_path_factory):
+    """A model unsure exactly on intensity edges across network axis i (its TTA members disagree there)."""
+    folder = tmp_path_factory.mktemp("models") / "edge"
+    return write_model_folder(folder, threshold_spec_dict("edge", spacing=None, roi=(32, 32, 32)), edge_state())
+
+
+def case(boxes: int) -> Image:
+    """Air with ``boxes`` bright boxes: each box's faces across i are edges the model is unsure of."""
+    values = np.full((30, 30, 30), -1000, np.int16)
+    for n in range(boxes):
+        values[3 + 9 * n : 9 + 9 * n, 5:25, 5:25] = 1000
+    return Image(values, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3))
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pool")
+    for name, boxes in (("clear", 0), ("unsure", 3), ("middle", 1)):
+        write_image(case(boxes), folder / f"{name}.nii.gz")
+    return folder
+
+
+def test_a_case_the_model_is_unsure_of_ranks_above_a_clear_one(edge_folder, pool, tmp_path):
+    model = load_model(edge_folder, "cpu", backend="torch")
+    ranking = rank_cases(model, pool, "entropy")
+    assert [row["case"] for row in ranking["cases"]] == ["unsure", "middle", "clear"]
+    assert [row["rank"] for row in ranking["cases"]] == [1, 2, 3]
+    clear = ranking["cases"][-1]
+    assert clear["entropy"] == 0 and clear["mutual_information"] == 0 and clear["lesion_count"] == 0
+    assert ranking["passes"] == 4 and ranking["method"] == "entropy"
+    by_count = rank_cases(model, pool, "lesion_count")
+    assert [row["lesion_count"] for row in by_count["cases"]] == [3, 1, 0]
+    by_information = rank_cases(model, pool, "mutual_information")
+    assert by_information["cases"][0]["case"] == "unsure"
+    csv_path, json_path = write_ranking(ranking, tmp_path / "ranking.csv")
+    assert json.loads(json_path.read_text())["cases"] == ranking["cases"]
+    rows = list(csv.DictReader(csv_path.open()))
+    assert [row["case"] for row in rows] == ["unsure", "middle", "clear"] and rows[0]["images"].endswith(
+        "unsure.nii.gz"
+    )
+
+
+def test_rank_cli_writes_csv_and_json_most_uncertain_first(edge_folder, pool, tmp_path):
+    out = tmp_path / "next"
+    done = lesionseg("rank", "--model", str(edge_folder), "--images", str(pool), "--method", "mutual_information",
+                     "--output", str(out), "--device", "cpu", "--backend", "torch")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(tmp_path / "next.csv"), str(tmp_path / "next.json")]
+    ranking = json.loads((tmp_path / "next.json").read_text())
+    assert [row["case"] for row in ranking["cases"]] == ["unsure", "middle", "clear"]
+    again = lesionseg("rank", "--model", str(edge_folder), "--images", str(pool), "--output", str(out))
+    assert again.returncode == 2 and "next.csv already exists" in again.stderr
+
+
+def test_rank_reads_a_datasets_cases(edge_folder, tmp_path):
+    from lesionseg.datasets import add_case_from_files, init_dataset
+
+    dataset = tmp_path / "dataset"
+    init_dataset(dataset, {1: "dense"}, name="pool")
+    for name, boxes in (("case_a", 0), ("case_b", 2)):
+        image = write_image(case(boxes), tmp_path / f"{name}.nii.gz")
+        label = write_image(case(0).with_array(np.zeros((30, 30, 30), np.uint8)), tmp_path / f"{name}_label.nii.gz")
+        add_case_from_files(dataset, image, label, case_id=name)
+    ranking = rank_cases(load_model(edge_folder, "cpu", backend="torch"), dataset, "entropy")
+    assert [row["case"] for row in ranking["cases"]] == ["case_b", "case_a"]
+
+
+def test_rank_errors_name_the_problem(edge_folder, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    model = str(edge_folder)
+    done = lesionseg("rank", "--model", model, "--images", str(empty), "--output", str(tmp_path / "r"))
+    assert done.returncode == 2 and "no images" in done.stderr and "nothing to rank" in done.stderr
+    done = lesionseg("rank", "--model", model, "--images", str(tmp_path / "nowhere"), "--output", str(tmp_path / "r"))
+    assert done.returncode == 2 and "no such folder" in done.stderr
+    done = lesionseg("rank", "--model", model, "--images", str(empty), "--method", "variance", "--output", "r")
+    assert done.returncode == 2 and "unknown ranking method 'variance'" in done.stderr
+    one_slice = Image(np.zeros((1, 30, 30), np.int16), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3))
+    write_image(one_slice, empty / "flat.nii.gz")
+    with pytest.raises(UserError, match="case flat: "):
+        rank_cases(load_model(edge_folder, "cpu", backend="torch"), empty)
+    (empty / "flat.nii.gz").unlink()
+    (empty / "broken.nii.gz").write_bytes(b"this is not a NIfTI file")
+    with pytest.raises(UserError, match="case broken: cannot read its image"):
+        rank_cases(load_model(edge_folder, "cpu", backend="torch"), empty)
+    done = lesionseg("rank", "--model", model, "--images", str(empty), "--output", str(tmp_path / "r"),
+                     "--backend", "torch", "--device", "cpu")  # fmt: skip
+    assert done.returncode == 2 and "broken" in done.stderr, done.stderr
+    assert not (tmp_path / "r.csv").exists()

@@ -1,0 +1,63 @@
+"""``lesionseg rank``: order unlabelled cases by how unsure a model is of them, to choose what to annotate next."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "rank",
+        help="rank unlabelled cases by the model's uncertainty (which case to annotate next)",
+        description=(
+            "Segment each case with flip test-time augmentation (as segment --uncertainty tta) and rank the cases "
+            "by how unsure the model is, most uncertain first. Writes OUT.csv and OUT.json with every score."
+        ),
+    )
+    parser.add_argument("--model", required=True, help="model id (see `lesionseg models list`) or model folder")
+    parser.add_argument(
+        "--images",
+        required=True,
+        metavar="FOLDER_OR_DATASET",
+        help="a folder of images (.nii.gz, .nrrd, ..., or DICOM series subfolders) or a dataset folder (its cases)",
+    )
+    parser.add_argument(
+        "--method",
+        default="entropy",
+        help="what ranks a case: entropy (summed entropy, nat·mL; default), mutual_information (where the TTA "
+        "members disagree, nat·mL) or lesion_count (predicted lesions)",
+    )
+    parser.add_argument("--output", required=True, help="OUT: writes OUT.csv and OUT.json (OUT may end in either)")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT.csv and OUT.json if they exist")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    parser.add_argument(
+        "--backend", choices=["auto", "torch", "openvino"], default="auto", help="what runs the network, as for segment"
+    )
+    parser.add_argument(
+        "--models-dir", help="user models folder (default $LESIONSEG_MODELS_DIR or ~/.lesionseg/models)"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from lesionseg.inference.ranking import check_method, rank_cases, rank_inputs, ranking_paths, write_ranking
+    from lesionseg.io.outputs import check_output
+
+    check_method(args.method)
+    for path in ranking_paths(args.output):
+        check_output(path, [args.images, args.model], args.overwrite)
+    rank_inputs(args.images)  # an empty or missing folder is refused before the model loads
+    from lesionseg.inference.pipeline import load_model
+
+    ranking = rank_cases(
+        load_model(args.model, args.device, args.models_dir, args.backend),
+        args.images,
+        args.method,
+        args.device,
+        args.models_dir,
+        say=lambda line: print(line, file=sys.stderr),
+    )
+    for path in write_ranking(ranking, args.output):
+        print(path)
+    return 0

@@ -1,0 +1,177 @@
+"""Which case to annotate next: unlabelled cases ranked by how unsure a model is of them (``lesionseg rank``).
+
+Each case runs the ``segment --uncertainty tta`` path (:mod:`lesionseg.inference.uncertainty`) and gets three
+scores; the method picks the one cases are sorted by, largest (most worth an annotator's time) first:
+
+* ``entropy``: the entropy volume summed over the case, in nat·mL (voxel entropy × voxel volume), so that a case
+  is not ranked up or down by how much air surrounds it, but by how much tissue the model is unsure of;
+* ``mutual_information``: the same sum of the mutual information (where the TTA members disagree);
+* ``lesion_count``: predicted lesions (26-connected components of the lesion labels).
+
+The mean voxel entropy and the least lesion confidence are reported beside them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lesionseg.errors import UserError
+from lesionseg.inference.uncertainty import UncertainSegmentation
+
+RANK_METHODS = ("entropy", "mutual_information", "lesion_count")
+RANK_COLUMNS = (
+    "rank",
+    "case",
+    "entropy",
+    "mutual_information",
+    "lesion_count",
+    "mean_entropy",
+    "min_lesion_confidence",
+    "images",
+)
+# Names in an images folder that are not images to rank: labelmaps and this command's own outputs.
+_NOT_IMAGES = (".seg.nrrd",)
+
+
+def check_method(method: str) -> str:
+    if method not in RANK_METHODS:
+        raise ValueError(f"unknown ranking method {method!r}; use one of {', '.join(RANK_METHODS)}")
+    return method
+
+
+def _case_name(path: Path) -> str:
+    from lesionseg.io import IMAGE_SUFFIXES
+
+    name = path.name
+    lower = name.lower()
+    return next((name[: -len(s)] for s in IMAGE_SUFFIXES if lower.endswith(s)), name)
+
+
+def rank_inputs(source: str | Path) -> list[tuple[str, list[Path]]]:
+    """The cases to rank, each with its images (one per channel): a dataset's active cases, or a folder's images
+    (files with an image suffix, and subfolders as DICOM series)."""
+    from lesionseg.datasets import Dataset
+    from lesionseg.io import IMAGE_SUFFIXES
+
+    root = Path(source)
+    if not root.is_dir():
+        raise UserError(f"--images {root}: no such folder; give a folder of images or a dataset folder")
+    dataset = Dataset(root)
+    if dataset.exists():
+        cases = [(case, dataset.image_paths(case)) for case in dataset.active_cases()]
+        what = "active cases in dataset"
+    else:
+        found = sorted(
+            p
+            for p in root.iterdir()
+            if not p.name.startswith(".")
+            and (p.is_dir() or (p.name.lower().endswith(IMAGE_SUFFIXES) and not p.name.lower().endswith(_NOT_IMAGES)))
+        )
+        cases = [(_case_name(p), [p]) for p in found]
+        what = f"images ({', '.join(s for s in IMAGE_SUFFIXES if s not in _NOT_IMAGES)} or DICOM folders) in"
+    if not cases:
+        raise UserError(f"--images {root}: no {what} {root}; nothing to rank")
+    return cases
+
+
+def case_scores(result: UncertainSegmentation) -> dict[str, Any]:
+    """A case's scores from its segmentation with uncertainty (see the module's description)."""
+    voxel_ml = result.entropy.voxel_volume_mm3 / 1000.0
+    confidences = [row["confidence"] for row in result.lesions]
+    return {
+        "entropy": round(float(result.entropy.array.sum(dtype=np.float64)) * voxel_ml, 6),
+        "mutual_information": round(float(result.mutual_information.array.sum(dtype=np.float64)) * voxel_ml, 6),
+        "lesion_count": len(result.lesions),
+        "mean_entropy": round(float(result.entropy.array.mean(dtype=np.float64)), 8),
+        "min_lesion_confidence": min(confidences) if confidences else None,
+    }
+
+
+def rank_cases(
+    model: Any,
+    source: str | Path,
+    method: str = "entropy",
+    device: str = "auto",
+    models_dir: str | Path | None = None,
+    say: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Rank the cases of ``source`` (folder or dataset) by ``method``; ``model``: id, folder, spec or LoadedModel.
+
+    Returns ``{"model", "method", "images", "passes", "cases": [...]}`` with the cases most uncertain first.
+    """
+    from lesionseg.inference.pipeline import LoadedModel, load_model
+    from lesionseg.inference.progress import Progress
+    from lesionseg.inference.uncertainty import segment_uncertain, tta_members
+
+    check_method(method)
+    cases = rank_inputs(source)
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, device, models_dir)
+    threshold = loaded.spec.inference.threshold
+    rows = []
+    for number, (case, paths) in enumerate(cases, start=1):
+        if len(paths) != loaded.spec.input_channels:
+            raise UserError(
+                f"case {case}: {len(paths)} image(s), but model {loaded.spec.id!r} takes {loaded.spec.input_channels}"
+                " channel(s); rank a dataset with the model's channels"
+            )
+        image, modality, further = _read_case(case, paths, loaded.spec.channel_names)
+        try:
+            result = segment_uncertain(
+                image, loaded, Progress(), threshold=threshold, modality=modality, further=further
+            )
+        except ValueError as error:  # input the model refuses: say which case, so it can be taken out
+            raise UserError(f"case {case}: {error}") from error
+        rows.append({"case": case, **case_scores(result), "images": [str(p) for p in paths]})
+        if say:
+            say(f"{number}/{len(cases)} {case}: {method} {rows[-1][method]}")
+    rows.sort(key=lambda row: (-row[method], -row["entropy"], row["case"]))
+    ranked = [{"rank": n, **row} for n, row in enumerate(rows, start=1)]
+    passes = len(tta_members(loaded.spec))
+    return {"model": loaded.spec.id, "method": method, "images": str(source), "passes": passes, "cases": ranked}
+
+
+def _read_case(case: str, paths: list[Path], names: list[str]) -> tuple[Any, str | None, list]:
+    """A case's first image, its DICOM modality, and its further channels on the first one's grid."""
+    from lesionseg.errors import describe
+    from lesionseg.inference.channels import align_channels, read_channel
+    from lesionseg.inference.validity import read_model_input
+
+    try:
+        if len(paths) == 1:
+            source = read_model_input(paths[0])
+            return source.image, source.modality, []
+        channels = [read_channel(name, str(path)) for name, path in zip(names, paths, strict=True)]
+    except Exception as error:  # each reader has its own errors; the user needs the case and the file
+        raise UserError(f"case {case}: cannot read its image ({describe(error)[0]})") from error
+    return channels[0].image, channels[0].modality, align_channels(channels)[1:]
+
+
+def ranking_paths(output: str | Path) -> tuple[Path, Path]:
+    """The CSV and JSON a ranking is written to: ``OUT.csv`` and ``OUT.json`` (``OUT`` may end in either)."""
+    path = Path(output)
+    stem = path.name[: -len(path.suffix)] if path.suffix.lower() in (".csv", ".json") else path.name
+    return path.with_name(f"{stem}.csv"), path.with_name(f"{stem}.json")
+
+
+def write_ranking(ranking: dict[str, Any], output: str | Path) -> tuple[Path, Path]:
+    """Write the ranking as CSV (one row a case, in rank order) and JSON, atomically."""
+    import csv
+    import io
+    import json
+
+    from lesionseg.io.atomic import write_bytes_atomic
+
+    csv_path, json_path = ranking_paths(output)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(RANK_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    for row in ranking["cases"]:
+        cells = {**row, "images": ";".join(row["images"])}
+        writer.writerow({key: "" if cells[key] is None else cells[key] for key in RANK_COLUMNS})
+    write_bytes_atomic(csv_path, buffer.getvalue().encode("utf-8"))
+    write_bytes_atomic(json_path, (json.dumps(ranking, indent=2, allow_nan=False) + "\n").encode("utf-8"))
+    return csv_path, json_path
