@@ -10,13 +10,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint format setup system-tools clean
 
-$(STAMP): requirements/test.txt requirements/nnunet.txt requirements/slicer-5.10.txt pyproject.toml Makefile
+$(STAMP): requirements/test.txt requirements/nnunet.txt requirements/nnunet-training.txt requirements/slicer-5.10.txt pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "$(TORCH_SPEC)"
 	$(PIP) install --quiet -r requirements/test.txt
 # --no-deps: nnunetv2's own dependency chain would replace the CPU torch (requirements/nnunet.txt says why).
-	$(PIP) install --quiet --no-deps -r requirements/nnunet.txt
+	$(PIP) install --quiet --no-deps -r requirements/nnunet.txt -r requirements/nnunet-training.txt
 	$(PIP) install --quiet --no-deps --upgrade --target $(VENV)/slicer-5.10 -r requirements/slicer-5.10.txt
 	$(PIP) install --quiet --no-deps --no-build-isolation -e .
 	@$(PY) -c "import torch; assert not torch.version.cuda or '$(ALLOW_CUDA)', 'a CUDA torch build was installed: ' + torch.__version__" 

@@ -5,6 +5,10 @@ its provenance (the AI model that proposed it, read from the node's ``LesionSeg.
 annotator; the time; the DICOM study and series). Training runs ``lesionseg train --progress jsonl`` in a
 child process; its per-epoch events fill a table node that a plot chart shows live. The trained model is
 written into the models folder, where the segmentation modules' model lists find it.
+
+Next to LesionSeg's own presets, the recipe list offers nnU-Net v2 (``nnU-Net 3d_fullres`` ...): that runs
+``lesionseg train --engine nnunet``, whose work folder (nnU-Net's raw, preprocessed and results) stays under
+``<models>/.nnunet-training/<model id>`` for Resume, and whose result is imported as an nnU-Net model.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import json
 import math
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +26,7 @@ from lesionseg.datasets import CaseRecord, Dataset, add_case, init_dataset, remo
 from lesionseg.jobs import EventKind, Job, JobEvent, JobState
 from lesionseg.labels import named_like_lesion
 from lesionseg.models import ModelRegistry, ModelSpec
+from lesionseg.models.nnunet import PREFERRED_CONFIGURATIONS
 from LesionSegLib.jobs import BackgroundRun
 from LesionSegLib.segmenting import (
     MODEL_ID_ATTRIBUTE,
@@ -31,6 +37,8 @@ from LesionSegLib.segmenting import (
 )
 from LesionSegLib.tables import Column, fill_table_node
 
+NNUNET_RECIPE = "nnU-Net "  # + a configuration: the recipe names in the list beside our presets
+NNUNET_WORK = ".nnunet-training"  # under the models folder; the registry lists no folder without a model in it
 CASE_TABLE_KIND = "dataset cases"
 HISTORY_TABLE_KIND = "training history"
 
@@ -199,6 +207,25 @@ def training_presets() -> list[str]:
     return sorted(entry.name[: -len(".yaml")] for entry in folder.iterdir() if entry.name.endswith(".yaml"))
 
 
+def training_recipes() -> list[str]:
+    """What the module offers to train with: LesionSeg's presets, then nnU-Net's configurations."""
+    return training_presets() + [NNUNET_RECIPE + name for name in PREFERRED_CONFIGURATIONS]
+
+
+def nnunet_configuration(recipe: str) -> str | None:
+    """The nnU-Net configuration a recipe name trains, or None for one of LesionSeg's presets."""
+    return recipe[len(NNUNET_RECIPE) :] if recipe.startswith(NNUNET_RECIPE) else None
+
+
+@dataclass(frozen=True)
+class ImportedModel:
+    """A model that nnU-Net trained, as imported into the models folder (the segmentation modules list it)."""
+
+    id: str
+    version: str
+    folder: Path
+
+
 def write_training_config(path: str | Path, preset: str, model_id: str, learning_rate: float | None = None) -> Path:
     """A config file that starts from ``preset`` and sets the model's id and, when given, the learning rate.
 
@@ -256,18 +283,30 @@ class TrainingRun(BackgroundRun):
         learning_rate: float | None = None,
         resume: bool = False,
         environment: Mapping[str, str] | None = None,
+        nnunet_trainer: str | None = None,
     ) -> None:
+        """``preset`` is any of :func:`training_recipes`; ``epochs`` and ``learning_rate`` apply to LesionSeg's
+        presets (an nnU-Net trainer class, ``nnunet_trainer``, sets its own)."""
         Dataset(dataset_folder).require()
         if not Dataset(dataset_folder).active_cases():
             raise ValueError(f"the dataset {dataset_folder} has no cases yet; save some cases first")
         self.models_dir = Path(models_dir)
         self.model_id = model_id
         self.output = self.models_dir / model_id
+        self.configuration = nnunet_configuration(preset)
+        self.work_dir = Path(tempfile.mkdtemp(prefix="LesionSegTraining-"))
+        self.history: list[dict[str, Any]] = []
+        self.fraction = 0.0
+        self.log: list[str] = []
+        self.summary: dict[str, Any] | None = None
+        if self.configuration is not None:
+            self.job = Job(self._nnunet_argv(dataset_folder, python, device, resume, nnunet_trainer),
+                           env=child_environment(environment))  # fmt: skip
+            return
         if resume and not (self.output / "checkpoint_latest.pt").is_file():
             raise ValueError(f"there is no training of {model_id!r} to resume in {self.output}; press Train")
         if not resume and self.output.exists() and any(self.output.iterdir()):
             raise ValueError(f"{self.output} already holds a model; choose another model name, or Resume it")
-        self.work_dir = Path(tempfile.mkdtemp(prefix="LesionSegTraining-"))
         argv = [python, "-m", "lesionseg", "train", "--dataset", str(dataset_folder)]
         argv += ["--output", str(self.output), "--device", device, "--progress", "jsonl"]
         if resume:
@@ -279,10 +318,17 @@ class TrainingRun(BackgroundRun):
         if epochs:
             argv += ["--epochs", str(int(epochs))]
         self.job = Job(argv, env=child_environment(environment))
-        self.history: list[dict[str, Any]] = []
-        self.fraction = 0.0
-        self.log: list[str] = []
-        self.summary: dict[str, Any] | None = None
+
+    def _nnunet_argv(self, dataset_folder, python: str, device: str, resume: bool, trainer: str | None) -> list[str]:
+        work = self.models_dir / NNUNET_WORK / self.model_id
+        if resume and not work.is_dir():
+            raise ValueError(f"there is no nnU-Net training of {self.model_id!r} to resume in {work}; press Train")
+        if not resume and (work.exists() or self.output.exists()):
+            raise ValueError(f"{self.model_id!r} is already trained or training here; choose another model name")
+        argv = [python, "-m", "lesionseg", "train", "--engine", "nnunet", "--dataset", str(dataset_folder)]
+        argv += ["--configuration", str(self.configuration), "--output", str(work), "--model-id", self.model_id]
+        argv += ["--models-dir", str(self.models_dir), "--device", device, "--progress", "jsonl"]
+        return argv + (["--trainer", trainer] if trainer else []) + (["--resume"] if resume else [])
 
     def start(self) -> TrainingRun:
         self.models_dir.mkdir(parents=True, exist_ok=True)
@@ -343,10 +389,16 @@ class TrainingRun(BackgroundRun):
         rows = [{"epoch": h["epoch"], "loss": h.get("loss"), "dice_mean": h.get("dice_mean")} for h in self.history]
         return fill_table_node(scene, f"{self.model_id} training", HISTORY_COLUMNS, rows, HISTORY_TABLE_KIND, node)
 
-    def model(self) -> ModelSpec:
-        """The trained model as the registry now lists it."""
+    def model(self) -> ModelSpec | ImportedModel:
+        """The trained model as the registry now lists it (an nnU-Net recipe's: as imported)."""
         self.require_success("training has not finished yet")
         self.cleanup()
+        if self.configuration is not None:
+            from lesionseg.models.nnunet_import import SIDECAR
+
+            if not (self.output / SIDECAR).is_file():
+                raise ValueError(f"the nnU-Net training finished, but {self.output} holds no imported model")
+            return ImportedModel(self.model_id, "nnU-Net " + self.configuration, self.output)
         return ModelRegistry(self.models_dir).get(self.model_id)
 
 

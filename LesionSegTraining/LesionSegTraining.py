@@ -434,7 +434,7 @@ class LesionSegTrainingLogic(ScriptedLoadableModuleLogic):
         return LesionSegLib.training.remove_dataset_case(folder, caseId, by)
 
     def presets(self) -> list[str]:
-        return LesionSegLib.training.training_presets()
+        return LesionSegLib.training.training_recipes()
 
     def startTraining(self, folder, preset, modelName, device="auto", epochs=None, learningRate=None, resume=False):
         """Start a background training run; the caller polls it (the widget on a timer)."""

@@ -13,6 +13,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("train", help="train a model on a dataset; writes a registry model folder")
     parser.add_argument("--dataset", required=True, help="dataset folder (dataset.json + manifest.json)")
     parser.add_argument(
+        "--engine",
+        choices=("lesionseg", "nnunet"),
+        default="lesionseg",
+        help="lesionseg: our MONAI recipe (--config); nnunet: nnU-Net v2 plans, preprocesses and trains in --output, "
+        "and the result is imported into the models folder",
+    )
+    nnunet = parser.add_argument_group("nnU-Net (--engine nnunet)")
+    nnunet.add_argument("--configuration", default="3d_fullres", help="3d_fullres (default), 2d, 3d_lowres or "
+                        "3d_cascade_fullres (train 3d_lowres in the same --output first)")  # fmt: skip
+    nnunet.add_argument("--fold", default="0", help="fold of nnU-Net's split, or 'all' (default 0: with a dataset "
+                        "split, its train/validation cases)")  # fmt: skip
+    nnunet.add_argument("--trainer", default="nnUNetTrainer", help="nnU-Net trainer class; nnUNetTrainer_LesionSegTiny "
+                        "(1 epoch of 2 iterations) and nnUNetTrainer_LesionSeg5Epochs are quick tries")  # fmt: skip
+    nnunet.add_argument("--model-id", help="id of the imported model (default: the --output folder's name)")
+    nnunet.add_argument("--models-dir", help="models folder to import into (default $LESIONSEG_MODELS_DIR or "
+                        "~/.lesionseg/models)")  # fmt: skip
+    parser.add_argument(
         "--config", help="YAML/JSON config file or preset: tiny (default), spleen, lesion; --resume uses the run's own"
     )
     parser.add_argument("--output", required=True, help="model folder: checkpoints, metrics, spec.json, weights")
@@ -70,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
             dice = f" dice {event['dice_mean']:.4f}" if event.get("dice_mean") is not None else ""
             logging.info("epoch %d: loss %.4f%s (%.1f s)", event["epoch"], event["loss"], dice, event["time_s"])
 
+    if args.engine == "nnunet":
+        return _run_nnunet(args, report)
     if args.config is None and not args.resume:
         args.config = "tiny"
     if args.new_split and not args.resume:
@@ -146,4 +165,58 @@ def run(args: argparse.Namespace) -> int:
             f"model written to {model_folder} (epoch {result.last_epoch}, best Dice {result.best_dice})",
             file=sys.stdout,
         )
+    return 0
+
+
+def _run_nnunet(args: argparse.Namespace, report) -> int:
+    """``--engine nnunet``: see :mod:`lesionseg.training.nnunet`."""
+    from lesionseg.errors import UserError
+    from lesionseg.jobs import protocol
+    from lesionseg.models.registry import models_dir
+    from lesionseg.training import nnunet
+
+    if args.cascade or args.config or args.new_split or args.tensorboard or args.epochs:
+        raise UserError("--cascade, --config, --epochs, --new-split and --tensorboard are for --engine lesionseg; "
+                        "nnU-Net's trainer class sets the epochs (--trainer)")  # fmt: skip
+    work = Path(args.output)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+    def say(text: str) -> None:
+        if args.progress == "jsonl":
+            protocol.write_event(protocol.message(text))
+        else:
+            logging.info("%s", text)
+
+    def epoch(event: dict) -> None:
+        if args.progress == "jsonl":
+            protocol.write_event(event)
+        else:
+            report(event)
+
+    protocol.exit_on_terminate()
+    try:
+        result = nnunet.train_nnunet(
+            args.dataset, args.configuration, work, models_dir(args.models_dir), args.model_id or work.resolve().name,
+            args.fold, args.trainer, args.resume, args.overwrite, args.device, args.threads or 1, epoch, say,
+        )  # fmt: skip
+    except Exception as error:
+        if args.progress == "jsonl":
+            protocol.write_event(protocol.error(error))
+        raise
+    summary = protocol.result(
+        output=str(result.model_folder),
+        last_epoch=result.last_epoch,
+        best_epoch=None,
+        best_dice=result.best_dice,
+        stopped_early=None,
+        engine="nnunet",
+        nnunet_results=str(result.results_folder),
+    )
+    if args.progress == "jsonl":
+        protocol.write_event(summary)
+    else:
+        print(f"nnU-Net model imported as {result.model_folder} (segment --model {result.model_folder.name})")
     return 0

@@ -77,6 +77,8 @@ progress percent           0-100 over the whole job; never goes back
          dice_mean         train, validated epochs: mean of dice
          dice_pooled       train, validated epochs: Dice per label name over all validation voxels at once
          dice_pooled_mean  train, validated epochs: mean of dice_pooled
+         val_loss          train, nnU-Net: the epoch's validation loss
+         dice_ema          train, nnU-Net: the moving average of dice_mean that picks checkpoint_best
 message  text              a line for the log
 warning  text              a line for the log that the user must see (also kept on the result)
 model    model             warm worker: the model id the request runs
@@ -96,10 +98,11 @@ result   output            the file written (segment) or the model folder (train
          threshold         segment: the probability cut used, or null for the most probable class
          warnings          segment: the texts of the run's warning events
          seconds           segment: wall-clock seconds of the run
+         engine            segment and train: 'nnunet' for an nnU-Net result folder or training
          uncertainty       segment --uncertainty tta: passes (the cost), flips, pass_seconds, and the files beside
-         engine            segment: 'nnunet' for an nnU-Net result folder
          nnunet            segment, nnU-Net: configuration, folds and test-time augmentation used
          model_reused      warm worker: the model event's reused, repeated
+         nnunet_results    train, nnU-Net: the trained configuration folder in the work folder
          last_epoch        train: the last epoch run
          best_epoch        train: the epoch whose weights were kept
          best_dice         train: that epoch's validation score
