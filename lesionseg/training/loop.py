@@ -357,7 +357,9 @@ class _Training:
         self.amp = bool(config["training"]["amp"]) and torch_device.type == "cuda"
         _seed(config, rank, torch_device)
         self._load_data(dataset_dir, checkpoint, new_split, kept_split)
-        self.net_name, self.net_params, model = config_network(config, max(self.labels) + 1, len(self.data["channels"]))
+        self.net_name, self.net_params, model = config_network(
+            config, max(self.labels) + 1, len(self.data["channels"]) * max(1, len(config["preprocessing"]["windows"]))
+        )
         self.model = model.to(torch_device)
         self.optimizer = _optimizer(config, self.model.parameters())
         self.scheduler = _scheduler(config, self.optimizer, config["training"]["epochs"])
@@ -409,7 +411,7 @@ class _Training:
             from monai.data import partition_dataset
 
             train_items = partition_dataset(train_items, num_partitions=world, shuffle=False, even_divisible=True)[rank]
-        random_chain = random_transforms(config, self.device)
+        random_chain = random_transforms(config, self.device, max(self.labels) + 1)
         self.random_parts = _random_sources(random_chain, Randomizable)
         train_ds = CacheDataset(
             train_items,
