@@ -145,3 +145,26 @@ def test_windowed_model_trained_without_lesion_free_cases_ships_its_windows(tmp_
         add_case(tmp_path / "none", *sphere_case(seed, size=32, lesion=False), case_id=f"n{seed}")
     with pytest.raises(ValueError, match="exclude_lesion_free: no training case holds a lesion label"):
         train(tmp_path / "none", config, tmp_path / "model-none")
+
+
+def test_deep_supervision_trains_every_head_and_infers_with_the_first() -> None:
+    from lesionseg.training.loop import _loss
+    from lesionseg.training.networks import config_network
+
+    patch = {"patch_size": [16, 16, 16]}
+    network = {"name": "DynUNet", "channels": [4, 8, 16, 16], "strides": [1, 2, 2, 2], "deep_supervision": 2}
+    config = load_config({"network": network, "augmentation": patch})
+    _, params, model = config_network(config, 2)
+    assert params["deep_supervision"] is True and params["deep_supr_num"] == 2
+    image, label = torch.rand(2, 1, 16, 16, 16), (torch.rand(2, 1, 16, 16, 16) > 0.9).long()
+    out = model.train()(image)
+    assert tuple(out.shape) == (2, 3, 2, 16, 16, 16)
+    loss, plain = _loss(config), _loss(load_config({}))
+    # Weights 1, 1/2, 1/4 over the heads: the first head alone is the plain loss.
+    expected = sum(w * plain(out[:, h], label) for h, w in enumerate((1.0, 0.5, 0.25)))
+    assert float(loss(out, label).detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
+    assert tuple(model.eval()(image).shape) == (2, 2, 16, 16, 16)
+    for heads, name, strides in ((3, "DynUNet", [1, 2, 2, 2]), (1, "UNet", [2, 2, 2])):
+        with pytest.raises(ValueError, match=f"network.deep_supervision: {heads} is not available; DynUNet only"):
+            load_config({"network": {**network, "name": name, "strides": strides, "deep_supervision": heads},
+                         "augmentation": patch})  # fmt: skip

@@ -39,6 +39,9 @@ DEFAULTS: dict[str, Any] = {
         "num_res_units": 2,
         "norm": "batch",
         "dropout": 0.0,
+        # DynUNet only: extra output heads at this many coarser decoder levels, trained with weights halving
+        # per level (MONAI's DeepSupervisionLoss); inference uses the full-resolution head alone.  0: none.
+        "deep_supervision": 0,
         "parameters": {},
     },
     "preprocessing": {
@@ -301,6 +304,12 @@ def _check_semantics(config: dict[str, Any]) -> None:
             raise ValueError("config network.slice_mode: only UNet and DynUNet can run on slices")
         if aug["patch_size"][2] != 1:
             raise ValueError(f"config: slice_mode needs patch_size [H, W, 1], got {aug['patch_size']}")
+    heads = net["deep_supervision"]
+    if heads and (net["name"] != "DynUNet" or int(heads) != heads or not 0 < heads < len(net["strides"]) - 1):
+        raise ValueError(
+            f"config network.deep_supervision: {heads} is not available; DynUNet only, a whole number from 1 "
+            f"to its levels minus 2 ({len(net['strides']) - 2} here), or 0 for none"
+        )
     factor = 1
     for stride in net["strides"]:
         factor *= stride

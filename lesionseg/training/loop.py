@@ -91,10 +91,28 @@ def _loss(config: dict[str, Any]) -> Any:
     spec = config["loss"]
     common = {"to_onehot_y": True, "softmax": True, "include_background": spec["include_background"]}
     if spec["name"] == "Dice":
-        return losses.DiceLoss(**common)
-    if spec["name"] == "DiceFocal":
-        return losses.DiceFocalLoss(**common, gamma=spec["focal_gamma"])
-    return losses.DiceCELoss(**common)
+        loss = losses.DiceLoss(**common)
+    elif spec["name"] == "DiceFocal":
+        loss = losses.DiceFocalLoss(**common, gamma=spec["focal_gamma"])
+    else:
+        loss = losses.DiceCELoss(**common)
+    return _DeepSupervised(loss) if config["network"]["deep_supervision"] else loss
+
+
+class _DeepSupervised:
+    """A loss over a deeply supervised DynUNet's training output ``[batch, heads, classes, ...]`` (full resolution
+    first), weighted by MONAI's DeepSupervisionLoss; a plain output (evaluation) gets the loss alone."""
+
+    def __init__(self, loss: Any):
+        from monai.losses import DeepSupervisionLoss
+
+        self.loss = DeepSupervisionLoss(loss, weight_mode="exp")
+
+    def __call__(self, output: Any, label: Any) -> Any:
+        import torch
+
+        heads = list(torch.unbind(output, dim=1)) if output.dim() == label.dim() + 1 else output
+        return self.loss(heads, label)
 
 
 def _state_digest(state: dict[str, Any]) -> str:
