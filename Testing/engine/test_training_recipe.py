@@ -168,3 +168,16 @@ def test_deep_supervision_trains_every_head_and_infers_with_the_first() -> None:
         with pytest.raises(ValueError, match=f"network.deep_supervision: {heads} is not available; DynUNet only"):
             load_config({"network": {**network, "name": name, "strides": strides, "deep_supervision": heads},
                          "augmentation": patch})  # fmt: skip
+
+
+def test_lesion_v2_preset_feeds_two_windows_to_a_deeply_supervised_dynunet() -> None:
+    from lesionseg.training import presets
+    from lesionseg.training.networks import config_network
+
+    assert "lesion-v2" in presets()
+    config = load_config("lesion-v2")
+    assert config["preprocessing"]["windows"] == WINDOWS and config["network"]["name"] == "DynUNet"
+    assert config["loss"]["name"] == "DiceFocal" and config["preprocessing"]["spacing"] == [1.0, 1.0, 1.0]
+    _, params, module = config_network(config, 2, len(config["preprocessing"]["windows"]))
+    assert params["in_channels"] == 2 and params["deep_supr_num"] == 2
+    assert sum(p.numel() for p in module.parameters()) > 1_000_000
