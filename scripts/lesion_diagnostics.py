@@ -2,8 +2,8 @@
 
     .venv/bin/python scripts/lesion_diagnostics.py contrast --work /tmp/diag [--cases 8 --seed 2026]
     .venv/bin/python scripts/lesion_diagnostics.py sampling --work /tmp/diag [--draws 40]
-    .venv/bin/python scripts/lesion_diagnostics.py learning --work /tmp/diag [--seconds 170]
-    .venv/bin/python scripts/lesion_diagnostics.py detect --work /tmp/diag [--cases 6 --seed 9101]
+    .venv/bin/python scripts/lesion_diagnostics.py learning --work /tmp/diag [--seconds 170] [--recipe r.yaml]
+    .venv/bin/python scripts/lesion_diagnostics.py detect --work /tmp/diag [--cases 6 --seed 9101] [--model DIR]
 
 Each prints a Markdown table and writes JSON into --work.  Phantoms come from ``lesionseg.data`` with the
 options ``scripts/train_demo_models.py`` uses (size small, at most 8 lesions); seed 2026 is the demo
@@ -145,15 +145,17 @@ def run_contrast(args: argparse.Namespace) -> dict[str, Any]:
     return {"rows": rows, "summary": summary}
 
 
-def demo_config(preset: str) -> dict[str, Any]:
-    from lesionseg.training.config import load_config
+def demo_config(preset: str, recipe: Path | None = None) -> dict[str, Any]:
+    """The ``lesion`` preset, or the demo-lesion config with ``recipe`` (a YAML/JSON config) laid over it."""
+    from lesionseg.training.config import load_config, read_config_source
 
     if preset == "lesion":
         return load_config("lesion")
     sys.path.insert(0, str(ROOT / "scripts"))
     import train_demo_models as demo
 
-    return load_config(demo._merge(demo.COMMON, demo.TASKS["demo-lesion"]["config"]))
+    demo_lesion = demo._merge(demo.COMMON, demo.TASKS["demo-lesion"]["config"])
+    return load_config(demo._merge(demo_lesion, read_config_source(recipe)) if recipe else demo_lesion)
 
 
 def _lesion_labels(cases: list[Path], work: Path) -> list[dict[str, str]]:
@@ -231,27 +233,35 @@ def run_sampling(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_learning(args: argparse.Namespace) -> dict[str, Any]:
-    """The demo recipe's network, loss and optimiser, with the loss on lesion voxels logged every step."""
+    """The demo recipe (or it with ``--recipe`` over it): network, loss, optimiser and schedule, sampling, windows
+    and lesion-free cases as configured, with the loss on lesion voxels logged every step."""
     import torch
     from monai.transforms import Compose
     from monai.utils import set_determinism
 
     from lesionseg.training.data import deterministic_transforms, random_transforms
-    from lesionseg.training.loop import _loss
+    from lesionseg.training.loop import _loss, _optimizer, _scheduler
     from lesionseg.training.networks import config_network
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     set_determinism(seed=7)
-    config = demo_config("demo")
+    config = demo_config("demo", args.recipe)
     items = _lesion_labels(cohort(args.work, args.cases, args.seed), args.work)
-    fixed, random_chain = Compose(deterministic_transforms(config)), Compose(random_transforms(config))
+    # Crops see the lesion kinds (bone 1, node 2), so label_classes sampling can balance them; the loss sees one.
+    crop = Compose(random_transforms(config, num_classes=3))
+    fixed = Compose(deterministic_transforms(config))
     cached = [fixed(item) for item in items]
-    for data in cached:
-        data["label"] = (data["label"] > 0).to(torch.uint8)
-    _, _, model = config_network(config, 2)
+    if config["training"]["exclude_lesion_free"]:
+        cached = [data for data in cached if data["label"].any()]
+
+    def random_chain(data: dict) -> list[dict]:
+        return [{**p, "label": (torch.as_tensor(p["label"]) > 0).to(torch.uint8)} for p in crop(data)]
+
+    _, _, model = config_network(config, 2, max(1, len(config["preprocessing"]["windows"])))
     loss_fn = _loss(config)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config["optimizer"]["lr"])
+    optimizer = _optimizer(config, model.parameters())
+    scheduler = _scheduler(config, optimizer, config["training"]["epochs"])
     rng = np.random.default_rng(7)
     # A fixed probe of lesion-centred patches, scored every few steps, so the trend is not the noise of new crops.
     probe_items = [p for data in cached if data["label"].any() for p in random_chain(data) if p["label"].any()][:4]
@@ -259,7 +269,7 @@ def run_learning(args: argparse.Namespace) -> dict[str, Any]:
     probe_label = torch.stack([torch.as_tensor(p["label"]) for p in probe_items]).long()[:, 0] > 0
     probes = []
     log = []
-    started = time.process_time()
+    started, wall = time.process_time(), time.perf_counter()
     step = 0
     # CPU seconds, not wall: the machine is shared, and the question is how far this much training gets.
     while time.process_time() - started < args.seconds:
@@ -280,11 +290,14 @@ def run_learning(args: argparse.Namespace) -> dict[str, Any]:
         patches = random_chain(cached[int(rng.integers(len(cached)))])
         image = torch.stack([torch.as_tensor(p["image"]) for p in patches]).float()
         label = torch.stack([torch.as_tensor(p["label"]) for p in patches]).long()
-        logits = model(image)
-        loss = loss_fn(logits, label)
+        output = model(image)
+        loss = loss_fn(output, label)
+        logits = output[:, 0] if output.dim() == label.dim() + 1 else output  # deep supervision: the main head
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        if scheduler is not None and (step + 1) % len(cached) == 0:
+            scheduler.step()  # an "epoch" here is one draw per training volume
         with torch.no_grad():
             log_p = torch.log_softmax(logits, dim=1)
             lesion = label[:, 0] > 0
@@ -322,7 +335,18 @@ def run_learning(args: argparse.Namespace) -> dict[str, Any]:
     print(f"probe ({int(probe_label.sum())} lesion voxels in 4 fixed patches):")
     for probe in probes:
         print(json.dumps(probe))
-    return {"steps": len(log), "cpu_seconds": args.seconds, "windows": windows, "probes": probes, "log": log}
+    minutes = (time.perf_counter() - wall) / 60
+    print(f"{len(log)} steps ({len(log) / len(cached):.1f} draws per volume), {minutes:.1f} wall minutes")
+    return {
+        "recipe": str(args.recipe) if args.recipe else "demo-lesion",
+        "config": config,
+        "steps": len(log),
+        "cpu_seconds": args.seconds,
+        "wall_minutes": minutes,
+        "windows": windows,
+        "probes": probes,
+        "log": log,
+    }
 
 
 def run_detect(args: argparse.Namespace) -> dict[str, Any]:
@@ -332,10 +356,11 @@ def run_detect(args: argparse.Namespace) -> dict[str, Any]:
     from lesionseg.inference.pipeline import load_model, segment_image
     from lesionseg.metrics.case import case_detection
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     cases = cohort(args.work, args.cases, args.seed)
-    model = load_model(ROOT / "lesionseg" / "resources" / "models" / "demo-lesion", "cpu")
-    folder = args.work / f"detect-{args.seed}"
+    model_dir = args.model or ROOT / "lesionseg" / "resources" / "models" / "demo-lesion"
+    model = load_model(model_dir, "cpu")
+    folder = args.work / f"detect-{args.seed}" if args.model is None else args.model / f"detect-{args.seed}"
     thresholds = [float(t) for t in args.thresholds.split(",")]
     per_kind: dict[str, dict[str, list[int]]] = {}
     for case in cases:
@@ -383,6 +408,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=180.0, help="learning: CPU seconds to train")
     parser.add_argument("--thresholds", default="0.1,0.3,0.5,0.7", help="detect: FROC thresholds")
     parser.add_argument("--min-prediction-mm3", type=float, default=0.0, help="detect: smallest counted FP")
+    parser.add_argument("--recipe", type=Path, help="learning: a YAML/JSON config laid over the demo-lesion one")
+    parser.add_argument("--model", type=Path, help="detect: a trained model folder (default: the shipped demo-lesion)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args()
     detect = args.part == "detect"
     args.cases = args.cases or (6 if detect else 8)
@@ -391,7 +419,8 @@ def main() -> int:
     result = {"contrast": run_contrast, "sampling": run_sampling, "learning": run_learning, "detect": run_detect}[
         args.part
     ](args)
-    target = args.work / f"{args.part}-{args.seed}.json"
+    tag = f"-{args.recipe.stem}" if args.recipe and args.part == "learning" else ""
+    target = (args.model or args.work) / f"{args.part}-{args.seed}{tag}.json"
     target.write_text(json.dumps(result, indent=1, default=float) + "\n")
     print(f"wrote {target}")
     return 0

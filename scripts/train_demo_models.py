@@ -1,6 +1,7 @@
 """Train the two demo models that ship with LesionSeg, reproducibly, from synthetic phantoms only.
 
     .venv/bin/python scripts/train_demo_models.py [--work DIR] [--cases 24] [--seed 2026]
+    .venv/bin/python scripts/train_demo_models.py --only demo-lesion --recipe lesion-v2.yaml --models-out /tmp/try
 
 It generates a phantom cohort (``lesionseg.data``), builds one curated dataset per task with the
 engine's dataset API, trains with ``lesionseg.training`` on the CPU, and writes each result as a
@@ -27,6 +28,7 @@ from lesionseg.data import LABEL, SynthOptions, generate_cohort  # noqa: E402
 from lesionseg.datasets.cases import add_case  # noqa: E402
 from lesionseg.datasets.store import init_dataset  # noqa: E402
 from lesionseg.io import read_image  # noqa: E402
+from lesionseg.training.config import read_config_source  # noqa: E402
 from lesionseg.training.loop import train  # noqa: E402
 
 MODELS_OUT = ROOT / "lesionseg" / "resources" / "models"
@@ -130,11 +132,19 @@ def main() -> int:
     parser.add_argument("--only", choices=sorted(TASKS), action="append", help="train only this model")
     parser.add_argument("--epochs", type=int, help="override the epochs (for a quick check)")
     parser.add_argument("--models-out", type=Path, default=MODELS_OUT, help="where the model folders go")
+    parser.add_argument(
+        "--recipe",
+        type=Path,
+        help="a YAML/JSON training config laid over each trained task's config (recipe experiments, issue 18); "
+        "give --models-out elsewhere to keep the shipped models",
+    )
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args()
 
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
+    recipe = read_config_source(args.recipe) if args.recipe else {}
     work = args.work or Path(tempfile.mkdtemp(prefix="lesionseg-demo-train-"))
     cohort = work / "phantoms"
     if not (cohort / "cohort.json").is_file():
@@ -151,7 +161,8 @@ def main() -> int:
         if output.exists():
             shutil.rmtree(output)
         started = time.perf_counter()
-        result = train(dataset, _merge(COMMON, task["config"]), output, epochs=args.epochs, device="cpu")
+        config = _merge(_merge(COMMON, task["config"]), recipe)
+        result = train(dataset, config, output, epochs=args.epochs, device="cpu")
         print(f"{model_id}: trained in {time.perf_counter() - started:.0f} s: {result}")
         target = args.models_out / model_id
         if target.exists():

@@ -38,6 +38,16 @@ def channel_intensity(intensity: Mapping[str, Any], channel: int) -> dict[str, A
     return dict(FURTHER_CHANNEL_INTENSITY)
 
 
+def window_channels(volume: Any, windows: Sequence[Sequence[float]]) -> Any:
+    """One CT volume (a torch tensor of HU) as one channel per ``(low, high)`` window, each mapped to 0..1 and
+    clipped: ``[len(windows), *volume.shape]``.  Training (``ChannelIntensityd``) and inference (the pipeline's
+    channel scaling) both call this, so a model sees the same windows in both."""
+    import torch
+
+    volume = torch.as_tensor(volume, dtype=torch.float32)
+    return torch.stack([((volume - lo) / (hi - lo)).clamp(0.0, 1.0) for lo, hi in windows])
+
+
 def channel_modality(name: str) -> str | None:
     """The DICOM Modality a channel of this name holds (PET → PT), or None when the name does not say."""
     return CHANNEL_MODALITIES.get(name.strip().upper())

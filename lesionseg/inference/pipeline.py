@@ -157,10 +157,17 @@ def _plan_memory(plan: NetworkPlan, model: LoadedModel, crop_body: bool) -> Memo
     return memory
 
 
-def _channel_scaling(intensity: IntensitySpec) -> Callable[[Any, int], Any]:
-    """Each channel's intensity scaling: the spec's for the first, ``channels.channel_intensity``'s for the others."""
+def _channel_scaling(
+    intensity: IntensitySpec, windows: Sequence[tuple[float, float]] = ()
+) -> Callable[[Any, int], Any]:
+    """Each channel's intensity scaling: the spec's for the first, ``channels.channel_intensity``'s for the others;
+    with ``windows``, the one image becomes one network channel per window (``channels.window_channels``)."""
 
     def scale(volume, channel: int):
+        if windows:
+            from lesionseg.inference.channels import window_channels
+
+            return window_channels(volume, windows)
         if channel == 0:
             return _scale_intensity(volume, intensity)
         from lesionseg.inference.channels import channel_intensity
@@ -251,7 +258,7 @@ def prepare_network_input(
     progress.update(0.3)
     if crop_body:
         plan = _crop_to_body(plan, progress)
-    scaling = _channel_scaling(model.spec.preprocessing.intensity)
+    scaling = _channel_scaling(model.spec.preprocessing.intensity, model.spec.preprocessing.windows)
     network_input = plan.to_network(volume_device, scaling, further)
     progress.update(0.8)
     return plan, memory, volume_device, network_input

@@ -86,7 +86,8 @@ class NetworkPlan:
 
         ``further`` are a multi-channel model's other channels, on the input's grid: each takes the first one's way.
         ``scale(volume, channel)`` maps a channel's resampled intensities (a torch tensor on the whole grid) before
-        the crop, so statistics it takes over the volume do not depend on the crop.
+        the crop, so statistics it takes over the volume do not depend on the crop; it may give several network
+        channels for one image (``[n, k, j, i]``, intensity windows).
         """
         import torch
 
@@ -95,7 +96,7 @@ class NetworkPlan:
         for channel, array in enumerate(arrays):
             volume = resample_array_in_slabs(array, self.forward, device)
             volumes.append(volume if scale is None else scale(volume, channel))
-        volume = volumes[0][None] if len(volumes) == 1 else torch.stack(volumes)
+        volume = torch.cat([each if each.dim() == 4 else each[None] for each in volumes])
         del volumes
         volume = volume[(slice(None), *self.region)]
         if self.mirrored:

@@ -82,6 +82,8 @@ class PreprocessSpec:
     spacing: tuple[float, float, float] | None
     intensity: IntensitySpec
     orientation_quirk: str = "none"
+    # (low, high) HU windows: the image becomes one network channel per window, in place of ``intensity``.
+    windows: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -258,9 +260,20 @@ def validate_spec_dict(data: Any, where: str = "model spec") -> None:
             f"{where}: inference.threshold needs a model with one foreground label, but this one has "
             f"{channels - 1}; remove inference.threshold (such models take the most probable label)"
         )
+    windows = data["preprocessing"].get("windows", [])
+    if windows and int(data["input_channels"]) != 1:
+        raise ValueError(
+            f"{where}: preprocessing.windows splits one CT image into channels, but input_channels is "
+            f"{data['input_channels']}; give input_channels 1 (the image) or no windows"
+        )
+    bad = [pair for pair in windows if not pair[0] < pair[1]]
+    if bad:
+        raise ValueError(f"{where}: preprocessing.windows {bad[0]} has low not below high")
     in_channels = data["network"]["parameters"].get("in_channels")
-    if in_channels is not None and int(in_channels) != int(data["input_channels"]):
-        raise ValueError(f"{where}: input_channels {data['input_channels']} differs from the network's {in_channels}")
+    fed = int(data["input_channels"]) * max(1, len(windows))
+    if in_channels is not None and int(in_channels) != fed:
+        what = f"{len(windows)} windows of 1 image" if windows else f"input_channels {data['input_channels']}"
+        raise ValueError(f"{where}: {what} give {fed} network channels, but the network's in_channels is {in_channels}")
     inputs = data.get("inputs")
     if inputs is not None:
         if len(inputs) != int(data["input_channels"]):
@@ -276,6 +289,10 @@ def validate_spec_dict(data: Any, where: str = "model spec") -> None:
 def _given(data: Mapping[str, Any], convert: Mapping[str, Callable[[Any], Any]]) -> dict[str, Any]:
     """The fields ``data`` gives, converted; the dataclass defaults stand for the others."""
     return {name: to(data[name]) for name, to in convert.items() if name in data}
+
+
+def _windows(value: Any) -> tuple[tuple[float, float], ...]:
+    return tuple((float(lo), float(hi)) for lo, hi in value)
 
 
 def _optional_float(value: Any) -> float | None:
@@ -302,7 +319,7 @@ def spec_from_dict(data: dict[str, Any], folder: Path | None = None, where: str 
             orientation=pre["orientation"],
             spacing=None if pre["spacing"] is None else tuple(float(s) for s in pre["spacing"]),
             intensity=IntensitySpec(**pre["intensity"]),
-            **_given(pre, {"orientation_quirk": str}),
+            **_given(pre, {"orientation_quirk": str, "windows": _windows}),
         ),
         inference=InferenceSpec(
             roi_size=tuple(int(r) for r in infer["roi_size"]),

@@ -39,6 +39,9 @@ DEFAULTS: dict[str, Any] = {
         "num_res_units": 2,
         "norm": "batch",
         "dropout": 0.0,
+        # DynUNet only: extra output heads at this many coarser decoder levels, trained with weights halving
+        # per level (MONAI's DeepSupervisionLoss); inference uses the full-resolution head alone.  0: none.
+        "deep_supervision": 0,
         "parameters": {},
     },
     "preprocessing": {
@@ -47,6 +50,9 @@ DEFAULTS: dict[str, Any] = {
         "intensity": {"kind": "range", "a_min": -57.0, "a_max": 164.0, "b_min": 0.0, "b_max": 1.0, "clip": True},
         # > 0: train on the box around the labels plus this margin (a cascade's refinement stage).
         "crop_to_label_mm": 0.0,
+        # [[lo, hi], ...] in HU: one CT image becomes one network channel per window, each scaled to 0..1 and
+        # clipped (e.g. bone -200..1500 and soft tissue -150..250), in place of ``intensity``; [] keeps one channel.
+        "windows": [],
     },
     "cascade": {
         "coarse_factor": 2.0,  # stage 1 works on voxels this many times larger than preprocessing.spacing
@@ -64,6 +70,12 @@ DEFAULTS: dict[str, Any] = {
         "scale_range": 0.1,
         "intensity_shift_prob": 0.0,
         "intensity_shift": 0.1,
+        # pos_neg: MONAI's RandCropByPosNegLabeld with ``positive``:``negative`` crops centred on foreground
+        # and background; label_classes: RandCropByLabelClassesd, crops centred on each label value in
+        # proportion to ``class_ratios`` (one per value, background first; [] is equal), so lesion kinds
+        # held as separate labels are sampled alike.
+        "sampling": "pos_neg",
+        "class_ratios": [],
     },
     "loss": {"name": "DiceCE", "include_background": False, "focal_gamma": 2.0},
     "optimizer": {"name": "Adam", "lr": 1e-3, "weight_decay": 0.0, "momentum": 0.9},
@@ -85,6 +97,8 @@ DEFAULTS: dict[str, Any] = {
         "seed": 0,
         "deterministic": False,  # True: cuDNN's deterministic kernels (slower on GPU; CPU runs are repeatable anyway)
         "validation_fraction": 0.2,  # used when dataset.json holds no split
+        # True: train only on cases holding a lesion label (dataset.json lesion_labels); validation keeps them all.
+        "exclude_lesion_free": False,
         "tensorboard": False,  # True: also write TensorBoard logs to OUTPUT/tensorboard (needs the package)
     },
     "validation": {
@@ -109,6 +123,7 @@ CHOICES = {
     ("optimizer", "name"): OPTIMIZERS,
     ("schedule", "name"): SCHEDULES,
     ("validation", "select"): ("case_mean", "pooled"),
+    ("augmentation", "sampling"): ("pos_neg", "label_classes"),
 }
 
 
@@ -200,6 +215,8 @@ def _merge(default: Any, given: Any, path: tuple[str, ...]) -> Any:
         return _intensity(given)
     if path == ("preprocessing", "spacing") and given is None:
         return None
+    if path == ("preprocessing", "windows"):
+        return check_windows(given, "config preprocessing.windows")
     if isinstance(default, dict):
         if not isinstance(given, dict):
             raise ValueError(f"config {name}: must be a mapping, got {_kind(given)}")
@@ -217,6 +234,24 @@ def _merge(default: Any, given: Any, path: tuple[str, ...]) -> Any:
     if isinstance(default, list) and not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in given):
         raise ValueError(f"config {name}: must be a list of numbers, got {given!r}")
     return copy.deepcopy(given)
+
+
+def check_windows(given: Any, where: str) -> list[list[float]]:
+    """``[[lo, hi], ...]`` intensity windows (lo < hi), or [] for none; anything else is refused naming ``where``."""
+    shape = "a list of [low, high] pairs, e.g. [[-200, 1500], [-150, 250]] (bone and soft tissue), or []"
+    if not isinstance(given, list):
+        raise ValueError(f"{where}: must be {shape}, got {given!r}")
+    out = []
+    for pair in given:
+        numbers = isinstance(pair, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pair)
+        if not numbers or len(pair) != 2:
+            raise ValueError(f"{where}: must be {shape}; {pair!r} is not a [low, high] pair")
+        if not pair[0] < pair[1]:
+            raise ValueError(f"{where}: window {pair!r} has low {pair[0]} not below high {pair[1]}")
+        out.append([float(pair[0]), float(pair[1])])
+    if len(out) == 1:
+        raise ValueError(f"{where}: one window is preprocessing.intensity's range; give two or more, or []")
+    return out
 
 
 def _intensity(given: Any) -> dict[str, Any]:
@@ -269,6 +304,12 @@ def _check_semantics(config: dict[str, Any]) -> None:
             raise ValueError("config network.slice_mode: only UNet and DynUNet can run on slices")
         if aug["patch_size"][2] != 1:
             raise ValueError(f"config: slice_mode needs patch_size [H, W, 1], got {aug['patch_size']}")
+    heads = net["deep_supervision"]
+    if heads and (net["name"] != "DynUNet" or int(heads) != heads or not 0 < heads < len(net["strides"]) - 1):
+        raise ValueError(
+            f"config network.deep_supervision: {heads} is not available; DynUNet only, a whole number from 1 "
+            f"to its levels minus 2 ({len(net['strides']) - 2} here), or 0 for none"
+        )
     factor = 1
     for stride in net["strides"]:
         factor *= stride
@@ -289,6 +330,13 @@ def _check_semantics(config: dict[str, Any]) -> None:
         raise ValueError(f"config optimizer.lr: {config['optimizer']['lr']} is not a sensible learning rate")
     if not 0 <= train["cache_rate"] <= 1:
         raise ValueError("config training.cache_rate: a fraction in [0, 1]")
+    aug_ratios = aug["class_ratios"]
+    if any(v < 0 for v in aug_ratios) or (aug_ratios and sum(aug_ratios) <= 0):
+        raise ValueError(f"config augmentation.class_ratios: non-negative numbers, not all 0, got {aug_ratios}")
+    if aug_ratios and aug["sampling"] != "label_classes":
+        raise ValueError("config augmentation.class_ratios: only used with augmentation.sampling: label_classes")
+    if aug["positive"] < 0 or aug["negative"] < 0 or aug["positive"] + aug["negative"] <= 0:
+        raise ValueError("config augmentation.positive/negative: non-negative, not both 0")
     if config["validation"]["interval"] < 1:
         raise ValueError("config validation.interval: at least 1 (validate every N epochs)")
 

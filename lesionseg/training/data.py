@@ -134,6 +134,8 @@ def dataset_datalists(
             f"random {config['training']['validation_fraction']:.0%} validation by patient/study, "
             f"seed {config['training']['seed']}"
         )
+    if config["training"]["exclude_lesion_free"]:
+        train_ids = _with_lesions(dataset, manifest, train_ids)
     if not train_ids:
         raise ValueError("no training cases left after the split; add cases or lower the validation fraction")
     labels = dataset.labels()
@@ -158,6 +160,21 @@ def dataset_datalists(
     }
 
 
+def _with_lesions(dataset: Dataset, manifest: Mapping[str, Any], train_ids: list[str]) -> list[str]:
+    """``training.exclude_lesion_free``: the training cases that hold a lesion label (validation keeps all)."""
+    lesion_labels = set(dataset.lesion_labels())
+    if not lesion_labels:
+        raise ValueError(
+            'training.exclude_lesion_free needs lesion labels: set "lesion_labels" in dataset.json '
+            "(e.g. `lesionseg dataset init ... --lesion-labels lesion`)"
+        )
+    kept = [c for c in train_ids if set(dataset.current_version(manifest, c)["labels_present"]) & lesion_labels]
+    if not kept:
+        raise ValueError("training.exclude_lesion_free: no training case holds a lesion label; nothing to train on")
+    log.info("training.exclude_lesion_free: %d of %d training cases hold lesions", len(kept), len(train_ids))
+    return kept
+
+
 def deterministic_transforms(config: dict[str, Any]) -> list:
     """Load, orient, resample and scale: run once per volume and cached."""
     from monai import transforms as mt
@@ -172,35 +189,44 @@ def deterministic_transforms(config: dict[str, Any]) -> list:
         chain.append(mt.Spacingd(keys=KEYS, pixdim=pre["spacing"], mode=("bilinear", "nearest")))
     if pre["crop_to_label_mm"] > 0:
         chain.append(CropAroundLabeld(pre["crop_to_label_mm"], pre["spacing"]))
-    chain.append(intensity_transform(pre["intensity"]))
+    chain.append(intensity_transform(pre["intensity"], pre["windows"]))
     # Crops must fit: pad volumes smaller than a patch.
     chain.append(mt.SpatialPadd(keys=KEYS, spatial_size=config["augmentation"]["patch_size"]))
     chain.append(mt.EnsureTyped(keys=KEYS, dtype=(np.float32, np.uint8), track_meta=False))
     return chain
 
 
-def intensity_transform(intensity: dict[str, Any]):
+def intensity_transform(intensity: dict[str, Any], windows: Sequence[Sequence[float]] = ()):
     """The configured intensity scaling; on a multi-channel image, per channel (:class:`ChannelIntensityd`)."""
-    return ChannelIntensityd(intensity)
+    return ChannelIntensityd(intensity, windows)
 
 
 class ChannelIntensityd:
     """Scale ``image``'s intensities channel by channel: the configured scaling on the first channel, and
     :func:`lesionseg.inference.channels.channel_intensity`'s rule (what inference does) on the others.
 
-    A single-channel image gets exactly the configured MONAI transform.
+    A single-channel image gets exactly the configured MONAI transform.  With ``windows``, the (single, CT)
+    channel becomes one channel per window instead (:func:`lesionseg.inference.channels.window_channels`).
     """
 
-    def __init__(self, intensity: dict[str, Any]):
+    def __init__(self, intensity: dict[str, Any], windows: Sequence[Sequence[float]] = ()):
         self.intensity = dict(intensity)
+        self.windows = [tuple(pair) for pair in windows]
         self.first = _monai_intensity(self.intensity)
 
     def __call__(self, data: dict) -> dict:
         import torch
 
-        from lesionseg.inference.channels import channel_intensity
+        from lesionseg.inference.channels import channel_intensity, window_channels
 
         image = data["image"]
+        if self.windows:
+            if image.shape[0] != 1:
+                raise ValueError(
+                    f"preprocessing.windows splits one CT image into channels; this dataset has {image.shape[0]} "
+                    "image channels (set windows: [] for a multi-channel dataset)"
+                )
+            return {**data, "image": window_channels(torch.as_tensor(image)[0], self.windows)}
         if image.shape[0] == 1:
             return self.first(data)
         parts = [self.first({"image": image[:1]})["image"]]
@@ -225,27 +251,19 @@ def _monai_intensity(intensity: dict[str, Any]):
     return mt.NormalizeIntensityd(keys="image", nonzero=intensity["nonzero"])
 
 
-def random_transforms(config: dict[str, Any], device: Any = None) -> list:
-    """Per-iteration augmentation on cached tensors (moved to ``device`` first)."""
+def random_transforms(config: dict[str, Any], device: Any = None, num_classes: int | None = None) -> list:
+    """Per-iteration augmentation on cached tensors (moved to ``device`` first).
+
+    ``num_classes`` (label values 0..n-1) is needed by ``augmentation.sampling: label_classes`` unless its
+    ``class_ratios`` give one ratio per class.
+    """
     from monai import transforms as mt
 
     aug = config["augmentation"]
     chain: list = []
     if device is not None and str(device) != "cpu":
         chain.append(mt.EnsureTyped(keys=KEYS, device=device, track_meta=False))
-    chain.append(
-        mt.RandCropByPosNegLabeld(
-            keys=KEYS,
-            label_key="label",
-            spatial_size=aug["patch_size"],
-            pos=aug["positive"],
-            neg=aug["negative"],
-            num_samples=int(aug["samples_per_volume"]),
-            image_key="image",
-            image_threshold=0,
-            allow_smaller=True,
-        )
-    )
+    chain.append(_crop(aug, num_classes))
     if aug["flip_prob"] > 0:
         axes = (0, 1) if config["network"]["slice_mode"] else (0, 1, 2)
         chain += [mt.RandFlipd(keys=KEYS, prob=aug["flip_prob"], spatial_axis=a) for a in axes]
@@ -285,6 +303,35 @@ def random_transforms(config: dict[str, Any], device: Any = None) -> list:
             mt.RandShiftIntensityd(keys="image", offsets=aug["intensity_shift"], prob=aug["intensity_shift_prob"])
         )
     return chain
+
+
+def _crop(aug: dict[str, Any], num_classes: int | None):
+    """The training crop: foreground and background centres (pos_neg) or centres on each label value."""
+    from monai import transforms as mt
+
+    common = {
+        "keys": KEYS,
+        "label_key": "label",
+        "spatial_size": aug["patch_size"],
+        "num_samples": int(aug["samples_per_volume"]),
+        "allow_smaller": True,
+    }
+    if aug["sampling"] == "pos_neg":
+        return mt.RandCropByPosNegLabeld(
+            **common, pos=aug["positive"], neg=aug["negative"], image_key="image", image_threshold=0
+        )
+    ratios = list(aug["class_ratios"])
+    if num_classes is None:
+        num_classes = len(ratios)
+    if num_classes < 2:
+        raise ValueError("augmentation.sampling label_classes: the number of label classes is unknown here")
+    if ratios and len(ratios) != num_classes:
+        raise ValueError(
+            f"augmentation.class_ratios gives {len(ratios)} ratios, but the labels have {num_classes} classes "
+            "(background and each label value); give one ratio per class, background first"
+        )
+    # A class absent from a volume gets no crops there (MONAI warns and redistributes its share).
+    return mt.RandCropByLabelClassesd(**common, ratios=ratios or None, num_classes=num_classes, warn=False)
 
 
 class CropAroundLabeld:

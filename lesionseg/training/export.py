@@ -42,13 +42,14 @@ def build_spec(
         "version": config["model"]["version"],
         "description": config["model"]["description"] or f"Trained by lesionseg train on dataset {dataset['name']}",
         "network": {"name": net_name, "parameters": net_params},
-        "input_channels": int(net_params.get("in_channels", 1)),
+        "input_channels": int(net_params.get("in_channels", 1)) // max(1, len(pre["windows"])),
         **_inputs(dataset.get("channels", [])),
         "preprocessing": {
             "orientation": pre["orientation"],
             "orientation_quirk": "none",
             "spacing": None if pre["spacing"] is None else [float(v) for v in pre["spacing"]],
             "intensity": intensity,
+            **({"windows": [[float(lo), float(hi)] for lo, hi in pre["windows"]]} if pre["windows"] else {}),
         },
         "inference": {
             "roi_size": [int(v) for v in config["augmentation"]["patch_size"]],

@@ -91,10 +91,28 @@ def _loss(config: dict[str, Any]) -> Any:
     spec = config["loss"]
     common = {"to_onehot_y": True, "softmax": True, "include_background": spec["include_background"]}
     if spec["name"] == "Dice":
-        return losses.DiceLoss(**common)
-    if spec["name"] == "DiceFocal":
-        return losses.DiceFocalLoss(**common, gamma=spec["focal_gamma"])
-    return losses.DiceCELoss(**common)
+        loss = losses.DiceLoss(**common)
+    elif spec["name"] == "DiceFocal":
+        loss = losses.DiceFocalLoss(**common, gamma=spec["focal_gamma"])
+    else:
+        loss = losses.DiceCELoss(**common)
+    return _DeepSupervised(loss) if config["network"]["deep_supervision"] else loss
+
+
+class _DeepSupervised:
+    """A loss over a deeply supervised DynUNet's training output ``[batch, heads, classes, ...]`` (full resolution
+    first), weighted by MONAI's DeepSupervisionLoss; a plain output (evaluation) gets the loss alone."""
+
+    def __init__(self, loss: Any):
+        from monai.losses import DeepSupervisionLoss
+
+        self.loss = DeepSupervisionLoss(loss, weight_mode="exp")
+
+    def __call__(self, output: Any, label: Any) -> Any:
+        import torch
+
+        heads = list(torch.unbind(output, dim=1)) if output.dim() == label.dim() + 1 else output
+        return self.loss(heads, label)
 
 
 def _state_digest(state: dict[str, Any]) -> str:
@@ -357,7 +375,9 @@ class _Training:
         self.amp = bool(config["training"]["amp"]) and torch_device.type == "cuda"
         _seed(config, rank, torch_device)
         self._load_data(dataset_dir, checkpoint, new_split, kept_split)
-        self.net_name, self.net_params, model = config_network(config, max(self.labels) + 1, len(self.data["channels"]))
+        self.net_name, self.net_params, model = config_network(
+            config, max(self.labels) + 1, len(self.data["channels"]) * max(1, len(config["preprocessing"]["windows"]))
+        )
         self.model = model.to(torch_device)
         self.optimizer = _optimizer(config, self.model.parameters())
         self.scheduler = _scheduler(config, self.optimizer, config["training"]["epochs"])
@@ -409,7 +429,7 @@ class _Training:
             from monai.data import partition_dataset
 
             train_items = partition_dataset(train_items, num_partitions=world, shuffle=False, even_divisible=True)[rank]
-        random_chain = random_transforms(config, self.device)
+        random_chain = random_transforms(config, self.device, max(self.labels) + 1)
         self.random_parts = _random_sources(random_chain, Randomizable)
         train_ds = CacheDataset(
             train_items,

@@ -51,6 +51,8 @@ def network_parameters(config: dict[str, Any], out_channels: int, in_channels: i
             "dropout": float(net["dropout"]) or None,
             "res_block": True,
         }
+        if net["deep_supervision"]:
+            params.update(deep_supervision=True, deep_supr_num=int(net["deep_supervision"]))
     elif name == "SegResNet":
         params = {
             "spatial_dims": 3,
