@@ -334,6 +334,9 @@ class SegmentationRun(BackgroundRun):
         crop_body: bool = False,
         threshold: float | None = None,
         worker: ManagedWorker | None = None,
+        backend: str = "auto",
+        precision: str | None = None,
+        allow_modality: str | None = None,
     ) -> None:
         image = check_input_volume(volume_node)
         problem = weights_problem(entry)
@@ -350,6 +353,8 @@ class SegmentationRun(BackgroundRun):
         self.worker = worker or session_worker(python, environment)
         self.models_dir, self.crop_body, self.timeout_s = models_dir, crop_body, timeout_s
         self.user_threshold = threshold  # None: the spec's own cut, applied by the engine
+        # as segment's --backend, --precision and --allow-modality: a run in the worker honours the same options
+        self.options = {"backend": backend, "precision": precision, "allow_modality": allow_modality}
         self.request: WorkerRequest | None = None
         self.status = RunStatus(stage="waiting to start")
         self.started = 0.0
@@ -366,6 +371,7 @@ class SegmentationRun(BackgroundRun):
             crop_body=self.crop_body,
             threshold=None if self.user_threshold is None else float(self.user_threshold),
             models_dir=self.models_dir,
+            **self.options,
         )
         self.status.stage = "starting"
         return self
@@ -572,11 +578,15 @@ class SegmentingLogic:
         device: str = "auto",
         cropBody: bool = False,
         threshold: float | None = None,
+        backend: str = "auto",
+        precision: str | None = None,
+        allowModality: str | None = None,
     ) -> SegmentationRun:
         """Write the volume for the child, start the job, and return the run to poll.
 
         ``cropBody`` skips the air around the body; ``threshold`` (models with one foreground label) is the
-        probability above which a voxel is foreground, None for the model's default.
+        probability above which a voxel is foreground, None for the model's default. ``backend``, ``precision``
+        and ``allowModality`` are ``segment``'s options of those names.
         """
         python = self.pythonExecutable or slicer_python()
         run = SegmentationRun(
@@ -591,6 +601,9 @@ class SegmentingLogic:
             self.childEnvironment,
             crop_body=cropBody,
             threshold=threshold,
+            backend=backend,
+            precision=precision,
+            allow_modality=allowModality,
         )
         return run.start()
 
