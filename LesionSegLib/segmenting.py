@@ -349,7 +349,7 @@ class SegmentationRun(BackgroundRun):
         self.input_path = self.work_dir / "input.nrrd"
         self.output_path = self.work_dir / "labels.nrrd"
         self.input_image = image
-        write_image(image, self.input_path)
+        write_image(image, self.input_path, compress=False)  # read once, at once: gzip would cost seconds both ways
         self.worker = worker or session_worker(python, environment)
         self.models_dir, self.crop_body, self.timeout_s = models_dir, crop_body, timeout_s
         self.user_threshold = threshold  # None: the spec's own cut, applied by the engine

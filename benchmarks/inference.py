@@ -83,7 +83,7 @@ def warm_repeat(args, size: list[int], folder: Path, source: Path, work: Path) -
     from lesionseg.jobs import EventKind, JobState, WarmWorker
 
     # The files the modules exchange with their worker: the volume as the engine's NRRD, a labelmap NRRD back.
-    source = write_image(read_image(source), work / "input.nrrd")
+    source = write_image(read_image(source), work / "input.nrrd", compress=False)
 
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])

@@ -215,8 +215,8 @@ class OpenVINONetwork:
 
         window = tuple(int(n) for n in batch.shape[1:])
         inputs = batch.detach().to("cpu", torch.float32).contiguous().numpy()
-        result = self.compiled(window)(inputs)
-        return torch.from_numpy(result[0].copy())
+        result = self.compiled(window)(inputs)  # share_outputs=False: the array is already this call's own copy
+        return torch.from_numpy(result[0])
 
 
 def openvino_network(

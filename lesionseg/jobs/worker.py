@@ -90,7 +90,6 @@ def serve(stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
                 raise ValueError(f"unknown worker command {command!r}; use segment, release or shutdown")
             from lesionseg.inference.openvino_backend import check_backend, check_precision
             from lesionseg.inference.pipeline import load_model, resolve_spec, segment_file
-            from lesionseg.models.weights import verify_weights
 
             def tagged(event: dict[str, Any], rid=request_id) -> None:
                 send(protocol.tagged(event, rid))
@@ -104,9 +103,9 @@ def serve(stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
             reused = key == loaded["key"]
             dropped = None
             started = time.perf_counter()
-            if reused:
-                verify_weights(loaded["model"].spec)  # every run hashes the file it runs, as segment does
-            else:
+            if not reused:
+                # The weights were hashed when they were loaded; a kept model runs those bytes from memory, and
+                # the key's size and mtime make a rewritten file load (and hash) again.
                 dropped = drop()  # before loading the next one: never two models in memory
                 loaded.update(model=load_model(spec, device, backend=backend, precision=precision), key=key)
             tagged(protocol.model(spec.id, reused, dropped, os.getpid(), round(time.perf_counter() - started, 3)))
