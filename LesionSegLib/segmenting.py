@@ -369,6 +369,9 @@ class SegmentationRun(BackgroundRun):
         worker: ManagedWorker | None = None,
         channel_nodes: Sequence[Any] = (),
         nnunet_options: nnunetmodels.NnunetRunOptions | None = None,
+        backend: str = "auto",
+        precision: str | None = None,
+        allow_modality: str | None = None,
     ) -> None:
         image = check_input_volume(volume_node)
         problem = weights_problem(entry)
@@ -400,17 +403,19 @@ class SegmentationRun(BackgroundRun):
         self.input_path = self.work_dir / "input.nrrd"
         self.output_path = self.work_dir / "labels.nrrd"
         self.input_image = image
-        write_image(image, self.input_path)
+        write_image(image, self.input_path, compress=False)  # read once, at once: gzip would cost seconds both ways
         self.channel_nodes = list(channel_nodes)
         self.input_paths = [self.input_path]
         for index, channel in enumerate(further, start=1):
             self.input_paths.append(self.work_dir / f"channel{index}.nrrd")
-            write_image(channel, self.input_paths[-1])
+            write_image(channel, self.input_paths[-1], compress=False)
         self.python, self.environment = python, environment
         self.stderr_explains_failure = self.nnunet  # a one-shot job's stderr is this run's alone
         self.worker = None if self.nnunet else (worker or session_worker(python, environment))
         self.models_dir, self.crop_body, self.timeout_s = models_dir, crop_body, timeout_s
         self.user_threshold = threshold  # None: the spec's own cut, applied by the engine
+        # as segment's --backend, --precision and --allow-modality: a run in the worker honours the same options
+        self.options = {"backend": backend, "precision": precision, "allow_modality": allow_modality}
         self.request: WorkerRequest | Job | None = None
         self.status = RunStatus(stage="waiting to start")
         self.started = 0.0
@@ -442,6 +447,7 @@ class SegmentationRun(BackgroundRun):
             crop_body=self.crop_body,
             threshold=None if self.user_threshold is None else float(self.user_threshold),
             models_dir=self.models_dir,
+            **self.options,
         )
         self.status.stage = "starting"
         return self
@@ -708,13 +714,17 @@ class SegmentingLogic:
         threshold: float | None = None,
         channelVolumes: Sequence[Any] = (),
         nnunetOptions: nnunetmodels.NnunetRunOptions | None = None,
+        backend: str = "auto",
+        precision: str | None = None,
+        allowModality: str | None = None,
     ) -> SegmentationRun:
         """Write the volume for the child, start the job, and return the run to poll.
 
         ``cropBody`` skips the air around the body; ``threshold`` (models with one foreground label) is the
         probability above which a voxel is foreground, None for the model's default. ``channelVolumes`` are the
         further channels' volumes of a multi-channel model; ``nnunetOptions`` an nnU-Net model's run options
-        (None: its sidecar's).
+        (None: its sidecar's). ``backend``, ``precision`` and ``allowModality`` are ``segment``'s options of those
+        names (LesionSeg's own models, in the warm worker).
         """
         python = self.pythonExecutable or slicer_python()
         run = SegmentationRun(
@@ -731,6 +741,9 @@ class SegmentingLogic:
             threshold=threshold,
             channel_nodes=channelVolumes,
             nnunet_options=nnunetOptions,
+            backend=backend,
+            precision=precision,
+            allow_modality=allowModality,
         )
         return run.start()
 

@@ -52,6 +52,19 @@ def test_file_round_trip_keeps_every_voxel_in_place(tmp_path, name, suffix):
     assert back.array.dtype == image.array.dtype
 
 
+@pytest.mark.parametrize("suffix", [".nrrd", ".mha"])
+def test_uncompressed_files_keep_every_voxel_in_place_and_are_stored_raw(tmp_path, suffix):
+    """The modules hand their worker a raw NRRD (``compress=False``): same image, read in ITK too, no gzip."""
+    image = make_image("oblique_30_30")
+    packed = write_image(image, tmp_path / f"packed{suffix}")
+    raw = write_image(image, tmp_path / f"raw{suffix}", compress=False)
+    assert_same_physical_image(image, read_image(raw))
+    assert_same_physical_image(image, from_sitk(sitk.ReadImage(str(raw))))
+    np.testing.assert_array_equal(read_image(raw).array, read_image(packed).array)
+    voxels = np.ascontiguousarray(image.array).astype("<i2").tobytes()
+    assert voxels in raw.read_bytes() and voxels not in packed.read_bytes()
+
+
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd"])
 def test_files_we_write_read_the_same_in_simpleitk(tmp_path, suffix):
     """An independent reader (ITK) agrees with our NIfTI and NRRD geometry, RAS/LPS flip included."""

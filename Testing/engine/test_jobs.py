@@ -144,6 +144,53 @@ def test_warm_worker_second_request_reuses_the_model_and_gives_the_same_labels(i
     assert Path(tmp_path / "first.nii.gz").exists()
 
 
+@pytest.mark.slow
+def test_warm_worker_honours_backend_precision_and_allow_modality_as_segment_does(inputs, tmp_path):
+    pytest.importorskip("openvino")
+    from lesionseg.dicom import read_dicom_volume, write_ct_series
+    from lesionseg.inference.openvino_backend import bf16_supported
+
+    root, _fast, _slow, ct = inputs
+    spec = threshold_spec_dict("ct-only", spacing=None, roi=(48, 48, 48))
+    spec["modality"] = "CT"
+    model = write_model_folder(tmp_path / "ct-only", spec, threshold_state())
+    series = tmp_path / "mr"
+    write_ct_series(read_image(ct), series, extra={"Modality": "MR"}, uid_seed="worker-mr")
+    worker = WarmWorker().start()
+    try:
+
+        def run(name: str, **options) -> tuple[JobState, dict, list]:
+            request = worker.submit(str(model), series, tmp_path / f"{name}.nii.gz", device="cpu", **options)
+            state = request.wait(180)
+            events = request.poll()
+            reused = [e.data["reused"] for e in events if e.kind is EventKind.MODEL]
+            return state, request.result or {"error": request.error_text}, reused
+
+        state, refused, _ = run("refused", backend="torch")
+        assert state is JobState.FAILED and "--allow-modality MR" in refused["error"], refused
+        state, result, reused = run("torch", backend="torch", allow_modality="MR")
+        assert state is JobState.SUCCEEDED, result
+        assert result["backend"] == "torch" and any("--allow-modality MR" in w for w in result["warnings"])
+        assert reused == [True]  # the refused request loaded the same model with the same options
+        state, result, reused = run("openvino", backend="openvino", allow_modality="MR")
+        assert state is JobState.SUCCEEDED, result
+        assert (result["backend"], result["precision"], reused) == ("openvino", "fp32", [False])
+        state, result, reused = run("bf16", backend="openvino", precision="bf16", allow_modality="MR")
+        assert state is JobState.SUCCEEDED, result
+        assert result["precision"] == ("bf16" if bf16_supported() else "fp32") and reused == [False]
+        # A bad option is refused before anything is dropped: the bf16 model is still the loaded one.
+        state, bad, _ = run("bad", backend="tensorflow", allow_modality="MR")
+        assert state is JobState.FAILED and "tensorflow" in bad["error"]
+        state, result, reused = run("again", backend="openvino", precision="bf16", allow_modality="MR")
+        assert state is JobState.SUCCEEDED and reused == [True], result
+        expected = sphere_label(read_dicom_volume(series))  # the HU as the series stores them
+        for name in ("torch", "openvino", "bf16", "again"):
+            np.testing.assert_array_equal(read_image(tmp_path / f"{name}.nii.gz").array, expected)
+        assert not (tmp_path / "refused.nii.gz").exists()
+    finally:
+        worker.close()
+
+
 @dataclass
 class StartupInfoStandIn:
     """Stand-in for Windows' subprocess.STARTUPINFO (absent on this platform): it only records its fields."""

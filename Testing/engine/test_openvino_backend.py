@@ -223,3 +223,22 @@ def test_read_only_model_folder_caches_in_the_user_cache(model_folder, tmp_path,
     network = openvino_network(object(), "0" * 64, model_folder, "my model/v1")
     assert network.folder == tmp_path / "user-cache" / "lesionseg" / "openvino" / "my_model_v1"
     assert openvino_backend.cache_folder(None, "x") == tmp_path / "user-cache" / "lesionseg" / "openvino" / "x"
+
+
+def test_openvino_runs_with_the_thread_count_torch_runs_with(model_folder):
+    import torch
+
+    before = torch.get_num_threads()
+    window = (1, 32, 32, 32)
+    try:
+        model = load_model(str(model_folder), "cpu", backend="openvino")
+        counts = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            counts.append(model.network.compiled(window).get_property("INFERENCE_NUM_THREADS"))
+        # OpenVINO's own default is every core; here each count is torch's, the second from the cached blob.
+        assert counts == [1, 2] and model.network.rebuilt == ["network-1x32x32x32-fp32.blob"]
+        given = openvino_network(model.network.network, "0" * 64, model_folder / "other", "m", threads=1)
+        assert given.compiled(window).get_property("INFERENCE_NUM_THREADS") == 1  # torch is at 2 here
+    finally:
+        torch.set_num_threads(before)

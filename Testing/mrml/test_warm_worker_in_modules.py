@@ -256,6 +256,18 @@ def test_a_result_event_from_the_worker_still_carries_warnings_and_the_threshold
     assert seen[-1].kind is EventKind.FINISHED and seen[-1].data["state"] == "succeeded"
 
 
+def test_the_modules_send_backend_and_precision_to_the_worker_as_segment_takes_them(logic):
+    pytest.importorskip("openvino")
+    results = []
+    for backend in ("torch", "openvino", "openvino"):
+        run = logic.startSegmentation(logic.volume, logic.modelEntry("organ-a"), "cpu", backend=backend)
+        assert run.request.wait(120) is JobState.SUCCEEDED, run.request.error_text
+        result = run.request.result
+        results.append((result["backend"], result["precision"], result["model_reused"]))
+    # another backend is another loaded model; the same one is kept
+    assert results == [("torch", "fp32", False), ("openvino", "fp32", False), ("openvino", "fp32", True)]
+
+
 def test_a_busy_worker_ends_when_the_application_dies_without_cleanup(models, tmp_path):
     """Slicer killed mid-run: no cleanup, no atexit; the worker must not go on segmenting for nobody (its next
     progress event finds no reader, and it ends)."""

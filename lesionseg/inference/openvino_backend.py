@@ -14,6 +14,9 @@ OpenVINO version, the window shape, the precision and the blob's own SHA-256.  A
 Backend order (``--backend``): ``torch`` always runs torch; ``openvino`` and ``auto`` run OpenVINO when the
 network runs on the CPU and ``openvino`` is importable; on CUDA the network always runs on torch.  When
 ``openvino`` is missing the run goes on with torch and says so in one line.
+
+Threads: OpenVINO runs with torch's thread count (``torch.set_num_threads``, ``OMP_NUM_THREADS``), passed as
+``INFERENCE_NUM_THREADS`` when the network is compiled or imported, so both backends use the same number.
 """
 
 from __future__ import annotations
@@ -125,10 +128,9 @@ class OpenVINONetwork:
         self.version = ov.get_version()
         self.core = ov.Core()
         self.config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": _OV_PRECISION[precision]}
-        if threads:
-            self.config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.threads = int(threads) if threads else None  # None: torch's count when the network is compiled
         self.log = log
-        self._compiled: dict[tuple[int, ...], Any] = {}
+        self._compiled: dict[tuple[tuple[int, ...], int], Any] = {}
         self.rebuilt: list[str] = []  # blobs (re)built by this object, for tests and reports
 
     def paths(self, window: tuple[int, ...]) -> tuple[Path, Path]:
@@ -144,6 +146,19 @@ class OpenVINONetwork:
             "precision": self.precision,
         }
 
+    def thread_count(self) -> int:
+        """The CPU threads OpenVINO runs with: those given, else torch's (``torch.set_num_threads``, or
+        ``OMP_NUM_THREADS`` at start), so that both backends use the same number. OpenVINO's own default is
+        every core, which ignores what the user or the worker set."""
+        if self.threads:
+            return self.threads
+        import torch
+
+        return max(1, int(torch.get_num_threads()))
+
+    def compile_config(self) -> dict[str, Any]:
+        return {**self.config, "INFERENCE_NUM_THREADS": self.thread_count()}
+
     def _cached(self, window: tuple[int, ...]) -> Any | None:
         blob_path, key_path = self.paths(window)
         try:
@@ -156,7 +171,7 @@ class OpenVINONetwork:
         if recorded != self.key(window):
             return None
         try:
-            return self.core.import_model(io.BytesIO(blob), "CPU", self.config)
+            return self.core.import_model(io.BytesIO(blob), "CPU", self.compile_config())
         except Exception:  # noqa: BLE001 - a blob OpenVINO cannot read is rebuilt like any other bad cache
             return None
 
@@ -171,7 +186,7 @@ class OpenVINONetwork:
             # The conversion traces the network; torch's tracer warnings say nothing a user can act on.
             warnings.simplefilter("ignore")
             converted = ov.convert_model(self.network, example_input=example, input=[ov.PartialShape([-1, *window])])
-        compiled = self.core.compile_model(converted, "CPU", self.config)
+        compiled = self.core.compile_model(converted, "CPU", self.compile_config())
         stream = io.BytesIO()
         compiled.export_model(stream)
         blob = stream.getvalue()
@@ -189,17 +204,19 @@ class OpenVINONetwork:
         return compiled
 
     def compiled(self, window: tuple[int, ...]) -> Any:
-        if window not in self._compiled:
-            self._compiled[window] = self._cached(window) or self._build(window)
-        return self._compiled[window]
+        """The network compiled for ``window`` at the current thread count (a changed count compiles again)."""
+        key = (window, self.thread_count())
+        if key not in self._compiled:
+            self._compiled[key] = self._cached(window) or self._build(window)
+        return self._compiled[key]
 
     def __call__(self, batch: Any) -> Any:
         import torch
 
         window = tuple(int(n) for n in batch.shape[1:])
         inputs = batch.detach().to("cpu", torch.float32).contiguous().numpy()
-        result = self.compiled(window)(inputs)
-        return torch.from_numpy(result[0].copy())
+        result = self.compiled(window)(inputs)  # share_outputs=False: the array is already this call's own copy
+        return torch.from_numpy(result[0])
 
 
 def openvino_network(

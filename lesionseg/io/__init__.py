@@ -70,8 +70,12 @@ def _read_file(path: Path, fmt: str) -> Image:
     return from_sitk(sitk.ReadImage(str(path)))
 
 
-def write_image(image: Image, path: str | Path) -> Path:
-    """Write ``image`` atomically in the format its name asks for; returns the path."""
+def write_image(image: Image, path: str | Path, compress: bool = True) -> Path:
+    """Write ``image`` atomically in the format its name asks for; returns the path.
+
+    ``compress=False`` stores NRRD, MHA and other ITK formats raw: for files that live a moment (a volume handed
+    to a worker), where gzip costs seconds to write and read and saves nothing (NIfTI: the name decides).
+    """
     path = Path(path)
     fmt = image_format(path)
     if path.name.lower().endswith((".mhd", ".nhdr")):
@@ -84,11 +88,11 @@ def write_image(image: Image, path: str | Path) -> Path:
         elif fmt == "nrrd":
             from lesionseg.io.nrrd import write_nrrd
 
-            write_nrrd(image, tmp)
+            write_nrrd(image, tmp, compress=compress)
         else:
             import SimpleITK as sitk
 
             from lesionseg.io.sitk import to_sitk
 
-            sitk.WriteImage(to_sitk(image), str(tmp), useCompression=True)
+            sitk.WriteImage(to_sitk(image), str(tmp), useCompression=compress)
     return path

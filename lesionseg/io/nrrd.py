@@ -53,13 +53,13 @@ def read_nrrd(path: str | Path) -> tuple[Image, dict]:
     return Image(np.ascontiguousarray(data), spacing=spacing, origin=origin, direction=linear / spacing), header
 
 
-def write_nrrd(image: Image, path: str | Path, extra_fields: dict | None = None) -> None:
+def write_nrrd(image: Image, path: str | Path, extra_fields: dict | None = None, compress: bool = True) -> None:
     header = {
         "space": "left-posterior-superior",
         "space directions": (image.direction * image.spacing).T,
         "space origin": image.origin,
         "kinds": ["domain", "domain", "domain"],
-        "encoding": "gzip",
+        "encoding": "gzip" if compress else "raw",
     }
     custom = {}
     if extra_fields:

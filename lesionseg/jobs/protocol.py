@@ -85,7 +85,7 @@ model    model             warm worker: the model id the request runs
          reused            true when the model was kept loaded from the previous request
          dropped           the model id unloaded for it, or null
          pid               the worker's process id
-         seconds           seconds spent loading (or re-verifying) the model
+         seconds           seconds spent loading the model (about 0 when reused)
 result   output            the file written (segment) or the model folder (train)
          input             segment: the (first) input image
          inputs            segment, nnU-Net with several channels: channel name to input path

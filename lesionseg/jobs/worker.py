@@ -3,12 +3,14 @@
 Requests (JSON lines): the worker prints a ``ready`` event (:mod:`lesionseg.jobs.protocol`), then reads on stdin::
 
     {"id": "r1", "command": "segment", "model": ID_OR_DIR, "input": PATH, "output": PATH,
-     "device": "auto", "crop_body": false, "threshold": null, "models_dir": null, "uncertainty": "none"}
+     "device": "auto", "crop_body": false, "threshold": null, "models_dir": null, "uncertainty": "none",
+     "backend": "auto", "precision": null, "allow_modality": null}
                                (a multi-channel model: "input": [PATH, ...], one per channel)
     {"command": "release"}     drop the loaded model (another model was chosen)
     {"command": "shutdown"}
 
-and answers each segment request with the same events as ``segment --progress jsonl``, every one tagged
+(the keys after ``output`` may be left out; each means what the ``segment`` option of that name means) and answers
+each segment request with the same events as ``segment --progress jsonl``, every one tagged
 ``"request": id``, ending with ``result`` or ``error``. Before the run a ``model`` event says whether the model
 was loaded now (``"reused": false``) or kept from the previous request (``"reused": true``), and which model
 was dropped for it. The worker holds one model at a time, so choosing another model frees the old one's memory;
@@ -38,12 +40,14 @@ from lesionseg.jobs.protocol import EventKind, JobEvent, JobState
 from lesionseg.jobs.runner import Job, drain, remove_partial_outputs
 
 
-def _model_key(spec: Any, device: str) -> tuple:
-    """What makes a loaded model still the right one: its spec's content and its weights file as it is now."""
+def _model_key(spec: Any, device: str, backend: str = "auto", precision: str | None = None) -> tuple:
+    """What makes a loaded model still the right one: its spec's content, its weights file as it is now, and the
+    device, backend and precision it was loaded for."""
     weights = spec.weights_path
     stat = weights.stat() if weights is not None and weights.exists() else None
     stamp = None if stat is None else (stat.st_size, stat.st_mtime_ns)
-    return (spec.id, json.dumps(spec.source, sort_keys=True, default=str), str(weights), stamp, device)
+    source = json.dumps(spec.source, sort_keys=True, default=str)
+    return (spec.id, source, str(weights), stamp, device, backend, precision)
 
 
 def _free_memory() -> None:
@@ -85,23 +89,26 @@ def serve(stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
                 continue
             if command != "segment":
                 raise ValueError(f"unknown worker command {command!r}; use segment, release or shutdown")
+            from lesionseg.inference.openvino_backend import check_backend, check_precision
             from lesionseg.inference.pipeline import load_model, resolve_spec, segment_file
-            from lesionseg.models.weights import verify_weights
 
             def tagged(event: dict[str, Any], rid=request_id) -> None:
                 send(protocol.tagged(event, rid))
 
             device = request.get("device", "auto")
+            backend, precision = check_backend(request.get("backend") or "auto"), request.get("precision")
+            if precision is not None:
+                check_precision(precision)  # before the loaded model is dropped: a bad option changes nothing
             spec = resolve_spec(str(request["model"]), request.get("models_dir"))
-            key = _model_key(spec, device)
+            key = _model_key(spec, device, backend, precision)
             reused = key == loaded["key"]
             dropped = None
             started = time.perf_counter()
-            if reused:
-                verify_weights(loaded["model"].spec)  # every run hashes the file it runs, as segment does
-            else:
+            if not reused:
+                # The weights were hashed when they were loaded; a kept model runs those bytes from memory, and
+                # the key's size and mtime make a rewritten file load (and hash) again.
                 dropped = drop()  # before loading the next one: never two models in memory
-                loaded.update(model=load_model(spec, device), key=key)
+                loaded.update(model=load_model(spec, device, backend=backend, precision=precision), key=key)
             tagged(protocol.model(spec.id, reused, dropped, os.getpid(), round(time.perf_counter() - started, 3)))
             result = segment_file(
                 loaded["model"],
@@ -112,6 +119,7 @@ def serve(stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
                 bool(request.get("crop_body")),
                 threshold=request.get("threshold"),
                 uncertainty=request.get("uncertainty") or "none",
+                allow_modality=request.get("allow_modality"),
             )
             tagged({**result, "model_reused": reused})
         except Exception as error:  # one bad request must not end the worker
@@ -273,8 +281,12 @@ class WarmWorker:
         threshold: float | None = None,
         models_dir: str | Path | None = None,
         uncertainty: str = "none",
+        backend: str = "auto",
+        precision: str | None = None,
+        allow_modality: str | None = None,
     ) -> WorkerRequest:
-        """Queue a segmentation; raises OSError when the worker is gone (start another).
+        """Queue a segmentation; raises OSError when the worker is gone (start another). ``backend``,
+        ``precision`` and ``allow_modality`` mean what ``segment``'s options of those names mean.
 
         ``uncertainty="tta"`` also writes the uncertainty volumes and lesion table beside ``output_path`` (as
         ``segment --uncertainty tta``)."""
@@ -296,6 +308,9 @@ class WarmWorker:
             "threshold": threshold,
             "models_dir": None if models_dir is None else str(models_dir),
             "uncertainty": uncertainty,
+            "backend": backend,
+            "precision": precision,
+            "allow_modality": allow_modality,
         }
         self.adopt(request)
         return request
