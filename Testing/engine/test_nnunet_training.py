@@ -120,12 +120,15 @@ def _cancel_once_nnunet_trains(argv: list[str]) -> None:
 def test_train_a_tiny_nnunet_model_then_segment_a_case_with_it(spheres: Path, tmp_path: Path) -> None:
     work, models = tmp_path / "work", tmp_path / "models"
     started = time.monotonic()
-    # A cancelled first try: its whole process tree ends; the planning it did is kept for the next run.
+    # A cancelled try: its whole process tree ends and the planning it did is kept.  It trains in its own folder:
+    # whether it had written a checkpoint when the cancel came depends on the machine's speed, and a folder with
+    # one asks for --resume.
+    cancelled = tmp_path / "work-cancelled"
     _cancel_once_nnunet_trains([sys.executable, "-m", "lesionseg", "train", "--engine", "nnunet", "--dataset",
-                                str(spheres), "--trainer", "nnUNetTrainer_LesionSegTiny", "--output", str(work),
+                                str(spheres), "--trainer", "nnUNetTrainer_LesionSegTiny", "--output", str(cancelled),
                                 "--models-dir", str(models), "--device", "cpu", "--threads", "1", "--progress",
                                 "jsonl"])  # fmt: skip
-    assert (work / "preprocessed" / "Dataset501_Spheres" / "nnUNetPlans.json").is_file()
+    assert (cancelled / "preprocessed" / "Dataset501_Spheres" / "nnUNetPlans.json").is_file()
     run = cli.lesionseg("train", "--engine", "nnunet", "--dataset", str(spheres), "--configuration", "3d_fullres",
                         "--trainer", "nnUNetTrainer_LesionSegTiny", "--output", str(work), "--model-id", "spheres-nn",
                         "--models-dir", str(models), "--device", "cpu", "--threads", "1", "--progress", "jsonl",

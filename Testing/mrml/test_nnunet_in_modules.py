@@ -200,7 +200,8 @@ def test_the_advanced_options_are_defaulted_from_the_sidecar_and_reach_the_run(l
     cropped = logic.startSegmentation(ct, entry, "cpu", cropBody=True)
     wait(cropped)
     assert cropped.state is JobState.SUCCEEDED, cropped.failure()
-    assert "body_crop" in cropped.job.result, cropped.job.result
+    assert "--crop-body" in cropped.job.argv
+    assert "body_crop" in cropped.job.result["nnunet"], cropped.job.result
     cropped.cleanup()
 
 
