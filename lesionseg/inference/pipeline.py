@@ -205,11 +205,14 @@ def _run_windows(
         progress.message(f"{windows} windows of {list(inf.roi_size)} voxels, batch {memory.sw_batch_size}, on {on}")
 
     def report(done: int, total: int) -> None:
+        # The last window of a pass is always reported, however soon it comes after the last event: a fast run
+        # would otherwise send no window count at all.
+        last = done == total
         if members == 1:
-            progress.update(done / total, windows_done=done, windows_total=total)
+            progress.update(done / total, force=last, windows_done=done, windows_total=total)
         else:
             figures = dict(windows_done=done, windows_total=total, tta_pass=index + 1, tta_passes=members)
-            progress.update((index + done / total) / members, **figures)
+            progress.update((index + done / total) / members, force=last, **figures)
 
     stitched = sliding_window(
         network_input,
