@@ -42,6 +42,16 @@ def test_resume_without_a_checkpoint_is_refused_before_any_work(spheres: Path, t
     assert not (work / "raw").exists() and not (tmp_path / "models").exists()  # refused before exporting anything
 
 
+def test_folds_the_dataset_cannot_give_are_refused_before_any_work(tmp_path: Path) -> None:
+    few = sphere_dataset_folder(tmp_path / "few", cases=3)  # no split: nnU-Net would split 3 cases into 5 folds
+    with pytest.raises(UserError, match=r"3 case\(s\) and no split.*lesionseg dataset split.*--fold all"):
+        train_nnunet(few, "3d_fullres", tmp_path / "work", tmp_path / "models", "few")
+    split_dataset(few, validation=0.34, test=0.0)
+    with pytest.raises(UserError, match="its own train/validation split, which is nnU-Net's fold 0"):
+        train_nnunet(few, "3d_fullres", tmp_path / "work", tmp_path / "models", "few", fold="2")
+    assert not (tmp_path / "work" / "raw").exists() and not (tmp_path / "models").exists()
+
+
 def test_a_cascade_without_its_first_stage_is_refused_with_the_step_to_take(spheres: Path, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="train --configuration 3d_lowres in the same --output"):
         train_nnunet(spheres, "3d_cascade_fullres", tmp_path / "work", tmp_path / "models", "cascade")

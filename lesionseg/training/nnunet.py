@@ -216,6 +216,32 @@ def _watch(trainer: Any, on_epoch: Callable[[dict[str, Any]], None]) -> None:
     trainer.save_checkpoint = save_checkpoint
 
 
+NNUNET_FOLDS = 5  # nnU-Net's own split when a dataset has none: 5 folds, each case validated once
+
+
+def _check_folds(dataset: str | Path, fold: str) -> None:
+    """Refuse, before any work, a fold that the run could not have: nnU-Net would fail deep in its split code."""
+    from lesionseg.datasets import Dataset
+
+    data = Dataset(dataset)
+    if fold == "all":
+        return
+    if "splits" in data.description():
+        if fold != "0":
+            raise UserError(
+                f"--fold {fold}: {dataset} has its own train/validation split, which is nnU-Net's fold 0; "
+                "give --fold 0 (or all), or remove the split to train on nnU-Net's 5 folds"
+            )
+        return
+    cases = len(data.active_cases())
+    if cases < NNUNET_FOLDS:
+        raise UserError(
+            f"{dataset} has {cases} case(s) and no split, and nnU-Net's 5-fold split needs at least {NNUNET_FOLDS}: "
+            f"store a split first (lesionseg dataset split {dataset}; it becomes fold 0) or train on every case "
+            "with --fold all"
+        )
+
+
 def train_nnunet(
     dataset: str | Path,
     configuration: str,
@@ -255,6 +281,7 @@ def train_nnunet(
             "3d_cascade_fullres trains on the predictions of 3d_lowres: train --configuration 3d_lowres in the same "
             f"--output with the same --trainer and --fold ({trainer}, {fold}) first"
         )
+    _check_folds(dataset, fold)
     # nnunetv2 (2.8) reads its folders from the environment whenever it joins a path, so setting them here holds
     # for this process and for the worker processes nnU-Net starts.
     os.environ.update(environment(work, processes))
