@@ -16,6 +16,15 @@ from LesionSegLib import comparison, export, lesions
 _FROM_APP: Any = object()  # marks "ask Slicer's app" for arguments whose real value needs the app
 
 
+def _written(
+    node: Any, rows: list[dict[str, Any]], csvPath: str | Path | None, write: Callable[[str | Path, list], None]
+) -> tuple[Any, list[dict[str, Any]]]:
+    """A table node and its rows, the rows also written to ``csvPath`` when one is given."""
+    if csvPath:
+        write(csvPath, rows)
+    return node, rows
+
+
 class SegmentationResultsLogic:
     """compare, lesion table and export; each method is usable without the widget."""
 
@@ -35,9 +44,7 @@ class SegmentationResultsLogic:
         rows = comparison.compare_segmentations(segmentationNode, referenceNode, mapping, geometry)
         name = f"{segmentationNode.GetName()} vs {referenceNode.GetName()}"
         node = comparison.comparison_table(segmentationNode.GetScene(), rows, name, tableNode)
-        if csvPath:
-            comparison.write_comparison_csv(csvPath, rows)
-        return node, rows
+        return _written(node, rows, csvPath, comparison.write_comparison_csv)
 
     def lesionTable(
         self,
@@ -56,9 +63,7 @@ class SegmentationResultsLogic:
         node = lesions.lesion_table_node(
             segmentationNode.GetScene(), rows, f"{segmentationNode.GetName()} lesions", tableNode, minVolumeMm3, leftOut
         )
-        if csvPath:
-            lesions.write_lesion_csv(csvPath, rows)
-        return node, rows
+        return _written(node, rows, csvPath, lesions.write_lesion_csv)
 
     def planExport(
         self,

@@ -1,4 +1,4 @@
-"""The ``lesionseg`` command line.  Each subcommand lives in its own module with a ``register`` function."""
+"""The ``lesionseg`` command line.  Each subcommand lives in its own module (see ``COMMAND_MODULES``)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,15 @@ import logging
 import sys
 import traceback
 from collections.abc import Sequence
+from types import ModuleType
 
 from lesionseg import __version__
 from lesionseg.errors import EXIT_BAD_INPUT, EXIT_CODES_HELP, EXIT_INTERRUPTED, describe
 
-# Modules that add subcommands: each defines ``register(subparsers)`` and sets ``func`` on its parser.
+# One module a subcommand, named for it. Each says what it does in ``HELP`` (one line for the command list) and,
+# if it needs more, ``DESCRIPTION`` (its own --help); ``add_arguments(parser)`` adds its options, where it has any,
+# and ``run(args)`` does the work. A command with actions of its own (``dataset init``, ``dicom scan``) has no
+# ``run``: its ``add_arguments`` adds the action parsers, and each sets its own ``func``.
 COMMAND_MODULES: list[str] = [
     "lesionseg.commands.dataset",
     "lesionseg.commands.train",
@@ -54,8 +58,18 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _command_modules(argv):
-        importlib.import_module(name).register(subparsers)
+        _add_command(subparsers, importlib.import_module(name))
     return parser
+
+
+def _add_command(subparsers: argparse._SubParsersAction, module: ModuleType) -> None:
+    parser = subparsers.add_parser(
+        module.__name__.rpartition(".")[2], help=module.HELP, description=getattr(module, "DESCRIPTION", None)
+    )
+    if hasattr(module, "add_arguments"):
+        module.add_arguments(parser)
+    if hasattr(module, "run"):
+        parser.set_defaults(func=module.run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -47,8 +47,10 @@ def _label_table(text: str) -> dict[int, str]:
     return table
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("dataset", help="curate a training dataset (Decathlon layout, versioned)")
+HELP = "curate a training dataset (Decathlon layout, versioned)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="dataset_command", metavar="ACTION", required=True)
 
     init = sub.add_parser("init", help="create an empty dataset")

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+HELP = "run the end-to-end demo on a synthetic patient (phantom data, not for clinical use)"
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "demo", help="run the end-to-end demo on a synthetic patient (phantom data, not for clinical use)"
-    )
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="demo-output", help="folder for the study, results and report")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,8 +11,10 @@ if TYPE_CHECKING:  # pydicom and the DICOM readers are imported when a dicom com
     from lesionseg.dicom.series import Scan, Series
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("dicom", help="find DICOM series in a folder tree and convert them")
+HELP = "find DICOM series in a folder tree and convert them"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="dicom_command", metavar="ACTION", required=True)
 
     scan = actions.add_parser("scan", help="list every series under a folder (patient, study, series, warnings)")

@@ -7,14 +7,14 @@ import argparse
 from lesionseg.io.outputs import check_output
 from lesionseg.rtstruct.segments import add_export_arguments, parse_names
 
+HELP = "export a label map as a DICOM SEG on a DICOM series"
+DESCRIPTION = (
+    "Write one BINARY segment per label, one frame per reference slice that holds it, "
+    "with SNOMED CT property codes (from the label's terminology, its name, or generic Tissue)."
+)
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "dicomseg",
-        help="export a label map as a DICOM SEG on a DICOM series",
-        description="Write one BINARY segment per label, one frame per reference slice that holds it, "
-        "with SNOMED CT property codes (from the label's terminology, its name, or generic Tissue).",
-    )
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_export_arguments(parser, "DICOM SEG file to write")
     parser.add_argument(
         "--algorithm",
@@ -23,7 +23,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=("AUTOMATIC", "SEMIAUTOMATIC", "MANUAL"),
         help="SegmentAlgorithmType: AUTOMATIC for model output (default), MANUAL for hand-drawn labels",
     )
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

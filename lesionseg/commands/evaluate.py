@@ -34,16 +34,15 @@ from lesionseg.metrics.tables import (
 log = logging.getLogger(__name__)
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "evaluate",
-        help="metrics of predicted labelmaps against reference labelmaps",
-        description=(
-            "Dice, IoU, HD95, HD, ASSD and volumes per label, lesion-wise TP/FP/FN with autoPET's FP and FN "
-            "volumes, and detection by size (sensitivity, false positives per case, a FROC point per --froc set). "
-            "Give one case (--pred FILE --ref FILE), two folders paired by file name, or --pairs CSV."
-        ),
-    )
+HELP = "metrics of predicted labelmaps against reference labelmaps"
+DESCRIPTION = (
+    "Dice, IoU, HD95, HD, ASSD and volumes per label, lesion-wise TP/FP/FN with autoPET's FP and FN "
+    "volumes, and detection by size (sensitivity, false positives per case, a FROC point per --froc set). "
+    "Give one case (--pred FILE --ref FILE), two folders paired by file name, or --pairs CSV."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pred", help="predicted labelmap, or a folder of them")
     parser.add_argument("--ref", help="reference labelmap on the same grid, or a folder of them")
     parser.add_argument("--pairs", help="CSV with columns case,pred,ref (and optionally image) instead of --pred/--ref")
@@ -94,7 +93,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--report", metavar="DIR", help="write PNG overlays and report.md / report.html here")
     parser.add_argument("--image", help="intensity image (a folder for a cohort) shown under the report's contours")
     parser.add_argument("--report-slices", type=int, default=3, help="overlay slices per case (default 3)")
-    parser.set_defaults(func=run)
 
 
 def parse_label_names(text: str | None) -> dict[int, str]:
@@ -161,16 +159,7 @@ def _froc(args: argparse.Namespace, cases: list[CaseFiles] | None) -> list[dict[
         rows = []
         for pred_path, ref_path in pairs:
             try:
-                rows.append(
-                    case_detection(
-                        read_image(pred_path),
-                        read_image(ref_path),
-                        lesion_labels=args.lesion_values,
-                        min_reference_mm=args.min_reference_mm,
-                        min_prediction_mm3=args.min_prediction_mm3,
-                        connectivity=args.connectivity,
-                    )
-                )
+                rows.append(case_detection(read_image(pred_path), read_image(ref_path), **_detection_options(args)))
             except (ValueError, FileNotFoundError) as error:
                 raise UserError(f"--froc {threshold:g}, {pred_path.name}: {error}") from error
         points.append({"threshold": threshold, **pool_detection(rows)})
@@ -212,18 +201,20 @@ def _label_infos(result_labels: dict[str, Any], names: dict[int, str]) -> dict[i
     return {info.value: info for info in label_table([int(v) for v in result_labels] + list(names), names)}
 
 
+def _detection_options(args: argparse.Namespace) -> dict[str, Any]:
+    """What decides which lesions count, the same for every case and every --froc threshold."""
+    return {
+        "lesion_labels": args.lesion_values,
+        "min_reference_mm": args.min_reference_mm,
+        "min_prediction_mm3": args.min_prediction_mm3,
+        "connectivity": args.connectivity,
+    }
+
+
 def _evaluate(pred_path: Path, ref_path: Path, args: argparse.Namespace) -> tuple[dict[str, Any], Image, Image]:
     pred, ref = read_image(pred_path), read_image(ref_path)
-    result = evaluate_case(
-        pred,
-        ref,
-        label_names=args.label_names,
-        lesion_labels=args.lesion_values,
-        min_lesion_mm3=args.min_lesion_mm3,
-        connectivity=args.connectivity,
-        min_reference_mm=args.min_reference_mm,
-        min_prediction_mm3=args.min_prediction_mm3,
-    )
+    options = _detection_options(args)
+    result = evaluate_case(pred, ref, label_names=args.label_names, min_lesion_mm3=args.min_lesion_mm3, **options)
     return {"pred": str(pred_path), "ref": str(ref_path), **result}, pred, ref
 
 

@@ -10,12 +10,12 @@ import numpy as np
 from lesionseg.io import read_image
 from lesionseg.orientation import orientation_code
 
+HELP = "describe an image's grid and values"
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("info", help="describe an image's grid and values")
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", help="NIfTI, NRRD, MetaImage file or DICOM series folder")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

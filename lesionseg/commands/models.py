@@ -6,9 +6,10 @@ import argparse
 import json
 import sys
 
+HELP = "list models or download their weights"
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("models", help="list models or download their weights")
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--models-dir", help="user models folder (default $LESIONSEG_MODELS_DIR or ~/.lesionseg/models)"
     )
@@ -32,7 +33,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="how the model's training images were oriented: as stored (nnU-Net's own) or RAS-canonical",
     )
     importing.add_argument("--overwrite", action="store_true", help="replace an imported model with the same id")
-    parser.set_defaults(func=run)
 
 
 def _status(entry) -> str:

@@ -5,16 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+HELP = "rank unlabelled cases by the model's uncertainty (which case to annotate next)"
+DESCRIPTION = (
+    "Segment each case with flip test-time augmentation (as segment --uncertainty tta) and rank the cases "
+    "by how unsure the model is, most uncertain first. Writes OUT.csv and OUT.json with every score."
+)
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "rank",
-        help="rank unlabelled cases by the model's uncertainty (which case to annotate next)",
-        description=(
-            "Segment each case with flip test-time augmentation (as segment --uncertainty tta) and rank the cases "
-            "by how unsure the model is, most uncertain first. Writes OUT.csv and OUT.json with every score."
-        ),
-    )
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model id (see `lesionseg models list`) or model folder")
     parser.add_argument(
         "--images",
@@ -37,7 +35,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--models-dir", help="user models folder (default $LESIONSEG_MODELS_DIR or ~/.lesionseg/models)"
     )
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

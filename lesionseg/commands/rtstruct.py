@@ -23,16 +23,15 @@ def parse_interpreted_type(text: str) -> str | dict[int, str]:
     return out
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "rtstruct",
-        help="export a label map as an RTSTRUCT on a DICOM series",
-        description=(
-            "Write one ROI per label, drawn slice by slice on the reference series' own planes along voxel edges. "
-            "Holes are cut in with keyholes (one polygon per connected piece), which readers that fill each "
-            "contour on its own, plastimatch among them, read back exactly."
-        ),
-    )
+HELP = "export a label map as an RTSTRUCT on a DICOM series"
+DESCRIPTION = (
+    "Write one ROI per label, drawn slice by slice on the reference series' own planes along voxel edges. "
+    "Holes are cut in with keyholes (one polygon per connected piece), which readers that fill each "
+    "contour on its own, plastimatch among them, read back exactly."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_export_arguments(parser, "RTSTRUCT file to write")
     parser.add_argument(
         "--smooth", type=float, default=0.0, metavar="MM", help="Gaussian sigma in mm (default 0: none)"
@@ -50,7 +49,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=ALGORITHM_TYPES,
         help="ROIGenerationAlgorithm: AUTOMATIC for model output (default), MANUAL for hand-drawn labels",
     )
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,9 +7,10 @@ import sys
 import traceback
 from typing import Any
 
+HELP = "segment an image with a model"
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("segment", help="segment an image with a model")
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model id (see `lesionseg models list`), model folder or bundle")
     add_channel_options(parser, "--input", "model", ".nrrd, .nii/.nii.gz or a DICOM series folder")
     parser.add_argument("--output", required=True, help="labelmap: .nii.gz, .nrrd or .seg.nrrd (Slicer segmentation)")
@@ -71,7 +72,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="mirroring test-time augmentation (default: on for a GPU, off on the CPU, where it is 4-8x slower)",
     )
     nnunet.add_argument("--tile-step-size", type=float, default=0.5, help="sliding-window step, fraction of a patch")
-    parser.set_defaults(func=run)
 
 
 def add_channel_options(parser: argparse.ArgumentParser, option: str, owner: str, image_help: str) -> None:

@@ -12,16 +12,15 @@ from lesionseg.data.tissues import PHASES
 log = logging.getLogger(__name__)
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "synth",
-        help="generate synthetic CT phantoms with labels and lesion truth",
-        description=(
-            "Generate synthetic abdominal-pelvic CT phantoms (spleen, liver, kidneys, bladder, prostate, bone, "
-            "bone and nodal metastases) with labels and per-lesion ground truth. The data are computed "
-            "phantoms, not patients, and are not for clinical use."
-        ),
-    )
+HELP = "generate synthetic CT phantoms with labels and lesion truth"
+DESCRIPTION = (
+    "Generate synthetic abdominal-pelvic CT phantoms (spleen, liver, kidneys, bladder, prostate, bone, "
+    "bone and nodal metastases) with labels and per-lesion ground truth. The data are computed "
+    "phantoms, not patients, and are not for clinical use."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", "-o", required=True, help="folder to write the cohort into (new or empty)")
     parser.add_argument("--cases", "-n", type=int, default=1, help="number of cases (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed and options, same data")
@@ -43,7 +42,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--phase", choices=PHASES, default=None, help="contrast phase (default: drawn per case)")
     parser.add_argument("--dicom", action="store_true", help="also write each image as a DICOM CT series")
     parser.add_argument("--overwrite", action="store_true", help="write into a folder that is not empty")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

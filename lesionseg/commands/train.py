@@ -8,9 +8,10 @@ import os
 import sys
 from pathlib import Path
 
+HELP = "train a model on a dataset; writes a registry model folder"
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("train", help="train a model on a dataset; writes a registry model folder")
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, help="dataset folder (dataset.json + manifest.json)")
     parser.add_argument(
         "--engine",
@@ -64,7 +65,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="also write TensorBoard logs to OUTPUT/tensorboard (sets training.tensorboard; needs the package)",
     )
     parser.add_argument("--progress", choices=("text", "jsonl"), default="text", help="jsonl: one JSON line per epoch")
-    parser.set_defaults(func=run)
 
 
 def _forget_run(output: Path) -> None:
@@ -130,9 +130,8 @@ def run(args: argparse.Namespace) -> int:
         if args.cascade:
             from lesionseg.training.cascade import train_cascade
 
-            stages = train_cascade(
-                args.dataset, config, args.output, args.epochs, args.resume, args.device, report, args.new_split
-            )
+            options = {"epochs": args.epochs, "device": args.device, "new_split": args.new_split}
+            stages = train_cascade(args.dataset, config, args.output, args.resume, report, **options)
             if not stages:
                 print(f"both stages in {args.output} had finished; nothing to resume")
                 return 0

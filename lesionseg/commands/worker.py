@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("worker", help="keep models loaded and answer JSON requests on stdin")
-    parser.set_defaults(func=run)
+HELP = "keep models loaded and answer JSON requests on stdin"
 
 
 def run(args: argparse.Namespace) -> int:

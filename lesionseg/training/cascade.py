@@ -41,13 +41,18 @@ def train_cascade(
     dataset_dir: str | Path,
     config_source: str | Path | dict[str, Any] | None,
     output: str | Path,
-    epochs: int | None = None,
     resume: bool = False,
-    device: str = "auto",
     progress: Progress | None = None,
-    new_split: bool = False,
+    **stage_options: Any,
 ) -> list[TrainResult]:
-    """Train both stages (each resumable on its own) and write ``cascade.json`` last; returns the stages run."""
+    """Train both stages (each resumable on its own) and write ``cascade.json`` last; returns the stages run.
+
+    ``stage_options`` go to :func:`lesionseg.training.loop.train` for each stage: ``epochs``, ``device`` and
+    ``new_split``.
+    """
+    unknown = set(stage_options) - {"epochs", "device", "new_split"}
+    if unknown:
+        raise TypeError(f"train_cascade: unknown options {sorted(unknown)}")
     output = Path(output)
     saved = output / "cascade-config.json"
     if resume:
@@ -85,13 +90,10 @@ def train_cascade(
                 dataset_dir,
                 None if stage_resume else stage,
                 folder,
-                epochs,
-                stage_resume,
-                device,
-                tagged,
-                None,
-                new_split,
-                kept,
+                resume=stage_resume,
+                progress=tagged,
+                kept_split=kept,
+                **stage_options,
             )
         )
     write_cascade_spec(output, config)
