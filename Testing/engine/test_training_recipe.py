@@ -96,6 +96,77 @@ def test_label_class_sampling_centres_crops_on_the_chosen_label(tmp_path: Path) 
     set_determinism(seed=None)
 
 
+def _two_lesions(tmp_path: Path) -> dict:
+    """A 40³ volume (2 mm) holding a 12³-voxel lesion and a 2³-voxel one, far apart, as a cached training item."""
+    from monai.transforms import Compose
+
+    from lesionseg.image import Image
+    from lesionseg.training.data import deterministic_transforms
+
+    label = np.zeros((40, 40, 40), np.uint8)
+    label[4:16, 4:16, 4:16] = 1
+    label[30:32, 30:32, 30:32] = 1
+    hu = np.where(label > 0, 300, 40).astype(np.int16)
+    image = Image(hu, spacing=(2.0, 2.0, 2.0))
+    write_image(image, tmp_path / "image.nii.gz")
+    write_image(image.with_array(label), tmp_path / "label.nii.gz")
+    config = load_config({"base": "tiny", "augmentation": {"patch_size": [8, 8, 8], "flip_prob": 0.0}})
+    item = {"image": str(tmp_path / "image.nii.gz"), "label": str(tmp_path / "label.nii.gz")}
+    return Compose(deterministic_transforms(config))(item)
+
+
+def test_component_sampling_draws_a_small_lesion_as_often_as_a_large_one(tmp_path: Path) -> None:
+    from monai.transforms import Compose, Randomizable
+    from monai.utils import set_determinism
+
+    from lesionseg.training.data import random_transforms
+    from lesionseg.training.loop import _random_sources
+
+    data = _two_lesions(tmp_path)
+
+    def small_share(sampling: str, positive: float = 1.0, negative: float = 0.0) -> tuple[float, list]:
+        config = load_config({"base": "tiny", "augmentation": {"patch_size": [8, 8, 8], "flip_prob": 0.0,
+                              "samples_per_volume": 4, "sampling": sampling, "positive": positive,
+                              "negative": negative}})  # fmt: skip
+        set_determinism(seed=5)
+        chain = Compose(random_transforms(config))
+        crops = [c for _ in range(60) for c in chain(data)]
+        small = [bool(np.asarray(c["label"])[0].sum() in range(1, 9)) for c in crops]
+        return sum(small) / len(crops), crops
+
+    by_piece, crops = small_share("components")
+    by_voxel, _ = small_share("pos_neg")
+    # 8 of 1,736 lesion voxels are the small lesion's: voxel-uniform crops almost never find it.
+    assert 0.35 < by_piece < 0.65 and by_voxel < 0.05, (by_piece, by_voxel)
+    assert all(np.asarray(c["label"]).any() and tuple(c["label"].shape) == (1, 8, 8, 8) for c in crops)
+    assert all(np.array_equal(np.asarray(c["image"]) > 0.5, np.asarray(c["label"]) > 0) for c in crops)
+    again = small_share("components")[1]
+    assert all(np.array_equal(a["label"], b["label"]) for a, b in zip(crops, again, strict=True)), "not seeded"
+    background = small_share("components", positive=0.0, negative=1.0)[1]
+    assert not any(np.asarray(c["label"])[0, 4, 4, 4] for c in background)
+    # A resumed training restores the crop's random state with the others'.
+    config = load_config({"base": "tiny", "augmentation": {"sampling": "components"}})
+    assert any(
+        type(t).__name__ == "RandCropByComponentd" for t in _random_sources(random_transforms(config), Randomizable)
+    )
+    set_determinism(seed=None)
+
+
+def test_a_model_trains_and_resumes_with_component_sampling(tmp_path: Path) -> None:
+    from lesionseg.datasets import add_case, init_dataset
+
+    dataset = tmp_path / "spheres"
+    init_dataset(dataset, {ORGAN: "organ", LESION: "lesion"}, name="Spheres", lesion_labels=[LESION])
+    for seed in range(4):
+        add_case(dataset, *sphere_case(seed, size=24), case_id=f"s{seed}")
+    config = {"base": "tiny", "augmentation": {"patch_size": [16, 16, 16], "sampling": "components", "positive": 2.0},
+              "training": {"epochs": 2, "amp": False, "seed": 1}}  # fmt: skip
+    train(dataset, config, tmp_path / "model", epochs=1)
+    train(dataset, None, tmp_path / "model", epochs=2, resume=True)
+    record = json.loads((tmp_path / "model" / "training.json").read_text())
+    assert record["last"]["epoch"] == 2 and record["config"]["augmentation"]["sampling"] == "components"
+
+
 @pytest.mark.slow
 def test_windowed_model_trained_without_lesion_free_cases_ships_its_windows(tmp_path: Path) -> None:
     from lesionseg.datasets import add_case, init_dataset

@@ -73,7 +73,8 @@ DEFAULTS: dict[str, Any] = {
         # pos_neg: MONAI's RandCropByPosNegLabeld with ``positive``:``negative`` crops centred on foreground
         # and background; label_classes: RandCropByLabelClassesd, crops centred on each label value in
         # proportion to ``class_ratios`` (one per value, background first; [] is equal), so lesion kinds
-        # held as separate labels are sampled alike.
+        # held as separate labels are sampled alike; components: ``positive``:``negative`` crops centred on a
+        # connected piece of a label (each piece equally likely, whatever its size) and on background.
         "sampling": "pos_neg",
         "class_ratios": [],
     },
@@ -123,7 +124,7 @@ CHOICES = {
     ("optimizer", "name"): OPTIMIZERS,
     ("schedule", "name"): SCHEDULES,
     ("validation", "select"): ("case_mean", "pooled"),
-    ("augmentation", "sampling"): ("pos_neg", "label_classes"),
+    ("augmentation", "sampling"): ("pos_neg", "label_classes", "components"),
 }
 
 

@@ -320,6 +320,11 @@ def _crop(aug: dict[str, Any], num_classes: int | None):
         return mt.RandCropByPosNegLabeld(
             **common, pos=aug["positive"], neg=aug["negative"], image_key="image", image_threshold=0
         )
+    if aug["sampling"] == "components":
+        from lesionseg.training.sampling import RandCropByComponentd
+
+        samples = int(aug["samples_per_volume"])
+        return RandCropByComponentd(KEYS, aug["patch_size"], samples, aug["positive"], aug["negative"])
     ratios = list(aug["class_ratios"])
     if num_classes is None:
         num_classes = len(ratios)
