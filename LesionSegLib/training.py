@@ -300,6 +300,11 @@ class TrainingRun(BackgroundRun):
         self.log: list[str] = []
         self.summary: dict[str, Any] | None = None
         if self.configuration is not None:
+            if epochs or learning_rate:
+                raise ValueError(
+                    f"{preset} trains with nnU-Net's trainer, which sets its own epochs and learning rate; "
+                    "leave both at 0, or choose one of LesionSeg's presets to set them"
+                )
             self.job = Job(self._nnunet_argv(dataset_folder, python, device, resume, nnunet_trainer),
                            env=child_environment(environment))  # fmt: skip
             return

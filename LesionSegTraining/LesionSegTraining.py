@@ -250,13 +250,14 @@ class LesionSegTrainingWidget(LesionSegModuleWidget):
             return
         node = self._parameterNode
         try:
+            takesEpochs = self.logic.epochsReadiness(node)[0]  # nnU-Net's trainer sets its own
             self.run = self.logic.startTraining(
                 node.datasetFolder,
                 node.configPreset,
                 node.modelName,
                 node.device,
-                node.epochs or None,
-                node.learningRate or None,
+                (node.epochs or None) if takesEpochs else None,
+                (node.learningRate or None) if takesEpochs else None,
                 resume,
             )
         except (ValueError, RuntimeError) as error:
@@ -330,6 +331,8 @@ class LesionSegTrainingWidget(LesionSegModuleWidget):
             (self.ui.trainButton, self.logic.trainReadiness(self._parameterNode, running)),
             (self.ui.cancelButton, self.logic.cancelReadiness(running)),
             (self.ui.resumeButton, self.logic.resumeReadiness(self._parameterNode, running)),
+            (self.ui.epochsSpinBox, self.logic.epochsReadiness(self._parameterNode)),
+            (self.ui.learningRateSpinBox, self.logic.epochsReadiness(self._parameterNode)),
         ]
 
 
@@ -471,6 +474,13 @@ class LesionSegTrainingLogic(ScriptedLoadableModuleLogic):
         if parameterNode is None or not LesionSegLib.training.dataset_exists(parameterNode.datasetFolder):
             return False, _("Choose a dataset folder that holds a dataset.")
         return True, _("Take the case selected in the table out of training (kept as a removed version).")
+
+    def epochsReadiness(self, parameterNode: LesionSegTrainingParameterNode | None) -> tuple[bool, str]:
+        """Whether the epochs and learning-rate fields apply to the chosen recipe, and the tooltip that says so."""
+        preset = parameterNode.configPreset if parameterNode else ""
+        if LesionSegLib.training.nnunet_configuration(preset) is not None:
+            return False, _("nnU-Net's trainer sets its own epochs and learning rate.")
+        return True, _("0 keeps the preset's value.")
 
     def trainReadiness(
         self, parameterNode: LesionSegTrainingParameterNode | None, running: bool = False

@@ -28,6 +28,8 @@ def test_resuming_an_nnunet_recipe_without_its_checkpoint_is_refused(tmp_path) -
     dataset = sphere_dataset_folder(tmp_path / "dataset", cases=2)
     models = tmp_path / "models"
     recipe = "nnU-Net 3d_fullres"
+    with pytest.raises(ValueError, match="sets its own epochs and learning rate; leave both at 0"):
+        training.TrainingRun(dataset, recipe, "spheres", models, sys.executable, "cpu", epochs=5)
     with pytest.raises(ValueError, match="no nnU-Net training of 'spheres' to resume"):
         training.TrainingRun(dataset, recipe, "spheres", models, sys.executable, "cpu", resume=True)
 

@@ -182,6 +182,21 @@ def test_learning_rate_keeps_fine_tuning_rates_through_the_panel(framework):
         assert node.learningRate == rate
 
 
+def test_epochs_and_learning_rate_are_off_for_an_nnunet_recipe(framework):
+    """nnU-Net's trainer sets its own: the panel greys both fields out, says why, and sends neither."""
+    python_module = framework.load_module("LesionSegTraining")
+    logic = python_module.LesionSegTrainingLogic()
+    node = logic.getParameterNode()
+    node.configPreset = "nnU-Net 3d_fullres"
+    enabled, why = logic.epochsReadiness(node)
+    assert not enabled and "nnU-Net" in why
+    node.configPreset = "tiny"
+    assert logic.epochsReadiness(node)[0]
+    widget_states = python_module.LesionSegTrainingWidget.buttonStates
+    source = __import__("inspect").getsource(widget_states)
+    assert "epochsSpinBox" in source and "learningRateSpinBox" in source
+
+
 @pytest.mark.parametrize("tag", TAGS)
 def test_each_release_is_assembled_apart_and_the_process_is_given_back(tag):
     reason = missing_reason(tag)
