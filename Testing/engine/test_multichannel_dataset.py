@@ -359,6 +359,20 @@ def test_segment_feeds_the_pet_on_the_ct_grid_z_scored_to_a_two_channel_model(tm
         segment_file(model, tmp_path / "ct.nii.gz", tmp_path / "one.nii.gz", "cpu")
 
 
+def test_the_memory_plan_counts_every_channel_of_a_multi_channel_model(tmp_path: Path) -> None:
+    from lesionseg.inference.channels import ChannelInput, align_channels
+    from lesionseg.inference.pipeline import _plan_memory, load_model
+    from lesionseg.inference.plan import NetworkPlan
+
+    ct, label = sphere_case(11, size=32)
+    pet = align_channels([ChannelInput("CT", "ct", ct), ChannelInput("PET", "pet", pet_of(ct, label))])[1]
+    model = load_model(pet_selecting_model(tmp_path / "model", 0.0), "cpu")
+    plan = NetworkPlan.for_image(ct, model.spec.preprocessing)
+    alone, both = _plan_memory(plan, model, False), _plan_memory(plan, model, False, [pet])
+    # The PET as held, and its float32 channel of the network input on the network grid.
+    assert both.host_bytes - alone.host_bytes == pet.array.nbytes + 4 * int(np.prod(plan.grid.size))
+
+
 def test_a_ct_series_given_as_the_pet_channel_is_refused(tmp_path: Path) -> None:
     from lesionseg.dicom.write import write_ct_series
     from lesionseg.inference.pipeline import segment_file

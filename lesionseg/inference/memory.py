@@ -3,7 +3,8 @@
 The estimate is a pure function of sizes so it can be checked with the numbers users report (a
 512×512×800 CT on an 8 GB GPU or in 16 GB of RAM).  Terms, in bytes:
 
-* network input on the target grid: ``4 · voxels`` (float32),
+* network input on the target grid: ``4 · channels · voxels`` (float32; one channel per input image, or per
+  intensity window of a windowed model),
 * stitched output: ``4 · classes · voxels`` plus a float32 count map ``4 · voxels``,
 * probabilities on the target grid after the softmax: ``4 · classes · voxels`` (freed logits are reused),
 * per window in a batch: ``activation_factor · 4 · roi voxels`` for the network's activations (about 40
@@ -50,16 +51,22 @@ def plan_memory(
     amp: bool = True,
     input_itemsize: int = 4,
     first_pass_voxels: int = 0,
+    network_channels: int = 1,
+    further_input_bytes: int = 0,
 ) -> MemoryPlan:
-    """Pick the window batch and where to stitch so the run fits; ``fits`` is False when nothing does."""
+    """Pick the window batch and where to stitch so the run fits; ``fits`` is False when nothing does.
+
+    ``network_channels`` is how many channels the network takes; ``further_input_bytes`` what a multi-channel
+    model's other inputs hold in RAM, already on the first input's grid.
+    """
     roi_voxels = int(np.prod(roi_ijk))
     bytes_per_value = 2 if (amp and device_type == "cuda") else 4
     per_window = int(activation_factor * bytes_per_value * roi_voxels)
     # The resampled input (float32); while it is built, the first resampling pass's output is the larger buffer.
-    network_input = 4 * max(target_voxels, first_pass_voxels)
+    network_input = 4 * network_channels * max(target_voxels, first_pass_voxels)
     stitched = 4 * (num_classes + 1) * target_voxels
     # The input as read, its uint8 labelmap, and a byte a voxel for post-processing's masks.
-    host_base = (input_itemsize + 2) * input_voxels
+    host_base = (input_itemsize + 2) * input_voxels + further_input_bytes
     if device_type != "cuda":
         budget = int(free_host_bytes * SAFETY) - host_base - network_input - stitched
         batch = max(1, min(sw_batch_size, budget // max(per_window, 1)))

@@ -136,9 +136,10 @@ def _scale_intensity(volume, options: IntensitySpec):
     return (volume - mean) / std
 
 
-def _plan_memory(plan: NetworkPlan, model: LoadedModel, crop_body: bool) -> MemoryPlan:
+def _plan_memory(plan: NetworkPlan, model: LoadedModel, crop_body: bool, further: Sequence[Image] = ()) -> MemoryPlan:
     """Where the run's big tensors live and its window batch; refuses, before any work, a run that cannot fit."""
     inf, device = model.spec.inference, model.device
+    windows = model.spec.preprocessing.windows
     host = host_memory()
     memory = plan_memory(
         int(np.prod(plan.grid.size)),
@@ -152,6 +153,8 @@ def _plan_memory(plan: NetworkPlan, model: LoadedModel, crop_body: bool) -> Memo
         amp=inf.amp,
         input_itemsize=plan.reoriented.array.dtype.itemsize,
         first_pass_voxels=plan.first_pass_voxels,
+        network_channels=len(windows) if windows else 1 + len(further),
+        further_input_bytes=sum(int(image.array.nbytes) for image in further),
     )
     check_memory_plan(memory, host, device.type, crop_body)
     return memory
@@ -254,7 +257,7 @@ def prepare_network_input(
 
     progress.stage("preprocess")
     plan = NetworkPlan.for_image(image, model.spec.preprocessing)
-    memory = _plan_memory(plan, model, crop_body)
+    memory = _plan_memory(plan, model, crop_body, further)
     if memory.note:
         progress.message(memory.note)
     volume_device = model.device if memory.stitch_on_device else torch.device("cpu")
