@@ -60,6 +60,18 @@ NNUNET_REQUIREMENTS = (
     ("idna", "idna>=3.0"),
 )
 
+# What nnU-Net's trainer imports beyond NNUNET_REQUIREMENTS, pinned as requirements/nnunet-training.txt pins them (a
+# test keeps the two equal; why each is needed is written there). Installed with --no-deps when the user first trains
+# an nnU-Net recipe in LesionSegTraining.
+NNUNET_TRAINING_REQUIREMENTS = (
+    ("seaborn", "seaborn==0.13.2"),
+    ("sklearn", "scikit-learn==1.9.1"),
+    ("joblib", "joblib==1.6.0"),
+    ("cloudpickle", "cloudpickle==3.1.3"),
+    ("narwhals", "narwhals==2.29.0"),
+    ("cc3d", "connected-components-3d==4.1.1"),
+)
+
 ENGINE = "nnunet"
 NETWORK_NAME = "nnU-Net v2"  # the spec's network name for an imported nnU-Net model
 CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_best.pth")
@@ -67,11 +79,13 @@ MIRRORING_CHOICES = ("auto", "on", "off")  # auto: on for a GPU, off on the CPU 
 DEFAULT_TILE_STEP_SIZE = 0.5
 
 
-def missing_nnunet_requirements() -> list[tuple[str, str]]:
-    """The (import name, pip requirement) pairs of NNUNET_REQUIREMENTS that this Python cannot import."""
+def missing_nnunet_requirements(training: bool = False) -> list[tuple[str, str]]:
+    """The (import name, pip requirement) pairs of NNUNET_REQUIREMENTS (and with ``training``,
+    NNUNET_TRAINING_REQUIREMENTS) that this Python cannot import."""
     import importlib.util
 
-    return [(name, requirement) for name, requirement in NNUNET_REQUIREMENTS if importlib.util.find_spec(name) is None]
+    wanted = NNUNET_REQUIREMENTS + (NNUNET_TRAINING_REQUIREMENTS if training else ())
+    return [(name, requirement) for name, requirement in wanted if importlib.util.find_spec(name) is None]
 
 
 def is_nnunet_spec(spec: ModelSpec) -> bool:

@@ -107,8 +107,6 @@ def missing_speed_requirements() -> list[tuple[str, str]]:
 # imports (nnunetmodels.NNUNET_REQUIREMENTS).  Installed with --no-deps: nnunetv2's declared dependencies pull timm
 # and torchvision, and PyPI's torchvision replaces or fails to load beside Slicer's torch; scikit-image and
 # SimpleITK come with REQUIREMENTS.
-NNUNET_ENGINE = nnunetmodels.ENGINE  # an imported nnU-Net model's spec.source["engine"]
-NNUNET_REQUIREMENTS = nnunetmodels.NNUNET_REQUIREMENTS
 
 
 def missing_model_requirements(spec: ModelSpec | None) -> list[tuple[str, str]]:

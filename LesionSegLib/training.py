@@ -212,6 +212,16 @@ def training_recipes() -> list[str]:
     return training_presets() + [NNUNET_RECIPE + name for name in PREFERRED_CONFIGURATIONS]
 
 
+def missing_recipe_requirements(recipe: str) -> list[tuple[str, str]]:
+    """What training with ``recipe`` needs beyond Segment's packages and this Python lacks: nnunetv2 with its
+    predictor's and trainer's imports for an nnU-Net recipe, nothing for LesionSeg's presets."""
+    if nnunet_configuration(recipe) is None:
+        return []
+    from LesionSegLib import nnunetmodels
+
+    return nnunetmodels.missing_nnunet_requirements(training=True)
+
+
 def nnunet_configuration(recipe: str) -> str | None:
     """The nnU-Net configuration a recipe name trains, or None for one of LesionSeg's presets."""
     return recipe[len(NNUNET_RECIPE) :] if recipe.startswith(NNUNET_RECIPE) else None

@@ -365,18 +365,30 @@ def ensurePythonPackages(log: Callable[[str], None], spec: Any = None) -> bool:
 
 def _ensureModelPackages(log: Callable[[str], None], spec: Any) -> bool:
     """Install, after asking, what the chosen model's engine needs beyond the common packages (nnunetv2)."""
-    missing = segmenting.missing_model_requirements(spec)
+    what = _("The nnU-Net model {model}").format(model=spec.id) if spec is not None else ""
+    return _installNoDeps(log, segmenting.missing_model_requirements(spec), what)
+
+
+def ensureRecipePackages(log: Callable[[str], None], recipe: str) -> bool:
+    """Install, after asking, what training with ``recipe`` needs beyond the common packages (nnU-Net's trainer);
+    False when the user declines or it fails."""
+    from LesionSegLib import training
+
+    what = _("Training with {recipe}").format(recipe=recipe)
+    return _installNoDeps(log, training.missing_recipe_requirements(recipe), what)
+
+
+def _installNoDeps(log: Callable[[str], None], missing: list[tuple[str, str]], what: str) -> bool:
     if not missing:
         return True
     names = ", ".join(requirement for _name, requirement in missing)
     if not slicer.util.confirmOkCancelDisplay(
-        _(
-            "The nnU-Net model {model} needs Python packages that this Slicer does not have yet: {names}.\n\n"
-            "Install them now?"
-        ).format(model=spec.id, names=names),
+        _("{what} needs Python packages that this Slicer does not have yet: {names}.\n\nInstall them now?").format(
+            what=what, names=names
+        ),
         _("Install Python packages"),
     ):
-        log(_("Packages not installed; the nnU-Net model needs {names}.").format(names=names))
+        log(_("Packages not installed; {what} needs {names}.").format(what=what, names=names))
         return False
     with slicer.util.WaitCursor():
         slicer.util.pip_install(segmenting.model_requirements_pip_arguments(missing))

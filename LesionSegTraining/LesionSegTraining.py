@@ -40,7 +40,7 @@ from lesionseg.models import models_dir
 from LesionSegLib.modulewidget import LesionSegModuleWidget
 from LesionSegLib.segmenting import slicer_python
 from LesionSegLib.tables import table_rows
-from LesionSegLib.widgets import SegmentMappingEditor, ensurePythonPackages, showPlotInLayout
+from LesionSegLib.widgets import SegmentMappingEditor, ensurePythonPackages, ensureRecipePackages, showPlotInLayout
 
 DEVICES = ("auto", "cpu", "cuda")
 LEARNING_RATE_DECIMALS = 8
@@ -246,9 +246,11 @@ class LesionSegTrainingWidget(LesionSegModuleWidget):
             self.refreshDataset()
 
     def onTrain(self, resume: bool) -> None:
+        node = self._parameterNode
         if self.run is not None or not ensurePythonPackages(self.log):
             return
-        node = self._parameterNode
+        if not ensureRecipePackages(self.log, node.configPreset):  # nnU-Net's trainer, on its first use
+            return
         try:
             takesEpochs = self.logic.epochsReadiness(node)[0]  # nnU-Net's trainer sets its own
             self.run = self.logic.startTraining(

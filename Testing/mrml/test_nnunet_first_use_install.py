@@ -14,7 +14,7 @@ from support.tiny_models import threshold_spec_dict
 pytest.importorskip("slicer")
 
 from lesionseg.models.spec import spec_from_dict  # noqa: E402
-from LesionSegLib import segmenting  # noqa: E402
+from LesionSegLib import nnunetmodels, segmenting, training  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 ABSENT = ("nnunetv2", "dynamic_network_architectures", "acvl_utils", "batchgeneratorsv2", "blosc2", "pandas")
@@ -27,11 +27,31 @@ def _nnunet_spec():
 def test_the_install_pins_are_requirements_nnunet_txt_pins():
     lines = (REPO / "requirements" / "nnunet.txt").read_text(encoding="utf-8").splitlines()
     pins = {line.strip() for line in lines if line.strip() and not line.startswith("#")}
-    offered = {requirement for _name, requirement in segmenting.NNUNET_REQUIREMENTS}
+    offered = {requirement for _name, requirement in nnunetmodels.NNUNET_REQUIREMENTS}
     assert pins <= offered, f"not offered in Slicer: {pins - offered}"
     assert all(
-        name not in dict(segmenting.REQUIREMENTS) for name, _ in segmenting.NNUNET_REQUIREMENTS if name in ABSENT
+        name not in dict(segmenting.REQUIREMENTS) for name, _ in nnunetmodels.NNUNET_REQUIREMENTS if name in ABSENT
     )
+
+
+def test_the_training_install_pins_are_requirements_nnunet_training_txt_pins():
+    lines = (REPO / "requirements" / "nnunet-training.txt").read_text(encoding="utf-8").splitlines()
+    pins = {line.strip() for line in lines if line.strip() and not line.startswith("#")}
+    assert pins == {requirement for _name, requirement in nnunetmodels.NNUNET_TRAINING_REQUIREMENTS}
+
+
+def test_an_nnunet_recipe_in_a_slicer_without_nnunetv2_installs_its_training_packages_and_presets_nothing():
+    script = (
+        "from LesionSegLib import training\n"
+        "print(training.missing_recipe_requirements('tiny'))\n"
+        "print(training.missing_recipe_requirements('nnU-Net 3d_fullres'))\n"
+    )
+    absent = (*ABSENT, "seaborn", "sklearn", "cc3d")
+    printed = python_without(absent, script).splitlines()
+    assert printed[0] == "[]"  # LesionSeg's own presets train with what Segment installs
+    missing = [name for name, _ in ast.literal_eval(printed[1])]
+    assert missing == [*ABSENT, "seaborn", "sklearn", "cc3d"]  # the predictor's packages, then the trainer's
+    assert training.missing_recipe_requirements("nnU-Net 2d") == []  # all here: a repeat Train asks nothing
 
 
 def test_an_nnunet_model_in_a_slicer_without_nnunetv2_installs_it_with_no_deps_and_own_models_install_nothing():
