@@ -3,8 +3,9 @@
 A model names its input channels in order (LesionSeg's spec ``inputs``, an nnU-Net model's ``channel_names``): CT
 alone for most, CT and PET for a PET/CT model. The parameter node holds one volume per channel, in
 :data:`CHANNEL_FIELDS` order: ``inputVolume`` is the first channel (whose grid the result lies on), ``channelVolume``
-the second. The panel shows the second selector only for a model that takes two images, each labelled with its
-channel's name. Every further channel goes to the job as it is: the engine resamples it onto the first one's grid.
+the second, ``channelVolume3`` and ``channelVolume4`` the third and fourth. The panel shows as many selectors as the
+model takes images, each labelled with its channel's name. Every further channel goes to the job as it is: the
+engine resamples it onto the first one's grid.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import Any
 
 from lesionseg.models import ModelSpec
 
-CHANNEL_FIELDS = ("inputVolume", "channelVolume")  # parameter node fields, in the model's channel order
+# parameter node fields, in the model's channel order (the panel has a selector for each)
+CHANNEL_FIELDS = ("inputVolume", "channelVolume", "channelVolume3", "channelVolume4")
 SINGLE_INPUT_LABEL = "Input volume:"
 
 
@@ -55,8 +57,9 @@ def channels_problem(parameterNode: Any, spec: ModelSpec | None) -> str:
             continue
         if node is None:
             return f"Select the {name} volume: model {spec.id!r} takes {', '.join(names)}."
-        if node is volumes[0]:
-            return f"The {name} volume is the {names[0]} volume; choose the {name} image for the {name} channel."
+        same = next((names[other] for other in range(index) if volumes[other] is node), None)
+        if same is not None:
+            return f"The {name} volume is the {same} volume; choose the {name} image for the {name} channel."
         problem = input_volume_problem(node)
         if problem:
             return f"{name} channel: {problem}"

@@ -36,7 +36,13 @@ from lesionseg.models.hashcache import BackgroundHasher, HashCache
 from lesionseg.models.spec import check_threshold
 from lesionseg.orientation import orientation_code
 from LesionSegLib import nnunetmodels
-from LesionSegLib.channels import channel_names, channel_volumes, channels_problem, default_channel_volume
+from LesionSegLib.channels import (
+    CHANNEL_FIELDS,
+    channel_names,
+    channel_volumes,
+    channels_problem,
+    default_channel_volume,
+)
 from LesionSegLib.jobs import BackgroundRun
 
 # Attributes on every result node: the training module reads them back as the case's provenance.
@@ -669,18 +675,21 @@ class SegmentingLogic:
     def applyModelChoice(
         self, parameterNode: Any, entry: ModelEntry | None, scene: Any = None, resetOptions: bool = True
     ) -> None:
-        """Prepare the parameter node for the chosen model: preselect a volume for its second channel whose name
+        """Prepare the parameter node for the chosen model: preselect a volume for each further channel whose name
         says it is that channel, and (``resetOptions``: a newly chosen model) set the nnU-Net options to the
         model's own (its sidecar's)."""
         if parameterNode is None or entry is None:
             return
         names = self.modelChannels(entry)
-        if len(names) > 1 and hasattr(parameterNode, "channelVolume") and not parameterNode.channelVolume:
-            first = parameterNode.inputVolume
-            scene = scene or (first.GetScene() if first is not None else None)
-            found = default_channel_volume(scene, names[1], exclude=first) if scene is not None else None
-            if found is not None:
-                parameterNode.channelVolume = found
+        first = parameterNode.inputVolume
+        scene = scene or (first.GetScene() if first is not None else None)
+        for name, channelField in zip(names[1:], CHANNEL_FIELDS[1:], strict=False):
+            if scene is None or not hasattr(parameterNode, channelField) or getattr(parameterNode, channelField):
+                continue
+            found = default_channel_volume(scene, name, exclude=first)
+            taken = [getattr(parameterNode, other, None) for other in CHANNEL_FIELDS]
+            if found is not None and found not in taken:  # one volume never feeds two channels
+                setattr(parameterNode, channelField, found)
         if resetOptions and self.isNnunetModel(entry) and hasattr(parameterNode, "nnunetCheckpoint"):
             defaults = nnunetmodels.sidecar_options(entry.spec)
             parameterNode.nnunetFolds = " ".join(defaults.folds)

@@ -487,11 +487,12 @@ class SegmentPanel:
         """One labelled volume selector per channel of the chosen model; the nnU-Net options for an nnU-Net model."""
         labels = channels.channel_labels(None if entry is None else entry.spec)
         self.ui.inputVolumeLabel.text = labels[0]
-        second = len(labels) > 1
-        self.ui.channelVolumeLabel.visible = second
-        self.ui.channelVolumeSelector.visible = second
-        if second:
-            self.ui.channelVolumeLabel.text = labels[1]
+        for index, name in enumerate(channels.CHANNEL_FIELDS[1:], start=1):
+            shown = index < len(labels)
+            getattr(self.ui, f"{name}Label").visible = shown
+            getattr(self.ui, f"{name}Selector").visible = shown
+            if shown:
+                getattr(self.ui, f"{name}Label").text = labels[index]
         self.ui.nnunetCollapsibleButton.visible = self.logic.isNnunetModel(entry)
 
     def readiness(self) -> tuple[bool, str]:

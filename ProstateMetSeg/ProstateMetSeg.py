@@ -92,6 +92,7 @@ class ProstateMetSegParameterNode:
     lesionThreshold - Lesion probability above which a voxel is lesion; 0 uses the model's default.
     cropBody - Segment only the box around the body, skipping the air around it.
     channelVolume - The second input image of a model that takes two (e.g. the PET of a PET/CT model).
+    channelVolume3, channelVolume4 - The third and fourth input images of a model that takes more.
     nnunetFolds, nnunetCheckpoint, nnunetMirroring, nnunetTileStepSize - How an imported nnU-Net model runs: folds
         to average (empty: all), checkpoint file, test-time mirroring (auto: on a GPU only) and sliding-window step.
     """
@@ -108,6 +109,8 @@ class ProstateMetSegParameterNode:
     lesionThreshold: Annotated[float, WithinRange(0.0, 0.95)] = 0.0
     cropBody: bool = False
     channelVolume: vtkMRMLScalarVolumeNode
+    channelVolume3: vtkMRMLScalarVolumeNode
+    channelVolume4: vtkMRMLScalarVolumeNode
     nnunetFolds: str = ""
     nnunetCheckpoint: str = "checkpoint_final.pth"
     nnunetMirroring: Annotated[str, Choice(["auto", "on", "off"])] = "auto"

@@ -85,6 +85,7 @@ class SpleenSegParameterNode:
     exportFormat - RTSTRUCT, DICOM SEG or NRRD (.seg.nrrd).
     cropBody - Segment only the box around the body, skipping the air around it.
     channelVolume - The second input image of a model that takes two (e.g. the PET of a PET/CT model).
+    channelVolume3, channelVolume4 - The third and fourth input images of a model that takes more.
     nnunetFolds, nnunetCheckpoint, nnunetMirroring, nnunetTileStepSize - How an imported nnU-Net model runs: folds
         to average (empty: all), checkpoint file, test-time mirroring (auto: on a GPU only) and sliding-window step.
     """
@@ -98,6 +99,8 @@ class SpleenSegParameterNode:
     exportFormat: Annotated[str, Choice(list(LesionSegLib.export.FORMATS))] = LesionSegLib.export.RTSTRUCT
     cropBody: bool = False
     channelVolume: vtkMRMLScalarVolumeNode
+    channelVolume3: vtkMRMLScalarVolumeNode
+    channelVolume4: vtkMRMLScalarVolumeNode
     nnunetFolds: str = ""
     nnunetCheckpoint: str = "checkpoint_final.pth"
     nnunetMirroring: Annotated[str, Choice(["auto", "on", "off"])] = "auto"

@@ -50,6 +50,7 @@ def test_a_pet_ct_nnunet_model_shows_its_channels_and_options_and_segments_from_
     assert node.modelId == "petct-nnunet"
     assert ui.inputVolumeLabel.text == "CT volume:" and ui.channelVolumeLabel.text == "PET volume:"
     assert ui.channelVolumeSelector.visible and ui.channelVolumeLabel.visible
+    assert not ui.channelVolume3Selector.visible and not ui.channelVolume4Selector.visible  # two images, two selectors
     assert ui.nnunetCollapsibleButton.visible
     assert (ui.nnunetFoldsLineEdit.text, ui.nnunetCheckpointLineEdit.text) == ("", "checkpoint_final.pth")
     assert ui.nnunetMirroringComboBox.currentText == "auto" and ui.nnunetTileStepSizeSpinBox.value == 0.5
