@@ -44,8 +44,11 @@ def case(tmp_path_factory) -> tuple[Path, np.ndarray]:
     return path, truth
 
 
-def nnunet_reference(folder: Path, input_file: Path, out_dir: Path, previous_stage_dir: Path | None = None) -> Path:
-    """What nnU-Net's own predictor writes for ``input_file`` (folds 0 and 1 averaged, no mirroring, step 0.5)."""
+def nnunet_reference(
+    folder: Path, input_file: Path | list[Path], out_dir: Path, previous_stage_dir: Path | None = None
+) -> Path:
+    """What nnU-Net's own predictor writes for ``input_file`` (one file per channel: a list), folds 0 and 1
+    averaged, no mirroring, step 0.5."""
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
@@ -83,8 +86,9 @@ def nnunet_reference(folder: Path, input_file: Path, out_dir: Path, previous_sta
         checkpoints[0]["inference_allowed_mirroring_axes"],
     )
     out_dir.mkdir(parents=True, exist_ok=True)
+    files = [str(f) for f in input_file] if isinstance(input_file, list) else [str(input_file)]
     predictor.predict_from_files(
-        [[str(input_file)]],
+        [files],
         str(out_dir),
         num_processes_preprocessing=1,
         num_processes_segmentation_export=1,
@@ -142,6 +146,37 @@ def test_cascade_runs_lowres_then_fullres_as_nnunet_does(dataset, case, tmp_path
     assert [s["configuration"] for s in result["nnunet"]["stages"]] == ["3d_lowres", "3d_cascade_fullres"]
     assert_same_as_nnunet(tmp_path / "ours.nii.gz", reference, truth)
     assert any("cascade: 3d_lowres first" in e.get("text", "") for e in events)
+
+
+def test_a_ct_pet_cascade_runs_both_stages_on_both_channels_as_nnunet_does(case, tmp_path):
+    """The cascade feeds every channel to each stage (and the first stage's labels to the second)."""
+    dataset = nm.build_pet_ct_cascade(tmp_path / "models")
+    ct_file, truth = case
+    ct = sitk.ReadImage(str(ct_file))
+    # PET on the CT's grid (nnU-Net's reader wants one grid): hot in the half of the volume with the larger i.
+    pet = np.zeros(sitk.GetArrayFromImage(ct).shape, np.float32)
+    pet[:, :, pet.shape[2] // 2 :] = 12.0
+    pet_image = sitk.GetImageFromArray(pet)
+    pet_image.CopyInformation(ct)
+    pet_file = tmp_path / "case" / "case_0001.nii.gz"
+    pet_file.parent.mkdir()
+    sitk.WriteImage(pet_image, str(pet_file))
+    inputs = [tmp_path / "case" / "case_0000.nii.gz", pet_file]
+    sitk.WriteImage(ct, str(inputs[0]))
+    lowres = nnunet_reference(dataset.configuration("3d_lowres"), inputs, tmp_path / "lowres")
+    reference = nnunet_reference(
+        dataset.configuration("3d_cascade_fullres"), inputs, tmp_path / "cascade", lowres.parent
+    )
+    result = segment_file_nnunet(
+        dataset.root, inputs, tmp_path / "ours.nii.gz", CPU, None, NnunetOptions("3d_cascade_fullres")
+    )
+    assert [s["configuration"] for s in result["nnunet"]["stages"]] == ["3d_lowres", "3d_cascade_fullres"]
+    ours = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "ours.nii.gz")))
+    theirs = sitk.GetArrayFromImage(sitk.ReadImage(str(reference)))
+    for label in (1, 2):
+        assert dice(ours, theirs, label) >= 0.999, f"label {label}: Dice {dice(ours, theirs, label):.4f}"
+    # The PET matters: where it is hot, background turns lesion, so the answer is not the CT's alone.
+    assert (ours == 1).sum() > (truth == 1).sum() * 1.5
 
 
 def test_dataset_folder_runs_3d_fullres_unless_a_configuration_is_named(dataset, case):

@@ -393,3 +393,60 @@ def build_pet_ct_dataset(parent: Path, folds=(0,)) -> NnunetDataset:
         save_checkpoint(folder / f"fold_{fold}" / "checkpoint_final.pth", network, optimizer, plans, dataset,
                         "3d_fullres", fold, -0.5)  # fmt: skip
     return NnunetDataset(root)
+
+
+# -- A two-channel (CT + PET) cascade ------------------------------------------------------------------------------
+PET_CASCADE_DATASET = "Dataset902_PetCtCascade"
+PET_LESION_WEIGHT = 0.5  # how much a unit of the PET (as given: NoNormalization) raises the lesion logit
+
+
+def hand_set_two_channel(network, previous_stage_channels: int, previous_stage_weight: float = 1.0) -> None:
+    """:func:`hand_set`'s CT classifier on channel 0, with the PET (channel 1) raising the lesion logit and a cascade's
+    one-hot previous-stage channels (after the two images) raising their own class's, so both the PET and the first
+    stage change the answer."""
+    import torch
+
+    hand_set(network, 1)
+    total = 2 + previous_stage_channels
+    with torch.no_grad():
+        first, last, seg = (network.encoder.stages[0][0].convs[0].conv, network.decoder.stages[-1].convs[0].conv,
+                            network.decoder.seg_layers[-1])  # fmt: skip
+        features0 = first.weight.shape[0]
+        ones = (0,) * (seg.weight.dim() - 2)
+        for c in range(1, total):
+            first.weight[(c, c, *(k // 2 for k in first.weight.shape[2:]))] = 1.0
+            first.bias[c] = _SHIFT
+            last.weight[(c, features0 + c, *(k // 2 for k in last.weight.shape[2:]))] = 1.0
+        seg.weight[(1, 1, *ones)] = PET_LESION_WEIGHT
+        seg.bias[1] -= PET_LESION_WEIGHT * _SHIFT
+        for label in range(1, previous_stage_channels + 1):
+            seg.weight[(label, 1 + label, *ones)] = previous_stage_weight
+            seg.bias[label] -= previous_stage_weight * _SHIFT
+
+
+def build_pet_ct_cascade(parent: Path, folds=(0, 1)) -> NnunetDataset:
+    """Write ``parent/Dataset902_PetCtCascade`` with a two-channel (CT, PET) ``3d_lowres`` and its
+    ``3d_cascade_fullres``, the phantom's three classes."""
+    import torch
+
+    plans = plans_dict()
+    for name in ("3d_fullres", "3d_lowres"):
+        plans["configurations"][name]["normalization_schemes"] = ["CTNormalization", "NoNormalization"]
+        plans["configurations"][name]["use_mask_for_norm"] = [False, False]
+    intensities = {"0": dict(INTENSITY), "1": dict(PET_INTENSITY)}
+    plans.update(dataset_name=PET_CASCADE_DATASET, foreground_intensity_properties_per_channel=intensities)
+    dataset = dict(dataset_dict(), channel_names={"0": "CT", "1": "PET"})
+    root = Path(parent) / PET_CASCADE_DATASET
+    for name in ("3d_lowres", "3d_cascade_fullres"):
+        folder = root / f"{TRAINER}__{PLANS}__{name}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "plans.json").write_text(json.dumps(plans, indent=2), encoding="utf-8")
+        (folder / "dataset.json").write_text(json.dumps(dataset, indent=2), encoding="utf-8")
+        previous = len(LABELS) - 1 if name == "3d_cascade_fullres" else 0
+        for fold in folds:
+            network = _network(plans, name, 2 + previous)
+            hand_set_two_channel(network, previous, previous_stage_weight=1.0 - 0.2 * int(fold))
+            optimizer = torch.optim.SGD(network.parameters(), 0.01, momentum=0.99, nesterov=True)
+            save_checkpoint(folder / f"fold_{fold}" / "checkpoint_final.pth", network, optimizer, plans, dataset,
+                            name, fold, -0.5)  # fmt: skip
+    return NnunetDataset(root)
