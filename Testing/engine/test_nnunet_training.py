@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from support import cli
 from support.processes import alive
-from support.training_data import sphere_dataset_folder
+from support.training_data import LESION, ORGAN, sphere_case, sphere_dataset_folder
 
 from lesionseg.datasets import split_dataset
 from lesionseg.errors import UserError
@@ -177,3 +177,50 @@ def test_train_a_tiny_nnunet_model_then_segment_a_case_with_it(spheres: Path, tm
     assert written.same_grid(source), "the labelmap lies on the input's grid"
     assert set(np.unique(written.array)) <= {0, 1, 2}
     print(f"nnU-Net train, resume and segment: {time.monotonic() - started:.0f} s")
+
+
+def _train(spheres: Path, work: Path, models: Path, configuration: str, model_id: str, *more: str):
+    run = cli.lesionseg("train", "--engine", "nnunet", "--dataset", str(spheres), "--configuration", configuration,
+                        "--trainer", "nnUNetTrainer_LesionSegTiny", "--output", str(work), "--model-id", model_id,
+                        "--models-dir", str(models), "--device", "cpu", "--threads", "1", "--progress", "jsonl",
+                        *more, timeout=1500)  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return next(e.data for e in map(protocol.parse_line, run.stdout.splitlines()) if e.kind is EventKind.RESULT)
+
+
+@pytest.mark.slow
+def test_2d_and_the_lowres_cascade_train_and_the_cascade_segments(tmp_path: Path) -> None:
+    """Every configuration LesionSegTraining offers trains for real. nnU-Net plans 3d_lowres (and so the cascade)
+    only for images large against its patch: planned for 20 MB of GPU memory, 40³ spheres get 20×20×16 patches and
+    a lowres stage. The cascade's second stage trains on the first stage's predictions of every case,
+    which fold 'all' gives."""
+    from lesionseg.datasets import add_case, init_dataset
+    from lesionseg.io import read_image
+
+    spheres = tmp_path / "spheres"  # 40³: large enough for a lowres stage with three resolution levels
+    init_dataset(spheres, {ORGAN: "organ", LESION: "lesion"}, name="Spheres", lesion_labels=[LESION])
+    for seed in range(4):
+        add_case(spheres, *sphere_case(seed, size=40), case_id=f"s{seed}")
+    split_dataset(spheres, validation=0.25, test=0.0)
+    work, models = tmp_path / "work", tmp_path / "models"
+    plan = ("--plan-gpu-memory", "0.02")
+    two_d = _train(spheres, work, models, "2d", "spheres-2d", *plan)
+    plans = json.loads((work / "preprocessed" / "Dataset501_Spheres" / "nnUNetPlans.json").read_text())
+    assert {"2d", "3d_lowres", "3d_cascade_fullres"} <= set(plans["configurations"])
+    refused = cli.lesionseg("train", "--engine", "nnunet", "--dataset", str(spheres), "--configuration", "3d_lowres",
+                            "--output", str(work), "--models-dir", str(models), "--plan-gpu-memory", "2",
+                            timeout=300)  # fmt: skip
+    assert refused.returncode == 2 and "was planned for 0.02 GB" in refused.stderr, refused.stderr
+    _train(spheres, work, models, "3d_lowres", "spheres-low", "--fold", "all", *plan)
+    cascade = _train(spheres, work, models, "3d_cascade_fullres", "spheres-cascade", "--fold", "all")
+    assert cascade["engine"] == "nnunet" and Path(two_d["output"]) == models / "spheres-2d"
+
+    image = next(iter(sorted((spheres / "imagesTr").glob("*.nii.gz"))))
+    for model, stages in (("spheres-2d", ["2d"]), ("spheres-cascade", ["3d_lowres", "3d_cascade_fullres"])):
+        out = tmp_path / f"{model}.nii.gz"
+        seg = cli.lesionseg("segment", "--models-dir", str(models), "--model", model, "--input", str(image),
+                            "--output", str(out), "--device", "cpu", "--progress", "jsonl", timeout=600)  # fmt: skip
+        assert seg.returncode == 0, seg.stdout[-3000:] + seg.stderr[-3000:]
+        result = next(e.data for e in map(protocol.parse_line, seg.stdout.splitlines()) if e.kind is EventKind.RESULT)
+        assert [s["configuration"] for s in result["nnunet"]["stages"]] == stages
+        assert read_image(out).same_grid(read_image(image))

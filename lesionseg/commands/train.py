@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "split, its train/validation cases)")  # fmt: skip
     nnunet.add_argument("--trainer", default="nnUNetTrainer", help="nnU-Net trainer class; nnUNetTrainer_LesionSegTiny "
                         "(1 epoch of 2 iterations) and nnUNetTrainer_LesionSeg5Epochs are quick tries")  # fmt: skip
+    nnunet.add_argument("--plan-gpu-memory", type=float, metavar="GB", help="GPU memory nnU-Net's planner sizes "
+                        "the patches for (its -gpu_memory_target; default 8 GB): a smaller one gives smaller patches, "
+                        "and 3d_lowres with its cascade for images large against them")  # fmt: skip
     nnunet.add_argument("--model-id", help="id of the imported model (default: the --output folder's name)")
     nnunet.add_argument("--models-dir", help="models folder to import into (default $LESIONSEG_MODELS_DIR or "
                         "~/.lesionseg/models)")  # fmt: skip
@@ -89,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.engine == "nnunet":
         return _run_nnunet(args, report)
+    if args.plan_gpu_memory is not None:
+        raise UserError("--plan-gpu-memory is for --engine nnunet (nnU-Net's planner)")
     if args.config is None and not args.resume:
         args.config = "tiny"
     if args.new_split and not args.resume:
@@ -200,6 +205,7 @@ def _run_nnunet(args: argparse.Namespace, report) -> int:
         result = nnunet.train_nnunet(
             args.dataset, args.configuration, work, models_dir(args.models_dir), args.model_id or work.resolve().name,
             args.fold, args.trainer, args.resume, args.overwrite, args.device, args.threads or 1, epoch, say,
+            args.plan_gpu_memory,
         )  # fmt: skip
     except Exception as error:
         if args.progress == "jsonl":

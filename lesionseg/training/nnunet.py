@@ -28,10 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from lesionseg.errors import UserError
+from lesionseg.io.atomic import write_json_atomic
 from lesionseg.models.nnunet import PREFERRED_CONFIGURATIONS as CONFIGURATIONS
 
 DATASET_ID = 501  # 500 and up are nnU-Net's ids for one's own datasets; the work folder holds only this one
 PLANS = "nnUNetPlans"
+PLAN_RECORD = "lesionseg-plan.json"  # beside nnU-Net's plans: the GPU memory target they were made for
 CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")  # maybe_load_checkpoint's order
 # The configuration whose preprocessed data a configuration trains on (the cascade's second stage uses full res).
 _PREPROCESSED_AS = {"3d_cascade_fullres": "3d_fullres"}
@@ -88,8 +90,19 @@ def _exported_folder(work: Path) -> Path | None:
     return found[0] if found else None
 
 
-def prepare(dataset: str | Path, work: Path, configuration: str, resume: bool, report: Callable[[str], None]) -> Path:
+def prepare(
+    dataset: str | Path,
+    work: Path,
+    configuration: str,
+    resume: bool,
+    report: Callable[[str], None],
+    plan_gpu_memory_gb: float | None = None,
+) -> Path:
     """Export, plan and preprocess as far as not done yet; returns the preprocessed dataset folder.
+
+    ``plan_gpu_memory_gb`` is the GPU memory nnU-Net's planner sizes the patches for (its ``-gpu_memory_target``;
+    None: its default, 8 GB). A smaller target gives smaller patches, and a ``3d_lowres`` stage (with its cascade)
+    for images that are large against them.
 
     The export records the dataset manifest's hash: a changed dataset is exported and planned afresh for a new
     training, and refused for a resumed one (its split and normalisation would no longer be those it started with).
@@ -119,21 +132,35 @@ def prepare(dataset: str | Path, work: Path, configuration: str, resume: bool, r
     plans_file = preprocessed / f"{PLANS}.json"
     from nnunetv2.experiment_planning import plan_and_preprocess_api as api
 
+    planned_for = preprocessed / PLAN_RECORD
     if not plans_file.is_file():
         report("nnU-Net: extracting the dataset fingerprint and planning")
         api.extract_fingerprints([DATASET_ID], num_processes=1, check_dataset_integrity=True)
-        api.plan_experiments([DATASET_ID])
+        api.plan_experiments([DATASET_ID], gpu_memory_target_in_gb=plan_gpu_memory_gb)
+        write_json_atomic(planned_for, {"gpu_memory_target_gb": plan_gpu_memory_gb})
+    elif plan_gpu_memory_gb is not None:
+        recorded = json.loads(planned_for.read_text(encoding="utf-8")) if planned_for.is_file() else {}
+        if recorded.get("gpu_memory_target_gb") != plan_gpu_memory_gb:
+            raise UserError(
+                f"{work} was planned for {recorded.get('gpu_memory_target_gb') or 'the default 8'} GB of GPU memory, "
+                f"not --plan-gpu-memory {plan_gpu_memory_gb:g}; leave the option out to train with those plans, or "
+                "choose a new --output to plan again"
+            )
     plans = json.loads(plans_file.read_text(encoding="utf-8"))
     if configuration not in plans["configurations"]:
         raise UserError(
             f"nnU-Net planned no {configuration} for this dataset (it has {', '.join(sorted(plans['configurations']))}"
             "; 3d_lowres and the cascade are planned only for images much larger than the patch size)"
         )
-    source = _PREPROCESSED_AS.get(configuration, configuration)
-    identifier = plans["configurations"][source].get("data_identifier", f"{PLANS}_{source}")
-    if not (preprocessed / identifier).is_dir():
-        report(f"nnU-Net: preprocessing {source}")
-        api.preprocess([DATASET_ID], PLANS, [source], [1], show_progress_bar=False)
+    sources = [_PREPROCESSED_AS.get(configuration, configuration)]
+    if plans["configurations"][sources[0]].get("next_stage"):
+        # 3d_lowres predicts every validation case for its cascade when it ends, on 3d_fullres's preprocessed data.
+        sources.append("3d_fullres")
+    for source in sources:
+        identifier = plans["configurations"][source].get("data_identifier", f"{PLANS}_{source}")
+        if not (preprocessed / identifier).is_dir():
+            report(f"nnU-Net: preprocessing {source}")
+            api.preprocess([DATASET_ID], PLANS, [source], [1], show_progress_bar=False)
     if (exported / "splits_final.json").is_file() and not (preprocessed / "splits_final.json").is_file():
         # The dataset's own train/validation split (fold 0), instead of nnU-Net's random 5-fold one.
         shutil.copyfile(exported / "splits_final.json", preprocessed / "splits_final.json")
@@ -256,6 +283,7 @@ def train_nnunet(
     processes: int = 1,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     report: Callable[[str], None] = print,
+    plan_gpu_memory_gb: float | None = None,
 ) -> NnunetTrainingResult:
     """Train ``configuration`` of ``dataset`` with nnU-Net in the work folder ``work``, and import the result into
     ``models_dir`` as ``model_id``; ``processes`` is the number of worker processes nnU-Net may start."""
@@ -286,7 +314,9 @@ def train_nnunet(
     # for this process and for the worker processes nnU-Net starts.
     os.environ.update(environment(work, processes))
     cls = trainer_class(trainer)
-    preprocessed = prepare(dataset, work, configuration, resume, report)
+    if plan_gpu_memory_gb is not None and not plan_gpu_memory_gb > 0:
+        raise UserError(f"--plan-gpu-memory {plan_gpu_memory_gb:g}: give the GPU memory in GB, more than 0")
+    preprocessed = prepare(dataset, work, configuration, resume, report, plan_gpu_memory_gb)
     import torch
     from nnunetv2.run.run_training import maybe_load_checkpoint
 
