@@ -48,7 +48,16 @@ def test_demo_runs_from_dicom_to_a_report_with_a_valid_rtstruct(tmp_path):
     # the prediction lies on the grid of the DICOM series it was made from
     prediction = read_image(output / "prediction.seg.nrrd")
     assert prediction.same_grid(read_image(output / "study" / "dicom"))
-    assert "SYNTHETIC" in (report / "report.md").read_text()
+    text = (report / "report.md").read_text()
+    assert "SYNTHETIC" in text
+    # Detection by size, as `lesionseg evaluate --min-reference-mm 10` counts it, and each phantom lesion listed
+    # with its kind and whether the model found it.
+    detection = metrics["detection"]
+    assert detection["min_reference_mm"] == 10.0 and detection["n_ref"] >= 1
+    assert f"Found {detection['tp']} of the phantom's {detection['n_ref']} lesions of 10 mm or more" in text
+    listed = [line for line in text.splitlines() if line.startswith("| ") and ("| yes |" in line or "| no |" in line)]
+    assert len(listed) == len(detection["reference_lesions"])
+    assert all(any(kind in line for kind in ("sclerotic", "lytic", "node")) for line in listed)
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import shutil
 import subprocess
 import sys
@@ -29,7 +30,10 @@ DEMO_MODELS = {"spleen": "demo-spleen", "metastasis": "demo-lesion"}
 # The demo's own label values in its combined prediction and truth maps.
 DEMO_LABELS = [LabelInfo(1, "Spleen", (0.62, 0.37, 0.72)), LabelInfo(2, "Metastasis", (0.95, 0.15, 0.15))]
 DEMO_SEED = 7  # case 0 of this seed has six lesions of all three kinds, stored PLS
-MIN_LESION_MM3 = 100.0  # lesions smaller than this are not counted, as in the brain-metastasis reports
+MIN_LESION_MM3 = 100.0  # predictions smaller than this are not counted, as in the brain-metastasis reports
+# Detection by size (lesionseg evaluate --min-reference-mm): a phantom lesion of 10 mm or more counts, and any
+# prediction touching it finds it.
+MIN_REFERENCE_MM = 10.0
 
 
 def demo_model_folder(model_id: str) -> Path:
@@ -129,6 +133,15 @@ def coronal_overlay(path: Path, image: Image, pred: Image, truth: Image) -> Path
     )
 
 
+def _lesion_kind(truth: list[dict[str, Any]], centre_lps: np.ndarray) -> str:
+    """The phantom's kind of the lesion at ``centre_lps`` (sclerotic, lytic, node): the nearest drawn lesion."""
+    if not truth:
+        return ""
+    distances = [float(np.linalg.norm(np.asarray(t["centre_lps_mm"]) - centre_lps)) for t in truth]
+    best = int(np.argmin(distances))
+    return str(truth[best]["kind"]) if distances[best] < 0.5 * truth[best]["diameter_mm"] + 6.0 else ""
+
+
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.2f}"
@@ -204,7 +217,15 @@ def run_demo(output: str | Path, device: str = "auto", say: Callable[[str], None
 
     def evaluate() -> dict[str, Any]:
         names = {info.value: info.name for info in DEMO_LABELS}
-        return evaluate_case(prediction, truth, label_names=names, lesion_labels=[2], min_lesion_mm3=MIN_LESION_MM3)
+        return evaluate_case(
+            prediction,
+            truth,
+            label_names=names,
+            lesion_labels=[2],
+            min_lesion_mm3=MIN_LESION_MM3,
+            min_reference_mm=MIN_REFERENCE_MM,
+            min_prediction_mm3=MIN_LESION_MM3,
+        )
 
     metrics = steps.run("Evaluating against the phantom's truth", evaluate)
     write_json_atomic(report_dir / "metrics.json", metrics)
@@ -240,7 +261,19 @@ def run_demo(output: str | Path, device: str = "auto", say: Callable[[str], None
             ]
             for info in DEMO_LABELS
         ]
-        found = metrics["lesions"]
+        detection = metrics["detection"]
+        kinds = json.loads((study / "truth.json").read_text(encoding="utf-8"))["lesions"]
+        phantom_rows = [
+            [
+                str(number),
+                _lesion_kind(kinds, ct.world(np.asarray(row["centre_kji"])[::-1])),
+                f"{row['extent_mm']:.0f}",
+                f"{row['volume_mm3'] / 1000:.2f}",
+                "yes" if row["hit"] else "no",
+                "" if row["counted"] else f"not counted (under {MIN_REFERENCE_MM:g} mm)",
+            ]
+            for number, row in enumerate(detection["reference_lesions"], start=1)
+        ]
         sections = [
             Section(
                 "About this demo",
@@ -254,8 +287,11 @@ def run_demo(output: str | Path, device: str = "auto", say: Callable[[str], None
             ),
             Section(
                 "Lesion detection",
-                header=["true positives", "false negatives", "false positives", "FP volume (mL)", "FN volume (mL)"],
-                rows=[[_cell(found.get(key)) for key in ("tp", "fn", "fp", "fp_volume_ml", "fn_volume_ml")]],
+                text=f"Found {detection['tp']} of the phantom's {detection['n_ref']} lesions of {MIN_REFERENCE_MM:g} "
+                f"mm or more (any overlapping prediction finds a lesion), with {detection['fp']} false positive(s) of "
+                f"{MIN_LESION_MM3:g} mm³ or more.",
+                header=["lesion", "kind", "long axis (mm)", "volume (mL)", "found", "note"],
+                rows=phantom_rows,
             ),
             Section(
                 "Predicted lesions", header=columns, rows=[[_cell(row.get(c)) for c in columns] for row in lesions]
