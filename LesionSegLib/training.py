@@ -28,6 +28,7 @@ from lesionseg.labels import named_like_lesion
 from lesionseg.models import ModelRegistry, ModelSpec
 from lesionseg.models.nnunet import PREFERRED_CONFIGURATIONS
 from LesionSegLib.jobs import BackgroundRun
+from LesionSegLib.ranking import rank_provenance
 from LesionSegLib.segmenting import (
     MODEL_ID_ATTRIBUTE,
     MODEL_VERSION_ATTRIBUTE,
@@ -133,7 +134,7 @@ def _dicom_uids(volume_node: Any) -> dict[str, str]:
 
 def case_provenance(volume_node: Any, segmentation_node: Any, annotator: str, note: str = "") -> dict[str, Any]:
     """Provenance for a saved case: AI model and version (when the segmentation is a LesionSeg result),
-    annotator, time (added by the dataset), and the DICOM UIDs of the CT."""
+    annotator, time (added by the dataset), the DICOM UIDs of the CT, and its rank when it was picked by rank."""
     provenance: dict[str, Any] = {"annotator": annotator.strip(), "note": note}
     model = segmentation_node.GetAttribute(MODEL_ID_ATTRIBUTE)
     if model:
@@ -143,6 +144,7 @@ def case_provenance(volume_node: Any, segmentation_node: Any, annotator: str, no
         if threshold:
             provenance["source_threshold"] = float(threshold)
     provenance.update(_dicom_uids(volume_node))
+    provenance.update(rank_provenance(volume_node))  # its place in "Which case next", when it was ranked
     instances = volume_node.GetAttribute("DICOM.instanceUIDs")
     if instances:
         provenance["instance_count"] = len(instances.split())

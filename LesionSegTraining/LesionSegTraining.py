@@ -24,6 +24,7 @@ if sys.version_info < (3, 10):  # noqa: UP036 (this file runs in whatever Python
 
 try:
     import lesionseg.mrml
+    import LesionSegLib.ranking
     import LesionSegLib.training
 except ModuleNotFoundError as error:
     if error.name not in ("lesionseg", "LesionSegLib"):
@@ -33,6 +34,7 @@ except ModuleNotFoundError as error:
     # where both are in the repository root: this file's grand-parent folder.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import lesionseg.mrml
+    import LesionSegLib.ranking
     import LesionSegLib.training
 from lesionseg.image import Image
 from lesionseg.labels import LabelInfo
@@ -89,6 +91,10 @@ class LesionSegTrainingParameterNode:
     learningRate - Learning rate (0: the preset's).
     device - Where training runs.
     casesTable, historyTable, historyChart - Where the case list and the training curves are shown.
+    rankFolder - The folder of unlabelled volumes (or a dataset) that "Which case next" ranks.
+    rankModelId - The model whose uncertainty ranks them.
+    rankMethod - entropy, mutual_information or lesion_count.
+    rankingTable - The latest ranking, most uncertain first.
     """
 
     # A str, not a pathlib.Path: the Path serializer turns "nothing chosen" into ".", which would
@@ -106,6 +112,10 @@ class LesionSegTrainingParameterNode:
     casesTable: vtkMRMLTableNode
     historyTable: vtkMRMLTableNode
     historyChart: vtkMRMLPlotChartNode
+    rankFolder: str = ""  # bound by hand, as datasetFolder
+    rankModelId: str = ""
+    rankMethod: Annotated[str, Choice(list(LesionSegLib.ranking.METHODS))] = "entropy"
+    rankingTable: vtkMRMLTableNode
 
 
 #
@@ -122,6 +132,8 @@ class LesionSegTrainingWidget(LesionSegModuleWidget):
     def __init__(self, parent=None) -> None:
         LesionSegModuleWidget.__init__(self, parent)
         self.run = None
+        self.rankRun = None  # the ranking job while it runs
+        self.ranking = None  # the latest ranking: model, method and the cases, most uncertain first
 
     def createLogic(self):
         return LesionSegTrainingLogic()
@@ -143,10 +155,20 @@ class LesionSegTrainingWidget(LesionSegModuleWidget):
 
         self.ui.configPresetComboBox.addItems(self.logic.presets())
 
+        self.rankTimer = qt_timer(self.POLL_MS, self.onRankTimer)
+        self.ui.rankFolderPathLineEdit.connect("currentPathChanged(QString)", self.onRankFolderChanged)
+        self.ui.rankModelComboBox.connect("currentIndexChanged(int)", self.onRankModelChanged)
+        self.ui.rankButton.connect("clicked(bool)", self.onRank)
+        self.ui.loadRankedCaseButton.connect("clicked(bool)", self.onLoadRankedCase)
+
     def stopBackgroundWork(self) -> None:
         self.timer.stop()
+        self.rankTimer.stop()
         if self.run is not None:
             self.run.cancel()
+        if self.rankRun is not None:
+            self.rankRun.cancel()
+            self.rankRun = None
 
     def refreshPanels(self) -> None:
         presets = self.logic.presets()
@@ -156,6 +178,86 @@ class LesionSegTrainingWidget(LesionSegModuleWidget):
             self.ui.configPresetComboBox.currentIndex = presets.index(self._parameterNode.configPreset)
         self.onCaseChanged()
         self.refreshDataset()
+        models = self.logic.rankingModels()
+        self.ui.rankModelComboBox.clear()
+        self.ui.rankModelComboBox.addItems(models)
+        if self._parameterNode.rankModelId not in models and models:
+            self._parameterNode.rankModelId = models[0]
+        if self._parameterNode.rankModelId in models:
+            self.ui.rankModelComboBox.currentIndex = models.index(self._parameterNode.rankModelId)
+
+    def onRankFolderChanged(self, path: str) -> None:
+        if self._parameterNode and self._parameterNode.rankFolder != path:
+            self._parameterNode.rankFolder = path
+
+    def onRankModelChanged(self, index: int) -> None:
+        if self._parameterNode and index >= 0:
+            self._parameterNode.rankModelId = self.ui.rankModelComboBox.currentText
+
+    def onRank(self, _checked: bool = False) -> None:
+        if self.rankRun is not None:  # the button reads Cancel while a ranking runs
+            self.log(_("Cancelling the ranking..."))
+            self.rankRun.cancel()
+            self.onRankTimer()
+            return
+        if not ensurePythonPackages(self.log):
+            return
+        node = self._parameterNode
+        try:
+            self.rankRun = self.logic.startRanking(node.rankFolder, node.rankModelId, node.device, node.rankMethod)
+        except (ValueError, RuntimeError) as error:
+            self.log(str(error))
+            slicer.util.errorDisplay(str(error), windowTitle=_("Cannot rank"))
+            return
+        self.ui.rankProgressBar.value = 0
+        self.ui.rankButton.text = _("Cancel")
+        self.log(_("Ranking the volumes in {folder} by {method}...").format(folder=node.rankFolder,
+                                                                            method=node.rankMethod))  # fmt: skip
+        self.rankTimer.start()
+        self._checkCanApply()
+
+    def onRankTimer(self) -> None:
+        run = self.rankRun
+        if run is None:
+            self.rankTimer.stop()
+            return
+        run.poll()
+        self.ui.rankProgressBar.value = int(round(100 * run.fraction))
+        for line in run.log:
+            self.log(line)
+        if run.finished:
+            self.rankTimer.stop()
+            self.rankRun = None
+            self.ui.rankButton.text = _("Rank volumes")
+            failure = run.failure()
+            if failure:
+                self.log(failure)
+            else:
+                self.ranking = run.ranking
+                node = self._parameterNode
+                node.rankingTable = self.logic.rankingTable(run, node.rankingTable)
+                self.ui.rankingTableView.setMRMLTableNode(node.rankingTable)
+                first = self.ranking["cases"][0]["case"] if self.ranking["cases"] else ""
+                self.log(_("Ranked {count} volumes; the model is least sure of {case}.").format(
+                    count=len(self.ranking["cases"]), case=first))  # fmt: skip
+            run.cleanup()
+            self._checkCanApply()
+
+    def selectedRankRow(self) -> int:
+        """The ranking row selected in the table (the first, most uncertain, when none is)."""
+        index = self.ui.rankingTableView.selectionModel().currentIndex()
+        if index is None or not index.isValid():
+            return 0
+        return self.ui.rankingTableView.sortFilterProxyModel().mapToSource(index).row()
+
+    def onLoadRankedCase(self, _checked: bool = False) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Could not load the case."), waitCursor=True):
+            volume = self.logic.loadRankedCase(slicer.mrmlScene, self.ranking, self.selectedRankRow())
+            self._parameterNode.caseVolume = volume
+            slicer.util.setSliceViewerLayers(background=volume, fit=True)
+            rank = volume.GetAttribute(LesionSegLib.ranking.RANK_ATTRIBUTES["rank"])
+            text = _("Loaded {case} (rank {rank}): segment it, correct it, and save it as a case.")
+            self.log(text.format(case=volume.GetName(), rank=rank))
 
     def onDatasetFolderChanged(self, path: str) -> None:
         if self._parameterNode and self._parameterNode.datasetFolder != path:
@@ -323,6 +425,8 @@ class LesionSegTrainingWidget(LesionSegModuleWidget):
         # line edit, so typing in it is not interrupted.
         if self._parameterNode and self.ui.datasetFolderPathLineEdit.currentPath != self._parameterNode.datasetFolder:
             self.ui.datasetFolderPathLineEdit.currentPath = self._parameterNode.datasetFolder
+        if self._parameterNode and self.ui.rankFolderPathLineEdit.currentPath != self._parameterNode.rankFolder:
+            self.ui.rankFolderPathLineEdit.currentPath = self._parameterNode.rankFolder
         LesionSegModuleWidget._checkCanApply(self, caller, event)
 
     def buttonStates(self):
@@ -333,6 +437,8 @@ class LesionSegTrainingWidget(LesionSegModuleWidget):
             (self.ui.trainButton, self.logic.trainReadiness(self._parameterNode, running)),
             (self.ui.cancelButton, self.logic.cancelReadiness(running)),
             (self.ui.resumeButton, self.logic.resumeReadiness(self._parameterNode, running)),
+            (self.ui.rankButton, self.logic.rankReadiness(self._parameterNode, self.rankRun is not None)),
+            (self.ui.loadRankedCaseButton, self.logic.loadRankedCaseReadiness(self.ranking)),
             (self.ui.epochsSpinBox, self.logic.epochsReadiness(self._parameterNode)),
             (self.ui.learningRateSpinBox, self.logic.epochsReadiness(self._parameterNode)),
         ]
@@ -476,6 +582,46 @@ class LesionSegTrainingLogic(ScriptedLoadableModuleLogic):
         if parameterNode is None or not LesionSegLib.training.dataset_exists(parameterNode.datasetFolder):
             return False, _("Choose a dataset folder that holds a dataset.")
         return True, _("Take the case selected in the table out of training (kept as a removed version).")
+
+    def rankingModels(self) -> list[str]:
+        """The models that can rank volumes: LesionSeg's own (their flipped copies give the uncertainty)."""
+        return LesionSegLib.ranking.ranking_models(self.modelsDir or models_dir())
+
+    def startRanking(self, folder: str, modelId: str, device: str = "auto", method: str = "entropy"):
+        """Start ranking the volumes of ``folder`` in the background; the caller polls the run (the widget on a
+        timer)."""
+        run = LesionSegLib.ranking.RankingRun(
+            folder, modelId, self.modelsDir or models_dir(), self.pythonExecutable or slicer_python(), device, method,
+            self.childEnvironment,
+        )  # fmt: skip
+        return run.start()
+
+    def rankingTable(self, run, tableNode=None):
+        """The finished ranking in a table node (new, or ``tableNode`` refilled)."""
+        scene = slicer.mrmlScene if tableNode is None else tableNode.GetScene()
+        name = _("Which case next ({method})").format(method=run.method)
+        return LesionSegLib.ranking.ranking_table(scene, run.rows(), name, tableNode)
+
+    def loadRankedCase(self, scene, ranking: dict, row: int):
+        """Load the ranked case at ``row`` as a volume carrying its rank, which Save case records."""
+        if not ranking or not 0 <= row < len(ranking["cases"]):
+            raise ValueError("rank the volumes first, then choose one of the ranked cases")
+        return LesionSegLib.ranking.load_ranked_case(scene, ranking, ranking["cases"][row])
+
+    def rankReadiness(self, parameterNode: LesionSegTrainingParameterNode | None, running: bool) -> tuple[bool, str]:
+        """Whether Rank (or Cancel, while it runs) can be pressed, and the tooltip that says why or why not."""
+        if running:
+            return True, _("Cancel the ranking.")
+        if parameterNode is None or not parameterNode.rankFolder:
+            return False, _("Choose the folder of volumes not yet annotated.")
+        if not parameterNode.rankModelId:
+            return False, _("No model can rank volumes yet: a LesionSeg model is needed.")
+        return True, _("Segment each volume with flipped copies and rank them, the most uncertain first.")
+
+    def loadRankedCaseReadiness(self, ranking: dict | None) -> tuple[bool, str]:
+        if not ranking or not ranking.get("cases"):
+            return False, _("Rank the volumes first.")
+        return True, _("Load the selected case (the most uncertain when none is selected) as the case volume.")
 
     def epochsReadiness(self, parameterNode: LesionSegTrainingParameterNode | None) -> tuple[bool, str]:
         """Whether the epochs and learning-rate fields apply to the chosen recipe, and the tooltip that says so."""

@@ -111,3 +111,23 @@ def test_rank_errors_name_the_problem(edge_folder, tmp_path):
                      "--backend", "torch", "--device", "cpu")  # fmt: skip
     assert done.returncode == 2 and "broken" in done.stderr, done.stderr
     assert not (tmp_path / "r.csv").exists()
+
+
+def test_rank_streams_job_events_for_the_modules(edge_folder, pool, tmp_path):
+    from lesionseg.jobs import EventKind, protocol
+
+    done = lesionseg("rank", "--model", str(edge_folder), "--images", str(pool), "--output", str(tmp_path / "next"),
+                     "--device", "cpu", "--backend", "torch", "--progress", "jsonl")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    events = [protocol.parse_line(line) for line in done.stdout.splitlines()]
+    assert all(e.kind is not EventKind.OUTPUT for e in events), done.stdout  # nothing but events on stdout
+    progress = [e.data for e in events if e.kind is EventKind.PROGRESS]
+    assert [(p["cases_done"], p["cases_total"]) for p in progress] == [(1, 3), (2, 3), (3, 3)]
+    assert progress[-1]["percent"] == 100.0 and {p["stage"] for p in progress} == {"rank"}
+    result = next(e.data for e in events if e.kind is EventKind.RESULT)
+    assert result["output"] == str(tmp_path / "next.json")
+    assert [row["case"] for row in result["ranking"]["cases"]] == ["unsure", "middle", "clear"]
+    refused = lesionseg("rank", "--model", str(edge_folder), "--images", str(tmp_path / "nowhere"), "--output",
+                        str(tmp_path / "r"), "--progress", "jsonl")  # fmt: skip
+    errors = [e.data for e in map(protocol.parse_line, refused.stdout.splitlines()) if e.kind is EventKind.ERROR]
+    assert refused.returncode == 2 and errors and "no such folder" in errors[0]["text"]

@@ -197,6 +197,21 @@ def test_epochs_and_learning_rate_are_off_for_an_nnunet_recipe(framework):
     assert "epochsSpinBox" in source and "learningRateSpinBox" in source
 
 
+def test_which_case_next_is_ready_only_with_a_folder_and_a_model(framework, tmp_path):
+    python_module = framework.load_module("LesionSegTraining")
+    logic = python_module.LesionSegTrainingLogic()
+    logic.modelsDir = tmp_path / "models"
+    node = logic.getParameterNode()
+    assert node.rankMethod == "entropy" and not logic.rankReadiness(node, running=False)[0]
+    node.rankFolder = str(tmp_path)
+    node.rankModelId = "demo-lesion"
+    assert "demo-lesion" in logic.rankingModels()  # shipped with its weights: it can rank
+    assert logic.rankReadiness(node, running=False)[0] and logic.rankReadiness(None, running=True)[0]  # Cancel
+    assert not logic.loadRankedCaseReadiness(None)[0]
+    with pytest.raises(ValueError, match="rank the volumes first"):
+        logic.loadRankedCase(framework.slicer.mrmlScene, None, 0)
+
+
 @pytest.mark.parametrize("tag", TAGS)
 def test_each_release_is_assembled_apart_and_the_process_is_given_back(tag):
     reason = missing_reason(tag)

@@ -173,7 +173,8 @@ def test_training_dataset_folder_is_a_directory_path_edit():
 def test_training_panel_offers_the_key_parameters_progress_plot_table_and_log():
     widgets = {w.name: w for w in ui_widgets("LesionSegTraining")}
     fields = parameter_node_fields("LesionSegTraining")
-    assert [s.string("text") for s in ui_sections("LesionSegTraining")] == ["Inputs", "Dataset", "Training"]
+    sections = ["Inputs", "Dataset", "Which case next", "Training"]
+    assert [s.string("text") for s in ui_sections("LesionSegTraining")] == sections
     for name, parameter in (
         ("annotatorLineEdit", "annotator"),
         ("modelNameLineEdit", "modelName"),
@@ -188,6 +189,11 @@ def test_training_panel_offers_the_key_parameters_progress_plot_table_and_log():
     assert fields["historyChart"].base == "vtkMRMLPlotChartNode" and fields["historyTable"].base == "vtkMRMLTableNode"
     receivers = ui_scene_connections("LesionSegTraining")
     assert {"casesTableView", "historyTableView", "caseVolumeSelector", "caseSegmentationSelector"} <= receivers
+    # Which case next: a folder, a model and a method, Rank and Load, progress and the ranking table.
+    assert widgets["rankMethodComboBox"].string("SlicerParameterName") == "rankMethod" and "rankMethod" in fields
+    assert {"rankFolder", "rankModelId", "rankingTable"} <= set(fields) and "rankingTableView" in receivers
+    assert widgets["rankButton"].cls == widgets["loadRankedCaseButton"].cls == "QPushButton"
+    assert widgets["rankProgressBar"].cls == "QProgressBar" and widgets["rankingTableView"].cls == "qMRMLTableView"
 
 
 @pytest.mark.parametrize("module", MODULES)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
 HELP = "rank unlabelled cases by the model's uncertainty (which case to annotate next)"
 DESCRIPTION = (
@@ -35,11 +36,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--models-dir", help="user models folder (default $LESIONSEG_MODELS_DIR or ~/.lesionseg/models)"
     )
+    parser.add_argument("--progress", choices=["jsonl"], help="print JSON-lines events on stdout (as segment does)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from lesionseg.jobs import protocol
+
+    if args.progress != "jsonl":
+        return _rank(args, lambda line: print(line, file=sys.stderr))
+    protocol.exit_on_terminate()
+
+    def scored(number: int, total: int) -> None:
+        percent = round(100 * number / total, 2)
+        protocol.write_event(protocol.progress(percent, "rank", cases_done=number, cases_total=total))
+
+    try:
+        return _rank(args, lambda line: protocol.write_event(protocol.message(line)), scored)
+    except Exception as error:
+        # The modules show this text: the one line the command line prints, never a traceback.
+        protocol.write_event(protocol.error(error))
+        raise
+
+
+def _rank(
+    args: argparse.Namespace, say: Callable[[str], None], cases_done: Callable[[int, int], None] | None = None
+) -> int:
     from lesionseg.inference.ranking import check_method, rank_cases, rank_inputs, ranking_paths, write_ranking
     from lesionseg.io.outputs import check_output
+    from lesionseg.jobs import protocol
 
     check_method(args.method)
     for path in ranking_paths(args.output):
@@ -53,8 +77,13 @@ def run(args: argparse.Namespace) -> int:
         args.method,
         args.device,
         args.models_dir,
-        say=lambda line: print(line, file=sys.stderr),
+        say=say,
+        cases_done=cases_done,
     )
-    for path in write_ranking(ranking, args.output):
-        print(path)
+    paths = write_ranking(ranking, args.output)
+    if args.progress == "jsonl":
+        protocol.write_event(protocol.result(output=str(paths[1]), model=ranking["model"], ranking=ranking))
+    else:
+        for path in paths:
+            print(path)
     return 0

@@ -98,8 +98,11 @@ def rank_cases(
     device: str = "auto",
     models_dir: str | Path | None = None,
     say: Callable[[str], None] | None = None,
+    cases_done: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Rank the cases of ``source`` (folder or dataset) by ``method``; ``model``: id, folder, spec or LoadedModel.
+
+    ``say`` gets a line per case scored, and ``cases_done`` the cases scored so far and in all.
 
     Returns ``{"model", "method", "images", "passes", "cases": [...]}`` with the cases most uncertain first.
     """
@@ -128,6 +131,8 @@ def rank_cases(
         rows.append({"case": case, **case_scores(result), "images": [str(p) for p in paths]})
         if say:
             say(f"{number}/{len(cases)} {case}: {method} {rows[-1][method]}")
+        if cases_done:
+            cases_done(number, len(cases))
     rows.sort(key=lambda row: (-row[method], -row["entropy"], row["case"]))
     ranked = [{"rank": n, **row} for n, row in enumerate(rows, start=1)]
     passes = len(tta_members(loaded.spec))

@@ -59,7 +59,7 @@ EVENTS = """
 ready    pid               the warm worker's process id; it reads requests from now on
 stage    stage             the segmentation stage begun: load, preprocess, inference, postprocess or write
 progress percent           0-100 over the whole job; never goes back
-         stage             the stage it belongs to (segment), or train / train-stage1 / train-stage2 (train)
+         stage             the stage it belongs to (segment), train / train-stage1 / train-stage2 (train), or rank
          windows_done      segment, inference stage: sliding windows computed so far
          windows_total     segment, inference stage: sliding windows in all
          cascade           segment: 'coarse' while a two-step model's coarse stage runs
@@ -79,6 +79,8 @@ progress percent           0-100 over the whole job; never goes back
          dice_pooled_mean  train, validated epochs: mean of dice_pooled
          val_loss          train, nnU-Net: the epoch's validation loss
          dice_ema          train, nnU-Net: the moving average of dice_mean that picks checkpoint_best
+         cases_done        rank: cases scored so far
+         cases_total       rank: cases in all
 message  text              a line for the log
 warning  text              a line for the log that the user must see (also kept on the result)
 model    model             warm worker: the model id the request runs
@@ -86,7 +88,7 @@ model    model             warm worker: the model id the request runs
          dropped           the model id unloaded for it, or null
          pid               the worker's process id
          seconds           seconds spent loading the model (about 0 when reused)
-result   output            the file written (segment) or the model folder (train)
+result   output            the file written (segment; rank: the JSON) or the model folder (train)
          input             segment: the (first) input image
          inputs            segment, nnU-Net with several channels: channel name to input path
          model             segment: model id (or nnU-Net folder)
@@ -107,6 +109,7 @@ result   output            the file written (segment) or the model folder (train
          best_epoch        train: the epoch whose weights were kept
          best_dice         train: that epoch's validation score
          stopped_early     train: why training stopped before its last epoch, or null
+         ranking           rank: model, method and the cases most uncertain first, each with its scores
 error    type              the exception's class name
          text              the one line the command line prints for it, never a traceback
          exit_code         the exit status the command ends with
