@@ -6,8 +6,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 import lesionseg.mrml
 from lesionseg.metrics import lesion_table
+from LesionSegLib import review
 from LesionSegLib.tables import Column, fill_table_node, table_rows, write_csv
 
 TABLE_KIND = "lesions"
@@ -25,6 +28,10 @@ COLUMNS = (
     Column("centroid_s", "Centre S", "mm"),
     Column("mean_hu", "Mean", "HU"),
     Column("max_hu", "Max", "HU"),
+    # From the model's uncertainty and the lesion review (LesionSegLib.review); empty without them.
+    Column("confidence", "Confidence"),
+    Column("status", "Review", kind="string"),
+    Column("reviewer", "Reviewer", kind="string"),
 )
 
 
@@ -70,6 +77,7 @@ def listed_lesion_rows(
                 "max_hu": row["max_hu"],
             }
         )
+    review.row_review_fields(segmentation_node, rows, float(np.linalg.norm(labels.spacing)))
     return rows, len(every) - len(kept)
 
 
