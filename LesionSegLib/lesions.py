@@ -49,12 +49,13 @@ def listed_lesion_rows(
 ) -> tuple[list[dict[str, Any]], int]:
     """The rows of the lesions of at least ``min_volume_mm3`` (numbered 1.. largest first), and how many smaller
     lesions the segmentation holds that the rows leave out."""
-    if segmentation_node is None:
-        raise ValueError("choose the segmentation whose lesions to list")
-    if volume_node is None:
-        raise ValueError("choose the CT volume the segmentation was made on; HU values are read from it")
-    if min_volume_mm3 < 0:
-        raise ValueError(f"the minimum lesion volume must be 0 mm³ or more, got {min_volume_mm3}")
+    review.check_lesion_inputs(
+        segmentation_node,
+        volume_node,
+        min_volume_mm3,
+        "list",
+        "choose the CT volume the segmentation was made on; HU values are read from it",
+    )
     ct = lesionseg.mrml.image_from_volume_node(volume_node)
     labels, infos = lesionseg.mrml.labelmap_from_segmentation_node(segmentation_node, volume_node)
     names = {info.value: info.name for info in infos}

@@ -208,6 +208,19 @@ def match_confidence(
         lesions[index].confidence = None if confidence is None else float(confidence)
 
 
+def check_lesion_inputs(
+    segmentation_node: Any, volume_node: Any, min_volume_mm3: float, doing: str, no_volume: str
+) -> None:
+    """Refuse a missing node or a negative minimum volume, saying what to choose (for the lesion table too);
+    ``no_volume`` is the message for a missing volume."""
+    if segmentation_node is None:
+        raise ValueError(f"choose the segmentation whose lesions to {doing}")
+    if volume_node is None:
+        raise ValueError(no_volume)
+    if min_volume_mm3 < 0:
+        raise ValueError(f"the minimum lesion volume must be 0 mm³ or more, got {min_volume_mm3}")
+
+
 def start_review(
     segmentation_node: Any, volume_node: Any, min_volume_mm3: float = 0.0, restart: bool = False
 ) -> Review:
@@ -217,12 +230,13 @@ def start_review(
     lists the lesions anew, all unreviewed, and forgets what there was to undo. Lesions smaller than
     ``min_volume_mm3`` are not listed, so they are never accepted.
     """
-    if segmentation_node is None:
-        raise ValueError("choose the segmentation whose lesions to review")
-    if volume_node is None:
-        raise ValueError("choose the volume the segmentation was made on; the lesions are found on its grid")
-    if min_volume_mm3 < 0:
-        raise ValueError(f"the minimum lesion volume must be 0 mm³ or more, got {min_volume_mm3}")
+    check_lesion_inputs(
+        segmentation_node,
+        volume_node,
+        min_volume_mm3,
+        "review",
+        "choose the volume the segmentation was made on; the lesions are found on its grid",
+    )
     existing = review_of(segmentation_node)
     if existing is not None and not restart:
         return existing

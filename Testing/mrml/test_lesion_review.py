@@ -80,14 +80,20 @@ def uncertainty_rows(ct: Image, labels: np.ndarray) -> list[dict]:
     return rows
 
 
-@pytest.fixture
-def reviewed(scene):
+def result_nodes(scene, name: str, lesion_name: str):
     ct = a_ct()
     labels = result_labels(ct.array.shape)
     volume = volume_node_from_image(scene, ct, "CT")
     segmentation = segmentation_node_from_labelmap(
-        scene, ct.with_array(labels), "AI result", {PROSTATE: "Prostate", LESION: "Lesion"}, volume
+        scene, ct.with_array(labels), name, {PROSTATE: "Prostate", LESION: lesion_name}, volume
     )
+    return ct, labels, volume, segmentation
+
+
+@pytest.fixture
+def reviewed(scene):
+    """A lesion result made with uncertainty: the module put the engine's lesion rows on the node."""
+    ct, labels, volume, segmentation = result_nodes(scene, "AI result", "Lesion")
     segmentation.SetAttribute(review.UNCERTAINTY_ATTRIBUTE, json.dumps(uncertainty_rows(ct, labels)))
     return ct, labels, volume, segmentation
 
@@ -101,6 +107,15 @@ def the_lesion(started: review.Review, labels: np.ndarray, box) -> review.Review
     mask = component(labels, box)
     (found,) = [x for x in started.lesions if mask[tuple(x.seed_kji)]]
     return found
+
+
+def accept_big_reject_middle(segmentation, volume, labels, rejecter: str = "Dr. Osei"):
+    """The usual review: the largest lesion accepted, the middle one rejected, the small ones left unreviewed."""
+    started = review.start_review(segmentation, volume)
+    big, middle = the_lesion(started, labels, BIG), the_lesion(started, labels, MIDDLE)
+    review.accept(segmentation, big.id, "Dr. Osei")
+    review.reject(segmentation, middle.id, rejecter)
+    return big, middle
 
 
 def test_review_lists_the_lesion_segment_with_confidence_and_steps_least_confident_first(scene, reviewed):
@@ -145,12 +160,7 @@ def test_review_lists_the_lesion_segment_with_confidence_and_steps_least_confide
 
 
 def test_without_uncertainty_the_order_is_by_volume_and_lesion_segments_are_known_by_name(scene):
-    ct = a_ct()
-    labels = result_labels(ct.array.shape)
-    volume = volume_node_from_image(scene, ct, "CT")
-    segmentation = segmentation_node_from_labelmap(
-        scene, ct.with_array(labels), "Mets", {PROSTATE: "Prostate", LESION: "Bone metastasis"}, volume
-    )
+    ct, labels, volume, segmentation = result_nodes(scene, "Mets", "Bone metastasis")
     started = review.start_review(segmentation, volume)
     assert {x.segment for x in started.lesions} == {"Bone metastasis"}
     assert all(x.confidence is None for x in started.lesions)
@@ -243,10 +253,7 @@ def test_refusals_name_what_to_do(scene, reviewed):
 
 def test_a_saved_scene_reopens_with_the_review_and_an_empty_undo_history(scene, reviewed, tmp_path):
     _ct, labels, volume, segmentation = reviewed
-    started = review.start_review(segmentation, volume)
-    big, middle = the_lesion(started, labels, BIG), the_lesion(started, labels, MIDDLE)
-    review.accept(segmentation, big.id, "Dr. Osei")
-    review.reject(segmentation, middle.id, "Dr. Osei")
+    big, middle = accept_big_reject_middle(segmentation, volume, labels)
     saved = review.review_of(segmentation)
 
     # Slicer's own scene writer: a data bundle folder (the .mrb layout) with the .mrml and its files.
@@ -308,10 +315,7 @@ def dicom_result(scene, tmp_path):
     segmentation = segmentation_node_from_labelmap(
         scene, ct.with_array(labels), "AI result", {PROSTATE: "Prostate", LESION: "Lesion"}, volume
     )
-    started = review.start_review(segmentation, volume)
-    review.accept(segmentation, the_lesion(started, labels, BIG).id, "Dr. Osei")
-    review.reject(segmentation, the_lesion(started, labels, MIDDLE).id, "Dr. Osei")
-    # The small lesions stay unreviewed.
+    accept_big_reject_middle(segmentation, volume, labels)
     return ct, labels, volume, segmentation, dict(zip(uids, map(str, files), strict=True)), tmp_path / "ct"
 
 
@@ -367,10 +371,7 @@ def test_rtstruct_of_accepted_lesions_only_read_by_plastimatch_holds_only_the_ac
 
 def test_a_reviewed_result_saved_as_a_training_case_records_the_review(scene, reviewed, tmp_path):
     _ct, labels, volume, segmentation = reviewed
-    started = review.start_review(segmentation, volume)
-    big, middle = the_lesion(started, labels, BIG), the_lesion(started, labels, MIDDLE)
-    review.accept(segmentation, big.id, "Dr. Osei")
-    review.reject(segmentation, middle.id, "Dr. Lind")
+    big, middle = accept_big_reject_middle(segmentation, volume, labels, rejecter="Dr. Lind")
 
     record = training.save_case(tmp_path / "dataset", volume, segmentation, "Dr. Osei")
     manifest = Dataset(tmp_path / "dataset").manifest()
