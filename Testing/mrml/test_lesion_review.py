@@ -425,3 +425,23 @@ def test_the_lesion_table_shows_confidence_status_and_reviewer(scene, reviewed, 
         "mean_hu",
         "max_hu",
     ]
+
+
+def test_dicom_seg_of_accepted_lesions_only_holds_the_accepted_lesions_voxels(scene, dicom_result, tmp_path):
+    import pydicom
+
+    _ct, labels, volume, segmentation, database, _ct_dir = dicom_result
+    plan = export.plan_export(volume, segmentation, export.DICOM_SEG, False, database.get)
+    written = export.export_with_engine(plan, segmentation, volume, tmp_path / "seg", lambda _m: None, True)
+    seg = pydicom.dcmread(written)
+    numbers = {s.SegmentLabel: s.SegmentNumber for s in seg.SegmentSequence}
+    frames = seg.pixel_array.reshape(-1, *seg.pixel_array.shape[-2:])
+    of_segment = [
+        group.SegmentIdentificationSequence[0].ReferencedSegmentNumber for group in seg.PerFrameFunctionalGroupsSequence
+    ]
+    lesion_voxels = sum(int(frame.sum()) for frame, n in zip(frames, of_segment, strict=True) if n == numbers["Lesion"])
+    prostate_voxels = sum(
+        int(frame.sum()) for frame, n in zip(frames, of_segment, strict=True) if n == numbers["Prostate"]
+    )
+    assert lesion_voxels == component(labels, BIG).sum()  # not the rejected one, not the unreviewed ones
+    assert prostate_voxels == (labels == PROSTATE).sum()
