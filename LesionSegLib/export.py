@@ -13,6 +13,7 @@ Three ways out, chosen by :func:`plan_export`:
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import random
@@ -20,7 +21,7 @@ import re
 import shutil
 import string
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -189,20 +190,41 @@ def _labels(segmentation_node: Any, volume_node: Any, shorten: bool) -> tuple[An
     return labelmap, infos
 
 
+@contextlib.contextmanager
+def exported_node(segmentation_node: Any, volume_node: Any, accepted_only: bool) -> Iterator[Any]:
+    """The node an export writes: the segmentation itself, or with ``accepted_only`` a temporary copy whose
+    lesion segments hold only the lesions accepted in its review (:mod:`LesionSegLib.review`)."""
+    if not accepted_only:
+        yield segmentation_node
+        return
+    from LesionSegLib import review
+
+    copy = review.accepted_segmentation_node(segmentation_node, volume_node)
+    try:
+        yield copy
+    finally:
+        copy.GetScene().RemoveNode(copy)
+
+
 def export_with_engine(
     plan: ExportPlan,
     segmentation_node: Any,
     volume_node: Any,
     output_folder: str | Path,
     say: Callable[[str], None] = print,
+    accepted_only: bool = False,
 ) -> Path:
     """Write the file ``plan`` describes into ``output_folder``; returns its path.
 
     For the DICOM routes the segmentation is rasterised on the CT's grid and written against the CT's
-    own files; for ``seg-nrrd`` the segmentation node is saved as it is.
+    own files; for ``seg-nrrd`` the segmentation node is saved as it is. With ``accepted_only`` the lesion
+    segments carry only the lesions accepted in the node's review (the other segments stay whole).
     """
     if not plan.possible:
         raise ValueError(plan.problem)
+    if accepted_only:
+        with exported_node(segmentation_node, volume_node, True) as copy:
+            return export_with_engine(plan, copy, volume_node, output_folder, say)
     output_folder = Path(output_folder)
     output_folder.mkdir(parents=True, exist_ok=True)
     stem = file_stem(segmentation_node.GetName())

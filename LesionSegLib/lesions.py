@@ -6,8 +6,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 import lesionseg.mrml
 from lesionseg.metrics import lesion_table
+from LesionSegLib import review
 from LesionSegLib.tables import Column, fill_table_node, table_rows, write_csv
 
 TABLE_KIND = "lesions"
@@ -25,6 +28,10 @@ COLUMNS = (
     Column("centroid_s", "Centre S", "mm"),
     Column("mean_hu", "Mean", "HU"),
     Column("max_hu", "Max", "HU"),
+    # From the model's uncertainty and the lesion review (LesionSegLib.review); empty without them.
+    Column("confidence", "Confidence"),
+    Column("status", "Review", kind="string"),
+    Column("reviewer", "Reviewer", kind="string"),
 )
 
 
@@ -42,12 +49,13 @@ def listed_lesion_rows(
 ) -> tuple[list[dict[str, Any]], int]:
     """The rows of the lesions of at least ``min_volume_mm3`` (numbered 1.. largest first), and how many smaller
     lesions the segmentation holds that the rows leave out."""
-    if segmentation_node is None:
-        raise ValueError("choose the segmentation whose lesions to list")
-    if volume_node is None:
-        raise ValueError("choose the CT volume the segmentation was made on; HU values are read from it")
-    if min_volume_mm3 < 0:
-        raise ValueError(f"the minimum lesion volume must be 0 mm³ or more, got {min_volume_mm3}")
+    review.check_lesion_inputs(
+        segmentation_node,
+        volume_node,
+        min_volume_mm3,
+        "list",
+        "choose the CT volume the segmentation was made on; HU values are read from it",
+    )
     ct = lesionseg.mrml.image_from_volume_node(volume_node)
     labels, infos = lesionseg.mrml.labelmap_from_segmentation_node(segmentation_node, volume_node)
     names = {info.value: info.name for info in infos}
@@ -70,6 +78,7 @@ def listed_lesion_rows(
                 "max_hu": row["max_hu"],
             }
         )
+    review.row_review_fields(segmentation_node, rows, float(np.linalg.norm(labels.spacing)))
     return rows, len(every) - len(kept)
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from LesionSegLib import comparison, export, lesions
+from LesionSegLib import comparison, export, lesions, review
 
 _FROM_APP: Any = object()  # marks "ask Slicer's app" for arguments whose real value needs the app
 
@@ -65,6 +65,34 @@ class SegmentationResultsLogic:
         )
         return _written(node, rows, csvPath, lesions.write_lesion_csv)
 
+    # --- lesion review (LesionSegLib.review); the review is saved on the segmentation node ---
+
+    def startLesionReview(
+        self, segmentationNode: Any, volumeNode: Any, minVolumeMm3: float = 0.0, restart: bool = False
+    ) -> review.Review:
+        """The node's lesion review: the one it holds, or a new one (also with ``restart``)."""
+        return review.start_review(segmentationNode, volumeNode, minVolumeMm3, restart)
+
+    def acceptLesion(self, segmentationNode: Any, lesionId: int, reviewer: str) -> review.ReviewedLesion:
+        return review.accept(segmentationNode, lesionId, reviewer)
+
+    def rejectLesion(
+        self, segmentationNode: Any, lesionId: int, reviewer: str, volumeNode: Any | None = None
+    ) -> review.ReviewedLesion:
+        """Reject the lesion and remove its voxels from the segmentation."""
+        return review.reject(segmentationNode, lesionId, reviewer, volumeNode)
+
+    def undoLesionReview(self, segmentationNode: Any, volumeNode: Any | None = None) -> review.ReviewedLesion:
+        """Take back the last accept or reject of this session; returns the lesion it concerned."""
+        return review.undo(segmentationNode, volumeNode)
+
+    def nextLesion(self, segmentationNode: Any, currentId: int | None = None) -> review.ReviewedLesion | None:
+        """The lesion to jump to after ``currentId``, least confident first (its ``centroid_ras_mm``)."""
+        return review.next_lesion(review.saved_review(segmentationNode), currentId)
+
+    def previousLesion(self, segmentationNode: Any, currentId: int | None = None) -> review.ReviewedLesion | None:
+        return review.previous_lesion(review.saved_review(segmentationNode), currentId)
+
     def planExport(
         self,
         volumeNode: Any,
@@ -91,19 +119,24 @@ class SegmentationResultsLogic:
         folder: str | Path | None,
         intoDatabase: bool,
         say: Callable[[str], None] = print,
+        acceptedOnly: bool = False,
     ) -> list[Path]:
-        """Carry out ``plan``: files into ``folder``, then into Slicer's DICOM database when asked."""
+        """Carry out ``plan``: files into ``folder``, then into Slicer's DICOM database when asked.
+
+        With ``acceptedOnly`` the lesion segments carry only the lesions accepted in the node's review.
+        """
         if not plan.possible:
             raise ValueError(plan.problem)
         if plan.route in (export.ROUTE_SLICERRT,) or intoDatabase:
             from LesionSegLib import dicomapp
 
-            return dicomapp.run_export(
-                plan, segmentationNode.GetScene(), volumeNode, segmentationNode, folder, intoDatabase, say
-            )
+            with export.exported_node(segmentationNode, volumeNode, acceptedOnly) as node:
+                return dicomapp.run_export(plan, node.GetScene(), volumeNode, node, folder, intoDatabase, say)
         if not folder:
             raise ValueError("choose the folder to export into")
-        written = export.export_with_engine(plan, segmentationNode, volumeNode, folder, say=say)
+        written = export.export_with_engine(
+            plan, segmentationNode, volumeNode, folder, say=say, accepted_only=acceptedOnly
+        )
         say(f"Wrote {written}")
         return [written]
 

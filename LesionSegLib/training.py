@@ -27,6 +27,7 @@ from lesionseg.jobs import EventKind, Job, JobEvent, JobState
 from lesionseg.labels import named_like_lesion
 from lesionseg.models import ModelRegistry, ModelSpec
 from lesionseg.models.nnunet import PREFERRED_CONFIGURATIONS
+from LesionSegLib import review
 from LesionSegLib.jobs import BackgroundRun
 from LesionSegLib.ranking import rank_provenance
 from LesionSegLib.segmenting import (
@@ -134,7 +135,8 @@ def _dicom_uids(volume_node: Any) -> dict[str, str]:
 
 def case_provenance(volume_node: Any, segmentation_node: Any, annotator: str, note: str = "") -> dict[str, Any]:
     """Provenance for a saved case: AI model and version (when the segmentation is a LesionSeg result),
-    annotator, time (added by the dataset), the DICOM UIDs of the CT, and its rank when it was picked by rank."""
+    annotator, time (added by the dataset), the DICOM UIDs of the CT, its rank when it was picked by rank, and the
+    lesion review when the node holds one (accepted and rejected lesions, counts per status)."""
     provenance: dict[str, Any] = {"annotator": annotator.strip(), "note": note}
     model = segmentation_node.GetAttribute(MODEL_ID_ATTRIBUTE)
     if model:
@@ -143,6 +145,9 @@ def case_provenance(volume_node: Any, segmentation_node: Any, annotator: str, no
         threshold = segmentation_node.GetAttribute(THRESHOLD_ATTRIBUTE)
         if threshold:
             provenance["source_threshold"] = float(threshold)
+    reviewed = review.review_provenance(segmentation_node)
+    if reviewed is not None:
+        provenance["lesion_review"] = reviewed
     provenance.update(_dicom_uids(volume_node))
     provenance.update(rank_provenance(volume_node))  # its place in "Which case next", when it was ranked
     instances = volume_node.GetAttribute("DICOM.instanceUIDs")

@@ -7,6 +7,7 @@ from lesionseg.mrml.bridge import (
     segment_labels,
     segmentation_node_from_labelmap,
     set_node_geometry,
+    update_segment_from_mask,
     volume_node_from_image,
 )
 
@@ -17,5 +18,6 @@ __all__ = [
     "segment_labels",
     "segmentation_node_from_labelmap",
     "set_node_geometry",
+    "update_segment_from_mask",
     "volume_node_from_image",
 ]

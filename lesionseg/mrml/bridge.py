@@ -271,3 +271,26 @@ def labelmap_from_segmentation_node(
         _remove_node(scene, output)
         if temporary_reference is not None:
             _remove_node(scene, temporary_reference)
+
+
+def update_segment_from_mask(segmentation_node: Any, segment_id: str, mask: Image) -> None:
+    """Replace the voxels of one segment with ``mask`` (non-zero inside), keeping its name, colour and tags.
+
+    The other segments are left as they are. An all-zero ``mask`` empties the segment without removing it.
+    """
+    import vtk
+    from slicer import vtkSlicerSegmentationsModuleLogic
+
+    segmentation = segmentation_node.GetSegmentation()
+    if segmentation.GetSegment(segment_id) is None:
+        raise ValueError(f"segment {segment_id!r} is not in {segmentation_node.GetName()!r}")
+    scene = segmentation_node.GetScene()
+    binary = mask.with_array((mask.array != 0).astype(np.uint8))
+    temporary = volume_node_from_image(scene, binary, segmentation_node.GetName() + " (update)", True, display=False)
+    try:
+        ids = vtk.vtkStringArray()
+        ids.InsertNextValue(segment_id)
+        if not vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(temporary, segmentation_node, ids):
+            raise RuntimeError(f"Slicer could not update segment {segment_id!r} of {segmentation_node.GetName()!r}")
+    finally:
+        _remove_node(scene, temporary)
