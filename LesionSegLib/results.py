@@ -154,6 +154,29 @@ class SegmentationResultsLogic:
             return False, "Select the segmentation to export."
         return True, f"Export the output segmentation as {parameterNode.exportFormat}."
 
+    def reviewStatus(self, segmentationNode: Any, lesion: review.ReviewedLesion | None) -> str:
+        """The review panel's line for the lesion under review (or the tally when there is none)."""
+        return review.status_text(review.saved_review(segmentationNode), lesion)
+
+    def reviewReadiness(self, parameterNode: Any, lesion: review.ReviewedLesion | None) -> dict[str, tuple[bool, str]]:
+        """Whether each review action can run now, and the tooltip that says why or why not: ``start``,
+        ``step`` (Previous and Next), ``decide`` (Accept and Reject) and ``undo``."""
+        if parameterNode is None or not parameterNode.outputSegmentation or not parameterNode.inputVolume:
+            off = (False, "Select the input volume and the output segmentation.")
+            return {"start": off, "step": off, "decide": off, "undo": off}
+        started = review.review_of(parameterNode.outputSegmentation) is not None
+        start = (True, "Continue the review." if started else "Review the lesions, least confident first.")
+        step = (lesion is not None, "Go to another lesion." if lesion is not None else "Start the review first.")
+        if lesion is None:
+            decide = (False, "Start the review first.")
+        elif not getattr(parameterNode, "reviewer", "").strip():
+            decide = (False, "Enter the reviewer's name: each decision records who made it.")
+        else:
+            decide = (True, "Accept (keep) or reject (remove) this lesion.")
+        undoable = review.can_undo(parameterNode.outputSegmentation)
+        undo = (undoable, "Take back the last decision." if undoable else "Nothing to undo in this session.")
+        return {"start": start, "step": step, "decide": decide, "undo": undo}
+
     def lesionTableReadiness(self, parameterNode: Any) -> tuple[bool, str]:
         """Whether List lesions can run now, and the tooltip that says why or why not."""
         if parameterNode is None or not parameterNode.outputSegmentation or not parameterNode.inputVolume:

@@ -342,6 +342,26 @@ def _undo_stack(segmentation_node: Any) -> list[_Decision]:
     return stack
 
 
+def status_text(review: Review, lesion: ReviewedLesion | None) -> str:
+    """The review panel's line: the lesion under review, then how many are accepted, rejected and left."""
+    counts = review.counts()
+    tally = (
+        f"{counts[ACCEPTED]} accepted, {counts[REJECTED]} rejected, {counts[UNREVIEWED]} to review "
+        f"of {len(review.lesions)}"
+    )
+    if lesion is None:
+        return f"No lesion to review. {tally}." if not review.lesions else f"{tally}."
+    order = [x.id for x in review_order(review)]
+    confidence = (
+        "no confidence (run with uncertainty)" if lesion.confidence is None else (f"confidence {lesion.confidence:.2f}")
+    )
+    who = f" by {lesion.reviewer}" if lesion.reviewer else ""
+    return (
+        f"Lesion {order.index(lesion.id) + 1} of {len(order)} ({lesion.segment}, {lesion.volume_mm3 / 1000:.2f} mL, "
+        f"{confidence}): {lesion.status}{who}. {tally}."
+    )
+
+
 def can_undo(segmentation_node: Any) -> bool:
     """Whether :func:`undo` has a decision to take back on this node (in this session)."""
     return bool(getattr(segmentation_node, _UNDO_STACK, None))

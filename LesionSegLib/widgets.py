@@ -226,10 +226,110 @@ class ExportPanel:
             slicer.util.errorDisplay(_("Choose the folder to export into."))
             return
         with slicer.util.tryWithErrorDisplay(_("Export failed."), waitCursor=True):
+            # ProstateMetSeg's "Accepted lesions only" (the lesion review); SpleenSeg has no such field.
+            acceptedOnly = bool(getattr(node, "exportAcceptedOnly", False))
             written = self.logic.exportSegmentation(
-                plan, node.inputVolume, node.outputSegmentation, folder, intoDatabase, self.log
+                plan, node.inputVolume, node.outputSegmentation, folder, intoDatabase, self.log, acceptedOnly
             )
             self.ui.exportStatusLabel.text = _("Exported: {files}").format(files=", ".join(p.name for p in written))
+
+
+class LesionReviewPanel:
+    """Lesion by lesion, least confident first: the slice views jump to each; Accept, Reject and Undo (keys A, R,
+    U) and Previous and Next (P, N) work while the module panel has the keyboard focus. The review itself lives on
+    the segmentation node (LesionSegLib.review); ``onChanged`` relists the lesion table after a decision."""
+
+    KEYS = (("P", "onPrevious"), ("N", "onNext"), ("A", "onAccept"), ("R", "onReject"), ("U", "onUndo"))
+
+    def __init__(
+        self, ui: Any, logic: Any, parameterNode: Callable[[], Any], panel: Any, onChanged: Callable[[], None]
+    ) -> None:
+        self.ui, self.logic, self.parameterNode, self.onChanged = ui, logic, parameterNode, onChanged
+        self.current = None  # the lesion under review (a review.ReviewedLesion)
+        self.segmentation = None  # the node the current lesion belongs to
+        ui.startReviewButton.connect("clicked(bool)", self.onStart)
+        ui.previousLesionButton.connect("clicked(bool)", self.onPrevious)
+        ui.nextLesionButton.connect("clicked(bool)", self.onNext)
+        ui.acceptLesionButton.connect("clicked(bool)", self.onAccept)
+        ui.rejectLesionButton.connect("clicked(bool)", self.onReject)
+        ui.undoReviewButton.connect("clicked(bool)", self.onUndo)
+        self.shortcuts = []
+        for key, slot in self.KEYS:
+            shortcut = qt.QShortcut(qt.QKeySequence(key), panel)
+            # Only within the module panel: in the slice views these keys are Slicer's own.
+            shortcut.setContext(qt.Qt.WidgetWithChildrenShortcut)
+            shortcut.connect("activated()", getattr(self, slot))
+            self.shortcuts.append(shortcut)
+
+    def buttonStates(self) -> list[tuple[Any, tuple[bool, str]]]:
+        node = self.parameterNode()
+        if node is not None and node.outputSegmentation is not self.segmentation:
+            self.current, self.segmentation = None, None  # another result: its own review, from the start
+        ready = self.logic.reviewReadiness(node, self.current)
+        ui = self.ui
+        return [
+            (ui.startReviewButton, ready["start"]),
+            (ui.previousLesionButton, ready["step"]),
+            (ui.nextLesionButton, ready["step"]),
+            (ui.acceptLesionButton, ready["decide"]),
+            (ui.rejectLesionButton, ready["decide"]),
+            (ui.undoReviewButton, ready["undo"]),
+        ]
+
+    def show(self, lesion: Any) -> None:
+        node = self.parameterNode()
+        self.current, self.segmentation = lesion, node.outputSegmentation
+        if lesion is not None:
+            lesions.jump_to_lesion(slicer.mrmlScene, lesion.centroid_ras_mm)
+        self.ui.reviewStatusLabel.text = self.logic.reviewStatus(node.outputSegmentation, lesion)
+        self.onChanged()
+
+    def _act(self, action: Callable[[Any], Any]) -> None:
+        node = self.parameterNode()
+        if node is None or not node.outputSegmentation:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not review the lesion."), waitCursor=True):
+            self.show(action(node))
+
+    def onStart(self, _checked: bool = False) -> None:
+        def start(node: Any) -> Any:
+            self.logic.startLesionReview(node.outputSegmentation, node.inputVolume, node.minLesionVolumeMm3)
+            return self.logic.nextLesion(node.outputSegmentation, None)
+
+        self._act(start)
+
+    def _step(self, forward: bool) -> None:
+        if self.current is None:
+            return
+        step = self.logic.nextLesion if forward else self.logic.previousLesion
+        self._act(lambda node: step(node.outputSegmentation, self.current.id))
+
+    def onPrevious(self, _checked: bool = False) -> None:
+        self._step(False)
+
+    def onNext(self, _checked: bool = False) -> None:
+        self._step(True)
+
+    def _decide(self, decision: Callable[[Any, int], Any]) -> None:
+        if self.current is None:
+            return
+        lesion_id = self.current.id
+
+        def decide(node: Any) -> Any:
+            decision(node, lesion_id)
+            return self.logic.nextLesion(node.outputSegmentation, lesion_id)
+
+        self._act(decide)
+
+    def onAccept(self, _checked: bool = False) -> None:
+        self._decide(lambda node, lesion_id: self.logic.acceptLesion(node.outputSegmentation, lesion_id, node.reviewer))
+
+    def onReject(self, _checked: bool = False) -> None:
+        self._decide(lambda node, lesion_id: self.logic.rejectLesion(node.outputSegmentation, lesion_id, node.reviewer,
+                                                                     node.inputVolume))  # fmt: skip
+
+    def onUndo(self, _checked: bool = False) -> None:
+        self._act(lambda node: self.logic.undoLesionReview(node.outputSegmentation, node.inputVolume))
 
 
 class LesionTablePanel(CsvTablePanel):

@@ -38,7 +38,7 @@ from lesionseg.image import Image
 from LesionSegLib.modulewidget import SegmentationModuleWidget
 from LesionSegLib.results import SegmentationResultsLogic
 from LesionSegLib.segmenting import SegmentingLogic
-from LesionSegLib.widgets import LesionTablePanel
+from LesionSegLib.widgets import LesionReviewPanel, LesionTablePanel
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -89,6 +89,8 @@ class ProstateMetSegParameterNode:
     device - Where the network runs: "auto" picks CUDA when PyTorch sees a GPU.
     minLesionVolumeMm3 - The lesion table lists lesions of at least this volume; the segmentation keeps the others.
     exportFormat - RTSTRUCT, DICOM SEG or NRRD (.seg.nrrd).
+    exportAcceptedOnly - Export only the lesions accepted in the lesion review (other segments whole).
+    reviewer - Who accepts and rejects lesions in the review (recorded with each decision).
     lesionThreshold - Lesion probability above which a voxel is lesion; 0 uses the model's default.
     cropBody - Segment only the box around the body, skipping the air around it.
     channelVolume - The second input image of a model that takes two (e.g. the PET of a PET/CT model).
@@ -106,6 +108,8 @@ class ProstateMetSegParameterNode:
     device: Annotated[str, Choice(list(DEVICES))] = "auto"
     minLesionVolumeMm3: Annotated[int, WithinRange(0, 100000)] = DEFAULT_MIN_LESION_VOLUME_MM3
     exportFormat: Annotated[str, Choice(list(LesionSegLib.export.FORMATS))] = LesionSegLib.export.RTSTRUCT
+    exportAcceptedOnly: bool = False
+    reviewer: str = ""
     lesionThreshold: Annotated[float, WithinRange(0.0, 0.95)] = 0.0
     cropBody: bool = False
     channelVolume: vtkMRMLScalarVolumeNode
@@ -132,11 +136,22 @@ class ProstateMetSegWidget(SegmentationModuleWidget):
     def setupPanels(self) -> None:
         super().setupPanels()
         self.lesionPanel = LesionTablePanel(self.ui, self.logic, lambda: self._parameterNode)
+        self.reviewPanel = LesionReviewPanel(
+            self.ui, self.logic, lambda: self._parameterNode, self.parent, self.onReviewChanged
+        )
 
     def buttonStates(self):
-        return super().buttonStates() + [
-            (self.ui.lesionTableButton, self.logic.lesionTableReadiness(self._parameterNode)),
-        ]
+        return (
+            super().buttonStates()
+            + [(self.ui.lesionTableButton, self.logic.lesionTableReadiness(self._parameterNode))]
+            + self.reviewPanel.buttonStates()
+        )
+
+    def onReviewChanged(self) -> None:
+        """A decision changes the lesions and their status: list them again, and update the buttons."""
+        if self._parameterNode and self._parameterNode.lesionTable:
+            self.lesionPanel.update()
+        self._checkCanApply()
 
     def onSegmentationAdded(self, segmentationNode) -> None:
         """After segmenting, list the lesions of the new result right away."""

@@ -620,7 +620,37 @@ class QFileDialog:
         return cls.answer or ""
 
 
+class QKeySequence:
+    def __init__(self, keys: str = "") -> None:
+        self.keys = str(keys)
+
+    def toString(self) -> str:
+        return self.keys
+
+
+class QShortcut(QObject):
+    """A key on a widget: a test presses it with ``activate()`` (Qt emits ``activated()`` when the key is pressed
+    within the shortcut's context)."""
+
+    SIGNALS = ("activated",)
+    PROPERTIES = {"_context": 1}
+
+    def __init__(self, key: QKeySequence, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.key = key
+
+    def setContext(self, context: int) -> None:
+        self._context = context
+
+    def context(self) -> int:
+        return self._context
+
+    def activate(self) -> None:
+        self._emit("activated")
+
+
 class Qt:
+    WindowShortcut, WidgetShortcut, WidgetWithChildrenShortcut, ApplicationShortcut = 1, 0, 3, 2
     ItemIsSelectable, ItemIsEditable, ItemIsEnabled = 1, 2, 32
     Unchecked, Checked = 0, 2
     WaitCursor = 3
@@ -1127,6 +1157,7 @@ _QT = [QObject, QWidget, QLayout, QVBoxLayout, QHBoxLayout, QFormLayout, QGridLa
 _QT += [QPushButton, QToolButton, QCheckBox, QComboBox, QSpinBox, QSlider, QDoubleSpinBox, QLineEdit]
 _QT += [QPlainTextEdit, QTextEdit, QProgressBar, QTableWidget, QTableWidgetItem, QTimer, QFile, QUiLoader]
 _QT += [QDir, QFileInfo, QDateTime, QLocale, QSettings, QIcon, QColor, QMessageBox, QFileDialog, Qt]
+_QT += [QKeySequence, QShortcut]
 _CTK = [ctkCollapsibleButton, ctkCheckBox, ctkCheckablePushButton, ctkComboBox, ctkSliderWidget, ctkDoubleSpinBox]
 _CTK += [ctkDoubleSlider, ctkRangeWidget, ctkDoubleRangeSlider, ctkDirectoryButton, ctkColorPickerButton]
 _CTK += [ctkPathLineEdit, ctkDICOMDatabase, ctkDICOMIndexer]

@@ -9,6 +9,7 @@ buttons are clicked, fields typed into, and the result read back from the scene.
 from __future__ import annotations
 
 import csv
+import sys
 
 import numpy as np
 import pytest
@@ -181,3 +182,53 @@ def test_after_closing_the_scene_the_open_panel_is_bound_again_and_follows_the_u
     assert widget._parameterNodeGuiTag is None
     ui.deviceComboBox.currentIndex = ui.deviceComboBox.findText("cpu")
     assert node.device == "auto", "an exited panel still writes to the parameter node"
+
+
+def test_reviewing_lesions_in_prostatemetseg_with_buttons_and_keys(framework, ct_image, tmp_path):
+    """Two metastases: the reviewer steps to each, rejects one (it leaves the segmentation), undoes that, accepts
+    one with its key, and exports accepted lesions only."""
+    from lesionseg.io.segnrrd import read_seg_nrrd
+    from lesionseg.mrml import labelmap_from_segmentation_node
+
+    scene = framework.slicer.mrmlScene
+    ct = volume_node_from_image(scene, ct_image, "Pelvis CT")
+    labels = np.zeros(ct_image.array.shape, np.uint8)
+    labels[1:3, 1:3, 1:3] = 1  # 8 voxels
+    labels[3:6, 5:9, 6:11] = 1  # 60 voxels
+    result = segmentation_node_from_labelmap(scene, ct_image.with_array(labels), "AI", {1: "metastasis"}, ct)
+    widget = framework.enter("ProstateMetSeg")
+    ui, node = widget.ui, widget._parameterNode
+    node.minLesionVolumeMm3 = 0
+    assert not ui.startReviewButton.enabled
+    node.outputSegmentation = result
+    assert ui.startReviewButton.enabled, ui.startReviewButton.toolTip
+    ui.startReviewButton.click()
+    assert ui.reviewStatusLabel.text.startswith("Lesion 1 of 2") and "0 accepted, 0 rejected, 2 to review" in (
+        ui.reviewStatusLabel.text
+    )
+    assert not ui.acceptLesionButton.enabled and "reviewer" in ui.acceptLesionButton.toolTip
+    ui.reviewerLineEdit.text = "Dr. Review"
+    assert node.reviewer == "Dr. Review" and ui.rejectLesionButton.enabled, ui.rejectLesionButton.toolTip
+
+    first = widget.reviewPanel.current
+    ui.rejectLesionButton.click()
+    after, _ = labelmap_from_segmentation_node(result, ct)
+    assert int(after.array.sum()) == 68 - first.voxels and "1 rejected" in ui.reviewStatusLabel.text
+    assert ui.undoReviewButton.enabled
+    keys = {shortcut.key.toString(): shortcut for shortcut in widget.reviewPanel.shortcuts}
+    assert set(keys) == {"P", "N", "A", "R", "U"}
+    assert all(s.context() == sys.modules["qt"].Qt.WidgetWithChildrenShortcut for s in keys.values())
+    keys["U"].activate()  # the U key: the rejected lesion comes back voxel for voxel
+    back, _ = labelmap_from_segmentation_node(result, ct)
+    assert np.array_equal(back.array, labels) and widget.reviewPanel.current.id == first.id
+    keys["A"].activate()  # accept it with its key; the panel moves on to the other lesion
+    assert "1 accepted" in ui.reviewStatusLabel.text and widget.reviewPanel.current.id != first.id
+
+    # Export the accepted lesion only: the other (unreviewed) one stays out of the file.
+    node.exportFormat = "NRRD"
+    ui.exportAcceptedOnlyCheckBox.setChecked(True)
+    assert node.exportAcceptedOnly is True
+    ui.exportFolderPathLineEdit.currentPath = str(tmp_path)
+    ui.exportButton.click()
+    exported, _ = read_seg_nrrd(next(tmp_path.glob("*.seg.nrrd")))
+    assert int((exported.array > 0).sum()) == first.voxels  # the accepted lesion's voxels, and nothing else
