@@ -67,6 +67,9 @@ class Review:
     lesions: list[ReviewedLesion] = field(default_factory=list)
     min_volume_mm3: float = 0.0
     started: str = ""
+    # Each segment's voxels when the review started (by segment id): a saved case compares them with its own,
+    # less what was rejected, to record the annotator's edits.
+    segment_voxels: dict[str, int] = field(default_factory=dict)
 
     def lesion(self, lesion_id: int) -> ReviewedLesion:
         for lesion in self.lesions:
@@ -152,6 +155,16 @@ def lesion_segment_ids(segmentation_node: Any) -> list[str]:
 def _segment_mask(segmentation_node: Any, segment_id: str, grid: Any) -> Image:
     labels, _ = lesionseg.mrml.labelmap_from_segmentation_node(segmentation_node, grid, {segment_id: 1})
     return labels
+
+
+def _segment_voxels(segmentation_node: Any, grid: Any) -> dict[str, int]:
+    """Each segment's voxel count on ``grid`` (a volume node or an Image), by segment id."""
+    segmentation = segmentation_node.GetSegmentation()
+    ids = [segmentation.GetNthSegmentID(n) for n in range(segmentation.GetNumberOfSegments())]
+    return {
+        segment_id: int(np.count_nonzero(_segment_mask(segmentation_node, segment_id, grid).array))
+        for segment_id in ids
+    }
 
 
 def _segment_lesions(mask: Image) -> tuple[np.ndarray, list[dict[str, Any]]]:
@@ -278,6 +291,7 @@ def start_review(
     for number, lesion in enumerate(lesions, start=1):
         lesion.id = number
     review = Review(volume_node.GetID() or "", segment_ids, lesions, float(min_volume_mm3), _now())
+    review.segment_voxels = _segment_voxels(segmentation_node, grid)
     _save(segmentation_node, review)
     setattr(segmentation_node, _UNDO_STACK, [])
     return review
@@ -531,18 +545,51 @@ def _lesion_record(lesion: ReviewedLesion) -> dict[str, Any]:
     }
 
 
-def review_provenance(segmentation_node: Any) -> dict[str, Any] | None:
-    """What a saved training case records of the review: the accepted and the rejected lesions, and the
-    count of each status; None when the node holds no review."""
+def review_provenance(segmentation_node: Any, volume_node: Any | None = None) -> dict[str, Any] | None:
+    """What a saved training case records of the review: the accepted and the rejected lesions, the count of
+    each status, and (given the ``volume_node`` the case is saved on) the edits made besides the review; None
+    when the node holds no review."""
     review = review_of(segmentation_node)
     if review is None:
         return None
-    return {
+    out: dict[str, Any] = {
         "started": review.started,
         "counts": review.counts(),
         "accepted": [_lesion_record(x) for x in review.lesions if x.status == ACCEPTED],
         "rejected": [_lesion_record(x) for x in review.lesions if x.status == REJECTED],
     }
+    if volume_node is not None and review.segment_voxels:
+        out["edits"] = review_edits(segmentation_node, volume_node, review)
+    return out
+
+
+def review_edits(segmentation_node: Any, volume_node: Any, review: Review) -> list[dict[str, Any]]:
+    """Per segment: its voxels when the review started, those the review rejected, those it has now, and the net
+    change that neither explains (the annotator's own edits: painted in, erased, or a segment added)."""
+    segmentation = segmentation_node.GetSegmentation()
+    now = _segment_voxels(segmentation_node, volume_node)
+    rejected: dict[str, int] = {}
+    for lesion in review.lesions:
+        if lesion.status == REJECTED:
+            rejected[lesion.segment_id] = rejected.get(lesion.segment_id, 0) + lesion.voxels
+    rows = []
+    for segment_id in sorted(set(now) | set(review.segment_voxels)):
+        segment = segmentation.GetSegment(segment_id)
+        start, gone, saved = (
+            review.segment_voxels.get(segment_id, 0),
+            rejected.get(segment_id, 0),
+            now.get(segment_id, 0),
+        )
+        rows.append(
+            {
+                "segment": segment.GetName() if segment is not None else segment_id,
+                "voxels_at_review": start,
+                "voxels_rejected": gone,
+                "voxels_saved": saved,
+                "net_edit_voxels": saved - (start - gone),
+            }
+        )
+    return rows
 
 
 def row_review_fields(segmentation_node: Any, rows: Sequence[dict[str, Any]], voxel_mm: float) -> None:

@@ -145,7 +145,7 @@ def case_provenance(volume_node: Any, segmentation_node: Any, annotator: str, no
         threshold = segmentation_node.GetAttribute(THRESHOLD_ATTRIBUTE)
         if threshold:
             provenance["source_threshold"] = float(threshold)
-    reviewed = review.review_provenance(segmentation_node)
+    reviewed = review.review_provenance(segmentation_node, volume_node)
     if reviewed is not None:
         provenance["lesion_review"] = reviewed
     provenance.update(_dicom_uids(volume_node))

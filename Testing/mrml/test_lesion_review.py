@@ -17,7 +17,12 @@ from lesionseg.dicom import read_dicom_volume, write_ct_series
 from lesionseg.image import Image
 from lesionseg.io import read_image
 from lesionseg.metrics import lesion_table
-from lesionseg.mrml import labelmap_from_segmentation_node, segmentation_node_from_labelmap, volume_node_from_image
+from lesionseg.mrml import (
+    labelmap_from_segmentation_node,
+    segmentation_node_from_labelmap,
+    update_segment_from_mask,
+    volume_node_from_image,
+)
 
 slicer = pytest.importorskip("slicer")
 
@@ -372,6 +377,11 @@ def test_rtstruct_of_accepted_lesions_only_read_by_plastimatch_holds_only_the_ac
 def test_a_reviewed_result_saved_as_a_training_case_records_the_review(scene, reviewed, tmp_path):
     _ct, labels, volume, segmentation = reviewed
     big, middle = accept_big_reject_middle(segmentation, volume, labels, rejecter="Dr. Lind")
+    # Besides the review, the annotator trims the prostate by one slab of 20 x 10 voxels.
+    prostate_id = segmentation.GetSegmentation().GetSegmentIdBySegmentName("Prostate")
+    trimmed = labels == PROSTATE
+    trimmed[1] = False
+    update_segment_from_mask(segmentation, prostate_id, _ct.with_array(trimmed.astype(np.uint8)))
 
     record = training.save_case(tmp_path / "dataset", volume, segmentation, "Dr. Osei")
     manifest = Dataset(tmp_path / "dataset").manifest()
@@ -384,6 +394,10 @@ def test_a_reviewed_result_saved_as_a_training_case_records_the_review(scene, re
     assert accepted["centroid_ras_mm"] == pytest.approx(big.centroid_ras_mm, abs=1e-3)
     assert accepted["confidence"] == 0.91
     assert rejected["id"] == middle.id and rejected["reviewer"] == "Dr. Lind" and rejected["confidence"] == 0.42
+    # The edits: the rejected lesion is accounted for by the review, the trimmed slab is the annotator's own.
+    edits = {row["segment"]: row for row in saved["edits"]}
+    assert edits["Prostate"]["net_edit_voxels"] == -200 and edits["Prostate"]["voxels_rejected"] == 0
+    assert edits["Lesion"]["voxels_rejected"] == middle.voxels and edits["Lesion"]["net_edit_voxels"] == 0
     # The case's mask is the node as reviewed: the rejected lesion is not in it.
     case_labels = read_image(Dataset(tmp_path / "dataset").label_path(record.case_id))
     assert not case_labels.array[component(labels, MIDDLE)].any()
