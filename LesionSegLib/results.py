@@ -154,6 +154,10 @@ class SegmentationResultsLogic:
             return False, "Select the segmentation to export."
         return True, f"Export the output segmentation as {parameterNode.exportFormat}."
 
+    def lesionReportRows(self, segmentationNode: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The lesion-table rows of a report of accepted lesions only (other segments' rows kept)."""
+        return review.accepted_rows(segmentationNode, rows)
+
     def reviewStatus(self, segmentationNode: Any, lesion: review.ReviewedLesion | None) -> str:
         """The review panel's line for the lesion under review (or the tally when there is none)."""
         return review.status_text(review.saved_review(segmentationNode), lesion)

@@ -563,6 +563,15 @@ def review_provenance(segmentation_node: Any, volume_node: Any | None = None) ->
     return out
 
 
+def accepted_rows(segmentation_node: Any, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The lesion-table rows a report of accepted lesions only keeps: accepted lesions, and the rows of segments
+    that are not under review (organs); refuses a node whose review was never started."""
+    review = saved_review(segmentation_node)
+    segmentation = segmentation_node.GetSegmentation()
+    reviewed = {segmentation.GetSegment(x).GetName() for x in review.lesion_segments if segmentation.GetSegment(x)}
+    return [dict(row) for row in rows if row.get("segment") not in reviewed or row.get("status") == ACCEPTED]
+
+
 def review_edits(segmentation_node: Any, volume_node: Any, review: Review) -> list[dict[str, Any]]:
     """Per segment: its voxels when the review started, those the review rejected, those it has now, and the net
     change that neither explains (the annotator's own edits: painted in, erased, or a segment added)."""

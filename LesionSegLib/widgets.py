@@ -378,7 +378,11 @@ class LesionTablePanel(CsvTablePanel):
         )
 
     def writeCsv(self, path: str) -> None:
-        lesions.write_lesion_csv(path, self.rows)
+        node = self.parameterNode()
+        # ProstateMetSeg's "Accepted lesions only" holds for the lesion report as for the export.
+        acceptedOnly = bool(getattr(node, "exportAcceptedOnly", False))
+        rows = self.logic.lesionReportRows(node.outputSegmentation, self.rows) if acceptedOnly else self.rows
+        lesions.write_lesion_csv(path, rows)
 
 
 def ensurePythonPackages(log: Callable[[str], None], spec: Any = None) -> bool:

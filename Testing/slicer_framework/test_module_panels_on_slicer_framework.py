@@ -232,3 +232,11 @@ def test_reviewing_lesions_in_prostatemetseg_with_buttons_and_keys(framework, ct
     ui.exportButton.click()
     exported, _ = read_seg_nrrd(next(tmp_path.glob("*.seg.nrrd")))
     assert int((exported.array > 0).sum()) == first.voxels  # the accepted lesion's voxels, and nothing else
+    # The lesion report (the table's CSV) likewise lists the accepted lesion only.
+    ui.lesionTableButton.click()
+    assert len(widget.lesionPanel.rows) == 2
+    report = tmp_path / "lesions.csv"
+    widget.lesionPanel.writeCsv(str(report))
+    with report.open(newline="") as stream:
+        listed = list(csv.DictReader(stream))
+    assert len(listed) == 1 and listed[0]["status"] == "accepted"
