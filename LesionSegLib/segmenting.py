@@ -36,6 +36,7 @@ from lesionseg.models.hashcache import BackgroundHasher, HashCache
 from lesionseg.models.spec import check_threshold
 from lesionseg.orientation import orientation_code
 from LesionSegLib import nnunetmodels
+from LesionSegLib import uncertainty as uncertainty_views
 from LesionSegLib.channels import (
     CHANNEL_FIELDS,
     channel_names,
@@ -376,6 +377,7 @@ class SegmentationRun(BackgroundRun):
         backend: str = "auto",
         precision: str | None = None,
         allow_modality: str | None = None,
+        uncertainty: str = "none",
     ) -> None:
         image = check_input_volume(volume_node)
         problem = weights_problem(entry)
@@ -399,6 +401,10 @@ class SegmentationRun(BackgroundRun):
                 f"{entry.spec.id!r} is an nnU-Net model: the detection threshold applies to LesionSeg's own models; "
                 "set the threshold to its model default"
             )
+        problem = uncertainty_views.uncertainty_problem(entry.spec, uncertainty)
+        if problem:
+            raise ValueError(problem)
+        self.uncertainty = uncertainty
         self.nnunet_options = nnunet_options or nnunetmodels.sidecar_options(entry.spec)
         # refused here, before anything is written or started; the spec's own cut counts when none is given
         self.threshold = check_threshold(entry.spec, threshold)
@@ -420,11 +426,15 @@ class SegmentationRun(BackgroundRun):
         self.user_threshold = threshold  # None: the spec's own cut, applied by the engine
         # as segment's --backend, --precision and --allow-modality: a run in the worker honours the same options
         self.options = {"backend": backend, "precision": precision, "allow_modality": allow_modality}
+        self.options["uncertainty"] = uncertainty
         self.request: WorkerRequest | Job | None = None
         self.status = RunStatus(stage="waiting to start")
         self.started = 0.0
         self.warnings: list[str] = []  # the run's warnings: shown in the log and kept on the result node
         self.model_reused: bool | None = None  # whether the worker had the model loaded already
+        self.uncertainty_result: dict[str, Any] | None = None  # the result event's uncertainty entry
+        self.uncertainty_nodes: dict[str, Any] = {}  # the uncertainty volumes load_result added, by name
+        self._tta_pass: int | None = None
 
     def start(self) -> SegmentationRun:
         self.started = time.monotonic()
@@ -488,6 +498,8 @@ class SegmentationRun(BackgroundRun):
             self.status.log.append(f"Stage: {self.status.stage}")
         elif kind is EventKind.PROGRESS and data.get("percent") is not None:
             self.status.percent = float(data["percent"])
+            if data.get("tta_pass") is not None:
+                self._show_pass(int(data["tta_pass"]), int(data.get("tta_passes") or 0))
         elif kind in (EventKind.MESSAGE, EventKind.WARNING):
             text = data.get("text") or ""
             if text:
@@ -514,6 +526,9 @@ class SegmentationRun(BackgroundRun):
                 if str(text) not in self.warnings:
                     self.warnings.append(str(text))
                     self.status.log.append(f"Warning: {text}")
+            if data.get("uncertainty"):
+                self.uncertainty_result = dict(data["uncertainty"])
+                self.status.log.append(uncertainty_views.cost_summary(self.uncertainty_result))
         elif kind is EventKind.FINISHED:
             state = JobEvent(kind, data).state
             self.status.stage = {
@@ -524,19 +539,33 @@ class SegmentationRun(BackgroundRun):
             if state is JobState.SUCCEEDED:
                 self.status.percent = 100.0
 
+    def _show_pass(self, number: int, passes: int) -> None:
+        # The stage line counts the test-time augmentation passes, each a sliding window over the whole volume.
+        self.status.stage = f"inference (pass {number} of {passes})"
+        if number != self._tta_pass:
+            self._tta_pass = number
+            self.status.log.append(f"Uncertainty pass {number} of {passes}")
+
+    def uncertainty_files(self) -> dict[str, Path]:
+        """The files a run with uncertainty wrote beside its labelmap, by name (``entropy``, ``mutual_information``,
+        ``lesions_json``, ...); empty for a run without. They are deleted with the work folder by ``load_result``."""
+        if self.uncertainty == "none":
+            return {}
+        return uncertainty_views.output_files(self.uncertainty_result, self.output_path)
+
     def load_result(self, scene: Any) -> Any:
-        """A new segmentation node with the result (names, colours, terminology from the spec)."""
+        """A new segmentation node with the result (names, colours, terminology from the spec); a run with
+        uncertainty also adds its volumes (:attr:`uncertainty_nodes`), shown over the input in the slice views, and
+        puts the per-lesion rows and the cost on the node (:mod:`LesionSegLib.uncertainty`)."""
         self.require_success("the segmentation has not finished yet")
         labels = read_image(self.output_path)
         if not labels.same_grid(self.input_image):
             raise RuntimeError("the segmentation came back on another grid than the input volume; nothing was added")
-        node = lesionseg.mrml.segmentation_node_from_labelmap(
-            scene,
-            labels,
-            result_name(self.volume_node, self.module, self.spec, self.threshold),
-            self.spec.labels,
-            self.volume_node,
-        )
+        files = self.uncertainty_files()
+        maps = uncertainty_views.read_uncertainty(files, self.input_image) if files else {}
+        lesions = uncertainty_views.lesion_rows(files["lesions_json"]) if files else []
+        name = result_name(self.volume_node, self.module, self.spec, self.threshold)
+        node = lesionseg.mrml.segmentation_node_from_labelmap(scene, labels, name, self.spec.labels, self.volume_node)
         _set_terminology(node, self.spec.labels)
         for key, value in (
             (MODEL_ID_ATTRIBUTE, self.spec.id),
@@ -548,6 +577,11 @@ class SegmentationRun(BackgroundRun):
             (WARNINGS_ATTRIBUTE, "\n".join(self.warnings)),
         ):
             node.SetAttribute(key, value)
+        if files:
+            self.uncertainty_nodes = uncertainty_views.add_uncertainty_volumes(
+                scene, maps, name, self.spec, self.volume_node
+            )
+            uncertainty_views.record_on_result(node, self.uncertainty_result or {}, lesions, self.uncertainty_nodes)
         self.cleanup()
         return node
 
@@ -645,12 +679,20 @@ class SegmentingLogic:
         raise ValueError(f"no model {modelId!r} for {self.moduleName}; choose one from the model list")
 
     def segmentOptions(self, parameterNode: Any) -> dict[str, Any]:
-        """The run options a parameter node holds: ``cropBody``, and ``lesionThreshold`` where the module has one
-        (0 there means the model's own default)."""
+        """The run options a parameter node holds: ``cropBody``, ``lesionThreshold`` where the module has one
+        (0 there means the model's own default), and ``uncertainty`` (a bool field: ``"tta"`` when on, else
+        ``"none"``; a module without the field runs without)."""
         options: dict[str, Any] = {"cropBody": bool(getattr(parameterNode, "cropBody", False))}
         threshold = float(getattr(parameterNode, "lesionThreshold", 0.0) or 0.0)
         options["threshold"] = threshold if threshold > 0.0 else None
+        options["uncertainty"] = "tta" if getattr(parameterNode, "uncertainty", False) else "none"
         return options
+
+    def uncertaintyReadiness(self, parameterNode: Any, entry: ModelEntry | None) -> str:
+        """Why the chosen model cannot run with the parameter node's Uncertainty option; empty when it can."""
+        if entry is None or parameterNode is None:
+            return ""
+        return uncertainty_views.uncertainty_problem(entry.spec, self.segmentOptions(parameterNode)["uncertainty"])
 
     # --- channels and nnU-Net options: what the panel shows for the chosen model ------------------------------
 
@@ -724,14 +766,16 @@ class SegmentingLogic:
         backend: str = "auto",
         precision: str | None = None,
         allowModality: str | None = None,
+        uncertainty: str = "none",
     ) -> SegmentationRun:
         """Write the volume for the child, start the job, and return the run to poll.
 
         ``cropBody`` skips the air around the body; ``threshold`` (models with one foreground label) is the
         probability above which a voxel is foreground, None for the model's default. ``channelVolumes`` are the
         further channels' volumes of a multi-channel model; ``nnunetOptions`` an nnU-Net model's run options
-        (None: its sidecar's). ``backend``, ``precision`` and ``allowModality`` are ``segment``'s options of those
-        names (LesionSeg's own models, in the warm worker).
+        (None: its sidecar's). ``backend``, ``precision``, ``allowModality`` and ``uncertainty`` (``"none"`` or
+        ``"tta"``; an nnU-Net model is refused with ``"tta"``) are ``segment``'s options of those names (LesionSeg's
+        own models, in the warm worker).
         """
         python = self.pythonExecutable or slicer_python()
         run = SegmentationRun(
@@ -751,6 +795,7 @@ class SegmentingLogic:
             backend=backend,
             precision=precision,
             allow_modality=allowModality,
+            uncertainty=uncertainty,
         )
         return run.start()
 
@@ -780,10 +825,18 @@ class SegmentingLogic:
         threshold: float | None = None,
         channelVolumes: Sequence[Any] = (),
         nnunetOptions: nnunetmodels.NnunetRunOptions | None = None,
+        uncertainty: str = "none",
     ) -> Any:
         """Segment and wait (scripts and self-tests; the widget polls instead). Returns the new node."""
         run = self.startSegmentation(
-            volumeNode, self.modelEntry(modelId), device, cropBody, threshold, channelVolumes, nnunetOptions
+            volumeNode,
+            self.modelEntry(modelId),
+            device,
+            cropBody,
+            threshold,
+            channelVolumes,
+            nnunetOptions,
+            uncertainty=uncertainty,
         )
         deadline = time.monotonic() + timeout_s
         while not run.finished:

@@ -172,10 +172,15 @@ def test_run_options_come_from_the_parameter_node_and_zero_threshold_means_the_m
     assert logic.segmentOptions(SimpleNamespace(cropBody=True, lesionThreshold=0.3)) == {
         "cropBody": True,
         "threshold": 0.3,
+        "uncertainty": "none",
     }
     assert logic.segmentOptions(SimpleNamespace(cropBody=False, lesionThreshold=0.0))["threshold"] is None
     # SpleenSeg's parameter node has no threshold field
-    assert logic.segmentOptions(SimpleNamespace(cropBody=False)) == {"cropBody": False, "threshold": None}
+    assert logic.segmentOptions(SimpleNamespace(cropBody=False)) == {
+        "cropBody": False,
+        "threshold": None,
+        "uncertainty": "none",
+    }
 
 
 @pytest.mark.slow
