@@ -29,10 +29,12 @@ from lesionseg.image import Image
 from lesionseg.labels import LabelInfo, named_like_lesion
 from lesionseg.metrics import lesion_table
 from lesionseg.metrics.lesions import connected_components
+from LesionSegLib.uncertainty import UNCERTAINTY_LESIONS_ATTRIBUTE
 
 REVIEW_ATTRIBUTE = "LesionSeg.Review"
-# Written by the module when it loads a result made with uncertainty: the engine's per-lesion rows as JSON.
-UNCERTAINTY_ATTRIBUTE = "LesionSeg.UncertaintyLesions"
+# Written by the module when it loads a result made with uncertainty (LesionSegLib.uncertainty): the engine's
+# per-lesion rows as JSON.
+UNCERTAINTY_ATTRIBUTE = UNCERTAINTY_LESIONS_ATTRIBUTE
 LABEL_VALUE_TAG = "LesionSeg.LabelValue"  # the model's label value, on each segment of a result node
 
 UNREVIEWED = "unreviewed"

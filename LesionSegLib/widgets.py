@@ -619,6 +619,9 @@ class SegmentPanel:
         channelsProblem = self.logic.channelsReadiness(self.parameterNode(), entry) if enabled else ""
         if channelsProblem:
             return False, channelsProblem
+        uncertaintyProblem = self.logic.uncertaintyReadiness(self.parameterNode(), entry) if enabled else ""
+        if uncertaintyProblem:
+            return False, uncertaintyProblem
         return enabled, reason
 
     def updateSegmentButton(self) -> None:
@@ -652,6 +655,7 @@ class SegmentPanel:
                 options["threshold"],
                 volumes[1:],
                 self.logic.nnunetOptions(node, entry),
+                uncertainty=options["uncertainty"],
             )
         except (ValueError, RuntimeError) as error:
             self.log(str(error))

@@ -240,3 +240,43 @@ def test_reviewing_lesions_in_prostatemetseg_with_buttons_and_keys(framework, ct
     with report.open(newline="") as stream:
         listed = list(csv.DictReader(stream))
     assert len(listed) == 1 and listed[0]["status"] == "accepted"
+
+
+def test_segment_with_uncertainty_adds_the_overlay_from_the_panel(framework, tmp_path):
+    """The user ticks Uncertainty and segments: the entropy comes back as a volume over the CT in the slice views,
+    and the result carries each lesion's confidence."""
+    import os
+    import time
+
+    from support.tiny_models import phantom_ct
+
+    from LesionSegLib.selftest import write_threshold_model
+
+    scene = framework.slicer.mrmlScene
+    for view in ("Red", "Yellow", "Green"):  # what the app's layout makes: one composite node a slice view
+        composite = scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
+        composite.SetLayoutName(view)
+    ct = volume_node_from_image(scene, phantom_ct(), "Pelvis CT")
+    write_threshold_model(tmp_path / "models", "tiny-mets", "metastasis")
+    widget = framework.enter("ProstateMetSeg")
+    ui, node, panel = widget.ui, widget._parameterNode, widget.segmentPanel
+    widget.logic.modelsDir, widget.logic.pythonExecutable = tmp_path / "models", sys.executable
+    widget.logic.workRoot, widget.logic.childEnvironment = tmp_path, dict(os.environ)
+    panel.refreshModels()
+    ui.modelComboBox.currentIndex = [entry.spec.id for entry in panel.entries].index("tiny-mets")
+    assert node.inputVolume is ct
+    ui.uncertaintyCheckBox.setChecked(True)
+    assert ui.segmentButton.enabled, ui.segmentButton.toolTip
+    ui.segmentButton.click()
+    deadline = time.monotonic() + 300
+    while panel.run is not None and time.monotonic() < deadline:
+        panel.onTimer()
+        time.sleep(0.05)
+    result = node.outputSegmentation
+    assert result is not None and result.GetAttribute("LesionSeg.UncertaintyLesions") is not None
+    entropy = result.GetNodeReference("LesionSeg.UncertaintyEntropy")
+    assert entropy is not None and "uncertainty (entropy)" in entropy.GetName()
+    composites = [scene.GetNthNodeByClass(n, "vtkMRMLSliceCompositeNode")
+                  for n in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode"))]  # fmt: skip
+    assert len(composites) == 3 and all(c.GetForegroundVolumeID() == entropy.GetID() for c in composites)
+    widget.logic.shutdownWorker()

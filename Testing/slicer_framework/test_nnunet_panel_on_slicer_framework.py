@@ -65,6 +65,13 @@ def test_a_pet_ct_nnunet_model_shows_its_channels_and_options_and_segments_from_
     ui.nnunetMirroringComboBox.currentIndex = ui.nnunetMirroringComboBox.findText("off")
     assert (node.nnunetTileStepSize, node.nnunetMirroring) == (0.75, "off")
 
+    # Flip-TTA uncertainty is LesionSeg's own models': with an nnU-Net model Segment waits and says why.
+    ui.uncertaintyCheckBox.setChecked(True)
+    assert node.uncertainty is True
+    assert not ui.segmentButton.enabled and "turn Uncertainty off" in ui.segmentButton.toolTip, ui.segmentButton.toolTip
+    ui.uncertaintyCheckBox.setChecked(False)
+    assert ui.segmentButton.enabled, ui.segmentButton.toolTip
+
     ui.segmentButton.click()
     run = panel.run
     assert run is not None and ui.segmentButton.text == "Cancel"
