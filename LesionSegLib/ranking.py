@@ -29,13 +29,13 @@ RANK_ATTRIBUTES = {
     "model": "LesionSeg.RankModel",
     "case": "LesionSeg.RankedCase",
 }
-RANKING_COLUMNS = (
-    Column("rank", "Rank", kind="int"),
-    Column("case", "Case", kind="string"),
+# One column a ranking method (METHODS), each case's score by it.
+SCORE_COLUMNS = (
     Column("entropy", "Entropy", unit="nat·mL"),
     Column("mutual_information", "Mutual information", unit="nat·mL"),
     Column("lesion_count", "Predicted lesions", kind="int"),
 )
+RANKING_COLUMNS = (Column("rank", "Rank", kind="int"), Column("case", "Case", kind="string"), *SCORE_COLUMNS)
 
 
 class RankingRun(BackgroundRun):

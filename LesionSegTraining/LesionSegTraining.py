@@ -217,10 +217,9 @@ class LesionSegTrainingWidget(LesionSegModuleWidget):
         self._checkCanApply()
 
     def onRankTimer(self) -> None:
+        if self.rankRun is None:
+            return self.rankTimer.stop()
         run = self.rankRun
-        if run is None:
-            self.rankTimer.stop()
-            return
         run.poll()
         self.ui.rankProgressBar.value = int(round(100 * run.fraction))
         for line in run.log:
