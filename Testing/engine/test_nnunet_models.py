@@ -133,6 +133,30 @@ def test_segment_with_a_trained_configuration_folder_equals_nnunet_predictor(dat
     assert [label["name"] for label in result["labels"]] == ["lesion", "bone"]
 
 
+def test_an_oblique_input_segments_as_nnunet_reads_it_and_the_labels_lie_on_its_grid(dataset, tmp_path):
+    """An oblique CT (rotated 20 degrees about z, off-origin): nnU-Net's reader takes the array as stored, and so
+    does an 'as stored' model here; the labelmap has the input's own oblique geometry."""
+    image, truth = nm.phantom(shape_zyx=(22, 38, 42), seed=9)
+    c, s = np.cos(np.radians(20.0)), np.sin(np.radians(20.0))
+    oblique = (c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0)
+    input_file = nm.write_case(tmp_path / "case" / "case_0000.nii.gz", image, origin=(7.5, -3.0, 21.0),
+                               direction=oblique)  # fmt: skip
+    folder = dataset.configuration("3d_fullres")
+    segment_file_nnunet(folder, input_file, tmp_path / "ours.nii.gz", CPU)
+    reference = nnunet_reference(folder, input_file, tmp_path / "reference")
+    assert_same_as_nnunet(tmp_path / "ours.nii.gz", reference, truth)
+    ours = sitk.ReadImage(str(tmp_path / "ours.nii.gz"))
+    assert np.allclose(ours.GetDirection(), oblique, atol=1e-6) and np.allclose(ours.GetOrigin(), (7.5, -3.0, 21.0))
+    # Imported as RAS: a 20-degree tilt keeps the storage axes nearest to R, A, S, so the model sees the same array
+    # and answers the same, on the same oblique grid.
+    from lesionseg.models.nnunet_import import import_nnunet_model
+
+    ras = import_nnunet_model(dataset.root, tmp_path / "models", "ras", orientation="RAS")
+    labels, _, info = predict_nnunet(read_image(input_file), ras, device=CPU)
+    assert info["orientation"] == "RAS" and labels.same_grid(read_image(input_file))
+    assert np.array_equal(labels.array, read_image(tmp_path / "ours.nii.gz").array)
+
+
 def test_cascade_runs_lowres_then_fullres_as_nnunet_does(dataset, case, tmp_path):
     input_file, truth = case
     lowres_reference = nnunet_reference(dataset.configuration("3d_lowres"), input_file, tmp_path / "lowres")
