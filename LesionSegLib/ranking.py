@@ -62,7 +62,7 @@ class RankingRun(BackgroundRun):
         if not model_id:
             raise ValueError("choose the model whose uncertainty ranks the cases")
         try:
-            self.cases = len(rank_inputs(images))  # an empty or missing folder is refused before anything starts
+            rank_inputs(images)  # an empty or missing folder is refused before anything starts
         except UserError as error:
             raise ValueError(str(error)) from error
         self.method = method

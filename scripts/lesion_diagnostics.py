@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from lesionseg.data import LABEL, SynthOptions, generate_cohort  # noqa: E402
+from lesionseg.data.lesions import truth_lesion_at  # noqa: E402
 from lesionseg.image import Image  # noqa: E402
 from lesionseg.io import read_image, write_image  # noqa: E402
 from lesionseg.resample import resample_to_spacing  # noqa: E402
@@ -42,14 +43,6 @@ def cohort(work: Path, cases: int, seed: int) -> list[Path]:
     return sorted(p for p in folder.iterdir() if (p / "image.nii.gz").is_file())
 
 
-def _match(truth: list[dict], centre_lps: np.ndarray) -> dict | None:
-    if not truth:
-        return None
-    distances = [np.linalg.norm(np.asarray(t["centre_lps_mm"]) - centre_lps) for t in truth]
-    best = int(np.argmin(distances))
-    return truth[best] if distances[best] < 0.5 * truth[best]["diameter_mm"] + 6.0 else None
-
-
 def _lesion_rows(image: Image, label: Image, truth: list[dict], grid: str) -> list[dict[str, Any]]:
     """Mean HU inside each lesion component, in a one-voxel shell around it, and in the bone part of that shell."""
     hu = image.array.astype(np.float64)
@@ -63,7 +56,7 @@ def _lesion_rows(image: Image, label: Image, truth: list[dict], grid: str) -> li
         shell = ndimage.binary_dilation(inside, structure=np.ones((3, 3, 3))) & ~lesion[grown]
         bone_shell = shell & (lab[grown] == LABEL["bone"])
         kji = np.argwhere(inside).mean(axis=0) + [s.start for s in grown]
-        match = _match(truth, image.world(kji[::-1]))
+        match = truth_lesion_at(truth, image.world(kji[::-1]))
         row: dict[str, Any] = {
             "grid": grid,
             "kind": match["kind"] if match else "unmatched",
@@ -376,7 +369,7 @@ def run_detect(args: argparse.Namespace) -> dict[str, Any]:
                 continue
             found = case_detection(pred, ref)
             for row in found["reference_lesions"]:
-                match = _match(truth, ref.world(np.asarray(row["centre_kji"])[::-1]))
+                match = truth_lesion_at(truth, ref.world(np.asarray(row["centre_kji"])[::-1]))
                 kind = match["kind"] if match else "unmatched"
                 big = match is not None and match["diameter_mm"] >= 10.0
                 counts = per_kind.setdefault(kind, {"all": [0, 0], ">=10 mm nominal": [0, 0]})

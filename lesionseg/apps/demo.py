@@ -134,12 +134,11 @@ def coronal_overlay(path: Path, image: Image, pred: Image, truth: Image) -> Path
 
 
 def _lesion_kind(truth: list[dict[str, Any]], centre_lps: np.ndarray) -> str:
-    """The phantom's kind of the lesion at ``centre_lps`` (sclerotic, lytic, node): the nearest drawn lesion."""
-    if not truth:
-        return ""
-    distances = [float(np.linalg.norm(np.asarray(t["centre_lps_mm"]) - centre_lps)) for t in truth]
-    best = int(np.argmin(distances))
-    return str(truth[best]["kind"]) if distances[best] < 0.5 * truth[best]["diameter_mm"] + 6.0 else ""
+    """The phantom's kind of the lesion at ``centre_lps`` (sclerotic, lytic, node), or "" when none is there."""
+    from lesionseg.data.lesions import truth_lesion_at
+
+    drawn = truth_lesion_at(truth, centre_lps)
+    return str(drawn["kind"]) if drawn is not None else ""
 
 
 def _cell(value: Any) -> str:

@@ -121,6 +121,17 @@ def _place_in_bone(rng, phantom: Phantom, kind, diameter, others, lo, hi) -> Les
     return None
 
 
+def truth_lesion_at(truth: list[dict], centre_lps_mm) -> dict | None:
+    """The drawn lesion (a row of a case's ``truth.json``) that a lesion found at ``centre_lps_mm`` is: the nearest
+    one, if the centre lies within half its diameter plus 6 mm (voxelising and blurring move a small lesion's
+    centre by a few mm); None for none."""
+    if not truth:
+        return None
+    distances = [float(np.linalg.norm(np.asarray(t["centre_lps_mm"]) - np.asarray(centre_lps_mm))) for t in truth]
+    best = int(np.argmin(distances))
+    return truth[best] if distances[best] < 0.5 * truth[best]["diameter_mm"] + 6.0 else None
+
+
 def _place_node(rng, phantom: Phantom, kind, diameter, others, lo, hi) -> Lesion | None:
     radii = _shape(rng, diameter, (0.6, 0.9))
     rotation = _jitter(rng, 60.0)

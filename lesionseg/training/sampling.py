@@ -67,10 +67,17 @@ class RandCropByComponentd(Randomizable):
         return [slice(a, min(n, a + size)) for a, size, n in zip(start, self.patch_size, shape, strict=True)]
 
     def __call__(self, data: Mapping[str, Any]) -> list[dict[str, Any]]:
-        label, image = np.asarray(data["label"])[0], np.asarray(data["image"])[0]
+        # The centres are drawn on the CPU; the crops are cut from the tensors where they are (the GPU when
+        # training runs there: random_transforms moves them before this crop).
+        label, image = _on_cpu(data["label"])[0], _on_cpu(data["image"])[0]
         pieces = self.pieces(label)
         crops = []
         for _ in range(self.samples):
             crop = SpatialCrop(roi_slices=self.box(self.centre(label, image, pieces), label.shape))
             crops.append({**data, **{key: crop(data[key]) for key in self.keys}})
         return crops
+
+
+def _on_cpu(array: Any) -> np.ndarray:
+    """A NumPy copy of a (possibly CUDA) tensor, or the array itself."""
+    return array.detach().cpu().numpy() if hasattr(array, "detach") else np.asarray(array)
