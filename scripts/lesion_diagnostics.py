@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -354,6 +355,8 @@ def run_detect(args: argparse.Namespace) -> dict[str, Any]:
     model_dir = args.model or ROOT / "lesionseg" / "resources" / "models" / "demo-lesion"
     model = load_model(model_dir, "cpu")
     folder = args.work / f"detect-{args.seed}" if args.model is None else args.model / f"detect-{args.seed}"
+    if folder.exists():
+        shutil.rmtree(folder)  # an earlier run's files (more cases, other thresholds) must not be scored again
     thresholds = [float(t) for t in args.thresholds.split(",")]
     per_kind: dict[str, dict[str, list[int]]] = {}
     for case in cases:
