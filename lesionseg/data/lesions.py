@@ -1,8 +1,10 @@
 """Synthetic metastases: sclerotic and lytic bone lesions, and enlarged lymph nodes.
 
 All lesions are **synthetic**: ellipsoids with CT-like densities placed in a phantom, not findings
-from patients.  Bone lesions are clipped to the bone they sit in; nodes lie beside the aorta or the
-iliac arteries and never inside bone.  Lesions are kept apart, so each is one object in the label.
+from patients.  Bone lesions are clipped to the bone they sit in; nodes lie in the fat beside the
+aorta or the iliac arteries, clear of bone, vessels, bowel, muscle and organs, as enlarged nodes do
+in patients (a node drawn into a vein or a bowel loop of its own density could not be seen).
+Lesions are kept apart, so each is one object in the label.
 """
 
 from __future__ import annotations
@@ -30,7 +32,11 @@ PATTERNS: dict[str, tuple[float, float, float]] = {
 }
 ZERO_LESION_PROBABILITY = 0.25
 GAP_MM = 3.0  # least space between two lesions' nominal surfaces
+NODE_FAT_MM = (1.0, 3.0)  # fat plane between a node and the artery it lies beside
+NODE_CLEARANCE_MM = 1.0  # least fat between a node and any other soft tissue
 _TRIES = 200
+_NODE_TRIES = 400
+_SURFACE_DIRECTIONS = 96
 
 
 @dataclass(eq=False)
@@ -136,7 +142,7 @@ def _place_node(rng, phantom: Phantom, kind, diameter, others, lo, hi) -> Lesion
     radii = _shape(rng, diameter, (0.6, 0.9))
     rotation = _jitter(rng, 60.0)
     hu = float(rng.uniform(*_tissue_range(phantom, kind)))
-    for _ in range(_TRIES):
+    for _ in range(_NODE_TRIES):
         name, vessel = phantom.node_sites[int(rng.integers(len(phantom.node_sites)))]
         t = rng.uniform(0.1, 0.9)
         on_axis = vessel.a + t * (vessel.b - vessel.a)
@@ -145,16 +151,45 @@ def _place_node(rng, phantom: Phantom, kind, diameter, others, lo, hi) -> Lesion
         away -= (away @ axis) * axis
         away /= np.linalg.norm(away)
         vessel_r = vessel.radius_a + t * (vessel.radius_b - vessel.radius_a)
-        centre = on_axis + away * (vessel_r + radii[1] * rng.uniform(0.8, 1.0) + 1.0)
+        # the node's own extent towards the artery, so that it is the fat plane that separates them
+        reach = float(np.linalg.norm(radii * (rotation.T @ away)))
+        centre = on_axis + away * (vessel_r + reach + rng.uniform(*NODE_FAT_MM))
         if not _inside(centre, radii[0], lo, hi) or not _clear_of(centre, radii[0], others):
             continue
         if phantom.cavity.at(centre) < radii[1] or phantom.bone.at(centre) > -radii[1]:
             continue
         if any(organ.at(centre) > -2.0 for organ in phantom.node_keep_out):
             continue
+        if not in_fat(phantom, _surface(centre, radii + NODE_CLEARANCE_MM, rotation)).all():
+            continue
         solid = Intersection(Ellipsoid(centre, radii, rotation), phantom.bone, cut_out=True)
         return Lesion(0, kind, name, centre, radii, hu, solid)
     return None
+
+
+def _surface(centre: np.ndarray, radii: np.ndarray, rotation: np.ndarray) -> np.ndarray:
+    """Points spread evenly over an ellipsoid's surface (a Fibonacci sphere, stretched), and its centre."""
+    n = np.arange(_SURFACE_DIRECTIONS) + 0.5
+    polar = np.arccos(1.0 - 2.0 * n / _SURFACE_DIRECTIONS)
+    turn = np.pi * (1.0 + 5.0**0.5) * n
+    unit = np.stack([np.cos(turn) * np.sin(polar), np.sin(turn) * np.sin(polar), np.cos(polar)])
+    return np.vstack([centre, (centre[:, None] + rotation @ (radii[:, None] * unit)).T])
+
+
+def in_fat(phantom: Phantom, points: np.ndarray) -> np.ndarray:
+    """Per point (rows of LPS mm): True where the soft tissue painted last there is fat (bone not counted)."""
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    fat = np.zeros(len(points), dtype=bool)
+    lo, hi = points.min(axis=0), points.max(axis=0)
+    for layer in phantom.soft_layers:  # in painting order: a later layer covers an earlier one
+        if np.any(layer.solid.hi < lo) or np.any(layer.solid.lo > hi):
+            continue
+        boxed = np.flatnonzero(np.all((points >= layer.solid.lo) & (points <= layer.solid.hi), axis=1))
+        if len(boxed):
+            near = points[boxed]
+            covered = boxed[layer.solid.field(near[:, 0], near[:, 1], near[:, 2]) >= 0.0]
+            fat[covered] = layer.tissue == "fat"
+    return fat
 
 
 def _tissue_range(phantom: Phantom, kind: str) -> tuple[float, float]:

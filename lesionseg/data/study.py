@@ -35,7 +35,7 @@ from lesionseg.orientation import orientation_code, reorient
 log = logging.getLogger(__name__)
 
 GENERATOR = "lesionseg.data.study"
-GENERATOR_VERSION = "1.0"  # bump whenever the same seed would give different data
+GENERATOR_VERSION = "1.1"  # bump whenever the same seed would give different data
 HU_CLIP = (-1024, 3071)
 
 
