@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_active_learning_benchmark_writes_both_arms(tmp_path):
     work, report = tmp_path / "work", tmp_path / "figures.json"
-    command = [sys.executable, str(ROOT / "benchmarks" / "active_learning.py"), "--seeds", "1", "--rounds", "1"]
-    command += ["--per-round", "1", "--start", "2", "--pool", "2", "--validation", "1", "--epochs", "1"]
+    smallest = "--seeds 1 --rounds 1 --per-round 1 --start 2 --pool 2 --validation 1 --initial-epochs 1 --epochs 1"
+    command = [sys.executable, str(ROOT / "benchmarks" / "active_learning.py"), *smallest.split()]
     command += ["--work", str(work), "--json", str(report)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
@@ -35,10 +35,15 @@ def test_active_learning_benchmark_writes_both_arms(tmp_path):
     pool = {f"s0-pool-case{n:03d}" for n in (1, 2)}
     assert len(last["random"]["chosen"]) == 1 and set(last["random"]["chosen"]) <= pool
     # The rank arm took the top case of the ranking `lesionseg rank`'s engine wrote for the whole pool.
-    ranking = json.loads((work / "seed0" / "rank-round1" / "ranking.json").read_text(encoding="utf-8"))
+    ranking = json.loads((work / "seed0" / "ranking-round1" / "ranking.json").read_text(encoding="utf-8"))
     assert {row["case"] for row in ranking["cases"]} == pool
     assert ranking["method"] == "entropy"
     assert last["rank"]["chosen"] == [ranking["cases"][0]["case"]]
+    # Each arm's round fine-tuned on its start cases and its choice, and was validated on the validation case.
+    for arm in ("rank", "random"):
+        split = json.loads((work / "seed0" / f"model-{arm}-round1" / "split.json").read_text(encoding="utf-8"))
+        assert split["train"] == sorted(["s0-start-case001", "s0-start-case002", *last[arm]["chosen"]])
+        assert split["validation"] == ["validation-case001"]
     summary = figures["summary"]
     assert [row["round"] for row in summary] == [0, 1]
     assert summary[1]["difference"] == pytest.approx(summary[1]["rank"] - summary[1]["random"], abs=2e-4)
