@@ -8,7 +8,9 @@ cohorts and initial training, imported from there), but on seeds that benchmark 
 a method can be chosen here without looking at the benchmark's results.  Each pool case is segmented as
 ``lesionseg rank`` does (flip TTA) and scored by every method; its error is 1 − Dice of the predicted spleen against
 the phantom's.  A score worth ranking by grows with the error; ``body_ml`` (voxels above −500 HU) is there to show
-how much a score follows the body's size instead.  Printed: Pearson and Spearman correlations over all cases.
+how much a score follows the body's size instead.  Printed: Pearson and Spearman correlations per seed (each seed
+has its own model, and the ranking compares cases under one model) and over all cases; a correlation is undefined
+(nan) where a score or the error is the same for every case, e.g. a model that finds the spleen in no case.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def correlations(rows: list[dict]) -> dict[str, dict[str, float]]:
     out = {}
     for key in SCORES:
         values = [float(row[key] or 0.0) for row in rows]
-        if len(set(values)) < 2:
+        if len(set(values)) < 2 or len(set(error)) < 2:
             out[key] = {"pearson_error": float("nan"), "spearman_error": float("nan"), "pearson_body": float("nan")}
             continue
         out[key] = {
@@ -116,13 +118,17 @@ def main() -> int:
             initial = train_round(folder / "dataset", seeded, folder / "initial", start, validation)
             print(f"seed {seed}: initial model, validation Dice {initial['dice']:.3f}", flush=True)
             rows += [{"seed": seed, **row} for row in score_pool(folder / "initial", folder / "pool", task)]
-    found = correlations(rows)
-    print(f"\nCorrelation over {len(rows)} cases (seeds {', '.join(map(str, args.seeds))})")
-    print("| score | Pearson r with 1 − Dice | Spearman ρ with 1 − Dice | Pearson r with body mL |")
-    print("|-------|------------------------:|-------------------------:|-----------------------:|")
-    for key, figures in found.items():
-        print(f"| {key} | {figures['pearson_error']:+.3f} | {figures['spearman_error']:+.3f} "
-              f"| {figures['pearson_body']:+.3f} |")  # fmt: skip
+    groups = {f"seed {seed}": [row for row in rows if row["seed"] == seed] for seed in args.seeds}
+    groups["all seeds"] = rows
+    found = {name: correlations(group) for name, group in groups.items()}
+    for name, table in found.items():
+        dice = sum(row["dice"] for row in groups[name]) / len(groups[name])
+        print(f"\nCorrelation over {len(groups[name])} cases, {name} (mean Dice {dice:.3f})")
+        print("| score | Pearson r with 1 − Dice | Spearman ρ with 1 − Dice | Pearson r with body mL |")
+        print("|-------|------------------------:|-------------------------:|-----------------------:|")
+        for key, figures in table.items():
+            print(f"| {key} | {figures['pearson_error']:+.3f} | {figures['spearman_error']:+.3f} "
+                  f"| {figures['pearson_body']:+.3f} |")  # fmt: skip
     facts = machine(args.threads)
     print(json.dumps({"machine": facts}))
     if args.json:

@@ -31,5 +31,6 @@ def test_rank_error_correlation_scores_every_pool_case_by_every_method(tmp_path)
         assert 0.0 <= row["dice"] <= 1.0 and row["body_ml"] > 0 and row["entropy"] > 0, row
         # Per voxel it cannot exceed the entropy of two equally likely classes.
         assert 0.0 <= row["region_entropy"] <= 0.6932, row
-    assert set(figures["correlations"]) == {"entropy", "mutual_information", "region_entropy", "lesion_count",
-                                            "mean_entropy"}  # fmt: skip
+    assert set(figures["correlations"]) == {"seed 99", "all seeds"}
+    assert set(figures["correlations"]["seed 99"]) == {"entropy", "mutual_information", "region_entropy",
+                                                       "lesion_count", "mean_entropy"}  # fmt: skip
