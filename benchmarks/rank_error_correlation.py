@@ -20,6 +20,7 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,16 +61,19 @@ def correlations(rows: list[dict]) -> dict[str, dict[str, float]]:
 
     error = [1.0 - row["dice"] for row in rows]
     body = [row["body_ml"] for row in rows]
+
+    def defined(values: list[float], other: list[float], measure: Callable) -> float:
+        if len(set(values)) < 2 or len(set(other)) < 2:
+            return float("nan")
+        return round(float(measure(values, other)[0]), 3)
+
     out = {}
     for key in SCORES:
         values = [float(row[key] or 0.0) for row in rows]
-        if len(set(values)) < 2 or len(set(error)) < 2:
-            out[key] = {"pearson_error": float("nan"), "spearman_error": float("nan"), "pearson_body": float("nan")}
-            continue
         out[key] = {
-            "pearson_error": round(float(stats.pearsonr(values, error)[0]), 3),
-            "spearman_error": round(float(stats.spearmanr(values, error)[0]), 3),
-            "pearson_body": round(float(stats.pearsonr(values, body)[0]), 3),
+            "pearson_error": defined(values, error, stats.pearsonr),
+            "spearman_error": defined(values, error, stats.spearmanr),
+            "pearson_body": defined(values, body, stats.pearsonr),
         }
     return out
 
