@@ -19,7 +19,7 @@ from LesionSegLib.jobs import BackgroundRun
 from LesionSegLib.segmenting import child_environment
 from LesionSegLib.tables import Column, fill_table_node
 
-METHODS = ("entropy", "mutual_information", "lesion_count")
+METHODS = ("entropy", "mutual_information", "region_entropy", "lesion_count")
 RANKING_TABLE_KIND = "annotation ranking"
 # On a ranked case's volume node: what its rank was, by which model and method, and its score.
 RANK_ATTRIBUTES = {
@@ -33,6 +33,7 @@ RANK_ATTRIBUTES = {
 SCORE_COLUMNS = (
     Column("entropy", "Entropy", unit="nat·mL"),
     Column("mutual_information", "Mutual information", unit="nat·mL"),
+    Column("region_entropy", "Region entropy", unit="nat"),
     Column("lesion_count", "Predicted lesions", kind="int"),
 )
 RANKING_COLUMNS = (Column("rank", "Rank", kind="int"), Column("case", "Case", kind="string"), *SCORE_COLUMNS)

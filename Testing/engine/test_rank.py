@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from support.cli import lesionseg
-from support.tiny_models import edge_state, threshold_spec_dict, write_model_folder
+from support.tiny_models import edge_state, threshold_spec_dict, threshold_state, write_model_folder
 
 from lesionseg.errors import UserError
 from lesionseg.image import Image
@@ -61,6 +61,27 @@ def test_a_case_the_model_is_unsure_of_ranks_above_a_clear_one(edge_folder, pool
     assert [row["case"] for row in rows] == ["unsure", "middle", "clear"] and rows[0]["images"].endswith(
         "unsure.nii.gz"
     )
+
+
+def test_region_entropy_ranks_a_small_unsure_organ_above_a_large_body_with_a_sure_one(tmp_path):
+    # The threshold model (class 1 above 100 HU, per voxel): 60 HU tissue gets a foreground probability of 0.018,
+    # a little entropy everywhere but below region_entropy's 0.05; 100 HU gets 0.5, the most unsure there is.
+    folder = write_model_folder(tmp_path / "threshold", threshold_spec_dict(spacing=None), threshold_state())
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    body = np.full((40, 40, 40), 60, np.int16)
+    body[10:30, 10:30, 10:30] = 1000  # an organ the model is sure of
+    small = np.full((20, 20, 20), -1000, np.int16)
+    small[8:12, 8:12, 8:12] = 100  # an organ the model is unsure of
+    air = np.full((20, 20, 20), -1000, np.int16)
+    for name, values in (("large_sure", body), ("small_unsure", small), ("air", air)):
+        write_image(Image(values, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3)), pool / f"{name}.nii.gz")
+    model = load_model(folder, "cpu", backend="torch")
+    by_region = {row["case"]: row for row in rank_cases(model, pool, "region_entropy")["cases"]}
+    assert [row["case"] for row in rank_cases(model, pool, "entropy")["cases"]][0] == "large_sure"
+    assert list(by_region) == ["small_unsure", "large_sure", "air"]
+    assert by_region["small_unsure"]["region_entropy"] == pytest.approx(np.log(2), abs=1e-3)
+    assert by_region["large_sure"]["region_entropy"] < 0.01 and by_region["air"]["region_entropy"] == 0
 
 
 def test_rank_cli_writes_csv_and_json_most_uncertain_first(edge_folder, pool, tmp_path):

@@ -25,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--method",
         default="entropy",
         help="what ranks a case: entropy (summed entropy, nat·mL; default), mutual_information (where the TTA "
-        "members disagree, nat·mL) or lesion_count (predicted lesions)",
+        "members disagree, nat·mL), region_entropy (mean entropy, nat, over the voxels given a foreground "
+        "probability of at least 0.05: does not grow with the body) or lesion_count (predicted lesions)",
     )
     parser.add_argument("--output", required=True, help="OUT: writes OUT.csv and OUT.json (OUT may end in either)")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT.csv and OUT.json if they exist")

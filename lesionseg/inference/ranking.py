@@ -6,6 +6,10 @@ scores; the method picks the one cases are sorted by, largest (most worth an ann
 * ``entropy``: the entropy volume summed over the case, in nat·mL (voxel entropy × voxel volume), so that a case
   is not ranked up or down by how much air surrounds it, but by how much tissue the model is unsure of;
 * ``mutual_information``: the same sum of the mutual information (where the TTA members disagree);
+* ``region_entropy``: the mean voxel entropy (nat) over the region where the model considers a structure, the
+  voxels to which it gives the foreground classes together a probability of at least 0.05 (0 where there are none):
+  a mean over that region, not a sum over the case, so that a large body scores no higher than a small one and a
+  large organ the model is sure of scores below a small one it is unsure of;
 * ``lesion_count``: predicted lesions (26-connected components of the lesion labels).
 
 The mean voxel entropy and the least lesion confidence are reported beside them.
@@ -22,17 +26,20 @@ import numpy as np
 from lesionseg.errors import UserError
 from lesionseg.inference.uncertainty import UncertainSegmentation
 
-RANK_METHODS = ("entropy", "mutual_information", "lesion_count")
+RANK_METHODS = ("entropy", "mutual_information", "region_entropy", "lesion_count")
 RANK_COLUMNS = (
     "rank",
     "case",
     "entropy",
     "mutual_information",
+    "region_entropy",
     "lesion_count",
     "mean_entropy",
     "min_lesion_confidence",
     "images",
 )
+# region_entropy's region: voxels given at least this foreground probability (all foreground classes together).
+REGION_FOREGROUND = 0.05
 # Names in an images folder that are not images to rank: labelmaps and this command's own outputs.
 _NOT_IMAGES = (".seg.nrrd",)
 
@@ -78,13 +85,26 @@ def rank_inputs(source: str | Path) -> list[tuple[str, list[Path]]]:
     return cases
 
 
+def considered_region(result: UncertainSegmentation) -> np.ndarray:
+    """The voxels to which the model gives the foreground classes together a probability of at least
+    :data:`REGION_FOREGROUND`: labelled ones, and background ones whose background probability is at most 0.95."""
+    # ``probability`` is the mean softmax of each voxel's own label, so on a background voxel it is the background's.
+    # Labelled voxels count whatever their probability; voxels that post-processing took out hold their removed
+    # label's probability, which counts them unless the model was sure of that label.
+    labelled = result.labelmap.array != 0
+    return labelled | (result.probability.array <= 1.0 - REGION_FOREGROUND)
+
+
 def case_scores(result: UncertainSegmentation) -> dict[str, Any]:
     """A case's scores from its segmentation with uncertainty (see the module's description)."""
     voxel_ml = result.entropy.voxel_volume_mm3 / 1000.0
     confidences = [row["confidence"] for row in result.lesions]
+    region = considered_region(result)
+    region_entropy = float(result.entropy.array[region].mean(dtype=np.float64)) if region.any() else 0.0
     return {
         "entropy": round(float(result.entropy.array.sum(dtype=np.float64)) * voxel_ml, 6),
         "mutual_information": round(float(result.mutual_information.array.sum(dtype=np.float64)) * voxel_ml, 6),
+        "region_entropy": round(region_entropy, 8),
         "lesion_count": len(result.lesions),
         "mean_entropy": round(float(result.entropy.array.mean(dtype=np.float64)), 8),
         "min_lesion_confidence": min(confidences) if confidences else None,
