@@ -2,8 +2,9 @@
 
 All lesions are **synthetic**: ellipsoids with CT-like densities placed in a phantom, not findings
 from patients.  Bone lesions are clipped to the bone they sit in; nodes lie in the fat beside the
-aorta or the iliac arteries, clear of bone, vessels, bowel, muscle and organs, as enlarged nodes do
-in patients (a node drawn into a vein or a bowel loop of its own density could not be seen).
+aorta or the iliac arteries, clear of vessels, bowel, muscle and organs and never inside bone, as
+enlarged nodes do in patients (a node drawn into a vein or a bowel loop of its own density could
+not be seen).
 Lesions are kept apart, so each is one object in the label.
 """
 
