@@ -7,8 +7,6 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 APT_TOOLS := dicom3tools plastimatch
 STAMP := $(VENV)/.installed
-# pytest processes (pytest-xdist): CI's two cores; TEST_WORKERS=0 runs the tests in one process
-TEST_WORKERS ?= 2
 
 .PHONY: demo test lint format setup system-tools clean
 
@@ -43,7 +41,7 @@ demo: setup
 test: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m pytest -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal --durations=25 $(PYTEST_ARGS)
+	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
