@@ -1,18 +1,20 @@
 """Which case next: cases chosen by ``lesionseg rank`` against cases chosen at random, on synthetic phantoms.
 
     python benchmarks/active_learning.py [--seeds 3] [--rounds 3] [--per-round 4] [--start 4] [--pool 16]
-        [--validation 5] [--initial-epochs 40] [--epochs 5] [--threads 1] [--method entropy] [--work DIR] [--json OUT]
+        [--validation 5] [--initial-epochs 40] [--epochs 5] [--threads 1] [--jobs 1]
+        [--method entropy[,mutual_information,...]] [--work DIR] [--json OUT]
 
 The demo-spleen task of ``scripts/train_demo_models.py`` (its labels, network and recipe, imported from there),
 on computed CT phantoms from the project's generator (``lesionseg synth --size small``): per seed a small labelled
 start set and a pool of unlabelled phantoms, and one validation set shared by every seed, each cohort drawn from
 its own generator seed.  Spleen, not lesions: the lesion model does not learn yet (issue 18).
 
-Per seed an initial model is trained on the start set.  Then two arms go on from it for ``--rounds`` rounds, each
+Per seed an initial model is trained on the start set.  Then the arms go on from it for ``--rounds`` rounds, each
 adding ``--per-round`` pool cases to its labelled set and training again:
 
-* rank: the pool cases left, ranked by the previous round's model of this arm with the engine function that
-  ``lesionseg rank`` runs (``lesionseg.inference.ranking.rank_cases``, ``--method``), most uncertain first;
+* one arm per ranking method of ``--method`` (a comma-separated list, so several methods meet the same random arm in
+  one run): the pool cases left, ranked by the previous round's model of this arm with the engine function that
+  ``lesionseg rank`` runs (``lesionseg.inference.ranking.rank_cases``), most uncertain first;
 * random: the same number drawn from the pool cases left (a generator seeded per seed).
 
 Every training runs ``lesionseg.training.train``, what ``lesionseg train`` runs.  The initial one trains from
@@ -28,9 +30,11 @@ more steps, the same in both arms).  Validation runs on the last epoch of each t
 beyond the run), so a round's Dice is that of its final weights, and the ranking uses those weights too: no
 checkpoint is picked on the validation set.
 
-Printed per seed and round: labelled cases, the mean validation Dice of both arms and the cases each chose; then
-the mean over seeds per round, the difference rank − random, and whether rank is at least as good as random at
-the last round.  ``--json`` writes every figure; ``--work`` keeps the phantoms, datasets, models and rankings.
+Printed per seed and round: labelled cases, the mean validation Dice of every arm and the cases each chose; then,
+per method, the mean over seeds per round, the difference method − random, and whether the method is at least as
+good as random at the last round.  ``--jobs`` runs that many seeds at once, each in its own process (each with
+``--threads`` torch threads).  ``--json`` writes every figure; ``--work`` keeps the phantoms, datasets, models and
+rankings.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK = "demo-spleen"
-ARMS = ("rank", "random")
+RANDOM = "random"
 VALIDATION_SEED = 90_000  # the validation phantoms; start and pool phantoms use 10_000 + seed and 20_000 + seed
 
 
@@ -132,12 +136,14 @@ def rank_pool(model: Path, pool: list[str], cases: Path, folder: Path, method: s
 
 def run_seed(seed: int, args: argparse.Namespace, work: Path, validation: list[str], task: dict, config: dict) -> dict:
     import numpy as np
+    import torch
 
     from lesionseg.data import SynthOptions, generate_cohort
 
     sys.path.insert(0, str(ROOT / "scripts"))
     from train_demo_models import build_dataset
 
+    torch.set_num_threads(args.threads)  # again: a --jobs worker is a fresh process
     folder = work / f"seed{seed}"
     cases = work / "cases"
     options = SynthOptions(size="small")
@@ -154,54 +160,58 @@ def run_seed(seed: int, args: argparse.Namespace, work: Path, validation: list[s
         f"seed {seed} round 0: {len(start)} labelled, Dice {initial['dice']:.3f} ({initial['train_s']} s)", flush=True
     )
     rng = np.random.default_rng([seed, 19])
-    arms = {arm: {"labelled": list(start), "model": folder / "initial", "epoch": initial["epoch"]} for arm in ARMS}
-    rounds = [{"round": 0, "labelled": len(start), "rank": dict(initial), "random": dict(initial)}]
+    arms = {
+        arm: {"labelled": list(start), "model": folder / "initial", "epoch": initial["epoch"]}
+        for arm in (*args.methods, RANDOM)
+    }
+    rounds = [{"round": 0, "labelled": len(start), **{arm: dict(initial) for arm in arms}}]
     for number in range(1, args.rounds + 1):
         row: dict = {"round": number}
         for arm, state in arms.items():
             left = [case for case in pool if case not in state["labelled"]]
-            if arm == "rank":
-                order, rank_s = rank_pool(state["model"], left, cases, folder / f"ranking-round{number}", args.method)
-                chosen = order[: args.per_round]
-            else:
+            if arm == RANDOM:
                 chosen = sorted(rng.choice(left, size=min(args.per_round, len(left)), replace=False).tolist())
                 rank_s = None
+            else:
+                ranking = folder / f"ranking-{arm}-round{number}"
+                order, rank_s = rank_pool(state["model"], left, cases, ranking, arm)
+                chosen = order[: args.per_round]
             state["labelled"] += chosen
             output = folder / f"model-{arm}-round{number}"
             until = state["epoch"] + args.epochs
             figures = fine_tune(dataset, state["model"], output, until, state["labelled"], validation)
             state["model"], state["epoch"] = output, figures["epoch"]
             row[arm] = {**figures, "chosen": chosen, **({"rank_s": rank_s} if rank_s is not None else {})}
-        row["labelled"] = len(arms["rank"]["labelled"])
+        row["labelled"] = len(arms[RANDOM]["labelled"])
         rounds.append(row)
-        print(
-            f"seed {seed} round {number}: {row['labelled']} labelled, Dice rank {row['rank']['dice']:.3f} "
-            f"random {row['random']['dice']:.3f}; rank chose {', '.join(row['rank']['chosen'])}; "
-            f"random chose {', '.join(row['random']['chosen'])}",
-            flush=True,
-        )
+        dice = ", ".join(f"{arm} {row[arm]['dice']:.3f}" for arm in arms)
+        chose = "; ".join(f"{arm} chose {', '.join(row[arm]['chosen'])}" for arm in arms)
+        print(f"seed {seed} round {number}: {row['labelled']} labelled, Dice {dice}; {chose}", flush=True)
     return {"seed": seed, "rounds": rounds}
 
 
-def summarise(seeds: list[dict]) -> list[dict]:
-    """Per round: the mean Dice over seeds of both arms and their difference."""
+def summarise(seeds: list[dict], methods: list[str]) -> dict[str, list[dict]]:
+    """Per method and round: the mean Dice over seeds of its arm and of the random arm, and their difference."""
     import statistics
 
-    out = []
-    for index, first in enumerate(seeds[0]["rounds"]):
-        rank = statistics.fmean(s["rounds"][index]["rank"]["dice"] for s in seeds)
-        random = statistics.fmean(s["rounds"][index]["random"]["dice"] for s in seeds)
-        wins = sum(s["rounds"][index]["rank"]["dice"] >= s["rounds"][index]["random"]["dice"] for s in seeds)
-        out.append(
-            {
-                "round": first["round"],
-                "labelled": first["labelled"],
-                "rank": round(rank, 4),
-                "random": round(random, 4),
-                "difference": round(rank - random, 4),
-                "seeds_rank_at_least_random": wins,
-            }
-        )
+    out: dict[str, list[dict]] = {}
+    for method in methods:
+        rows = []
+        for index, first in enumerate(seeds[0]["rounds"]):
+            ranked = statistics.fmean(s["rounds"][index][method]["dice"] for s in seeds)
+            random = statistics.fmean(s["rounds"][index][RANDOM]["dice"] for s in seeds)
+            wins = sum(s["rounds"][index][method]["dice"] >= s["rounds"][index][RANDOM]["dice"] for s in seeds)
+            rows.append(
+                {
+                    "round": first["round"],
+                    "labelled": first["labelled"],
+                    "rank": round(ranked, 4),
+                    "random": round(random, 4),
+                    "difference": round(ranked - random, 4),
+                    "seeds_rank_at_least_random": wins,
+                }
+            )
+        out[method] = rows
     return out
 
 
@@ -231,7 +241,10 @@ def main() -> int:
     parser.add_argument("--initial-epochs", type=int, default=40, help="epochs of the initial training")
     parser.add_argument("--epochs", type=int, default=5, help="epochs per round (an epoch: one pass over its cases)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--method", default="entropy", help="lesionseg rank --method")
+    parser.add_argument("--jobs", type=int, default=1, help="seeds run at once, each in its own process")
+    parser.add_argument(
+        "--method", default="entropy", help="lesionseg rank --method; a comma-separated list gives one arm per method"
+    )
     parser.add_argument("--work", type=Path, help="keep phantoms, datasets, models and rankings here")
     parser.add_argument("--json", type=Path, help="write every figure to this JSON file")
     args = parser.parse_args()
@@ -245,7 +258,9 @@ def main() -> int:
     from lesionseg.data import SynthOptions, generate_cohort
     from lesionseg.inference.ranking import check_method
 
-    check_method(args.method)
+    args.methods = [check_method(name.strip()) for name in args.method.split(",")]
+    if len(set(args.methods)) != len(args.methods):
+        parser.error(f"--method {args.method}: a method is named twice")
     torch.set_num_threads(args.threads)
     task, config = demo_recipe()
     config["training"] = {**config["training"], "epochs": args.initial_epochs}
@@ -258,24 +273,35 @@ def main() -> int:
         (work / "cases").mkdir(parents=True, exist_ok=False)
         generate_cohort(work / "validation", args.validation, VALIDATION_SEED, SynthOptions(size="small"))
         validation = link_cases(work / "validation", "validation", work / "cases")
-        seeds = [run_seed(seed, args, work, validation, task, config) for seed in range(args.seeds)]
-    summary = summarise(seeds)
-    print("\nMean validation Dice over seeds")
-    print("| round | labelled | rank | random | rank − random | seeds rank ≥ random |")
-    print("|------:|---------:|-----:|-------:|--------------:|--------------------:|")
-    for row in summary:
+        jobs = [(seed, args, work, validation, task, config) for seed in range(args.seeds)]
+        if args.jobs > 1:
+            import multiprocessing
+
+            with multiprocessing.get_context("spawn").Pool(min(args.jobs, args.seeds)) as workers:
+                seeds = workers.starmap(run_seed, jobs)
+        else:
+            seeds = [run_seed(*job) for job in jobs]
+    summary = summarise(seeds, args.methods)
+    verdicts = {}
+    for method, rows in summary.items():
+        print(f"\nMean validation Dice over seeds: {method} against random")
+        print("| round | labelled | rank | random | rank − random | seeds rank ≥ random |")
+        print("|------:|---------:|-----:|-------:|--------------:|--------------------:|")
+        for row in rows:
+            print(
+                f"| {row['round']} | {row['labelled']} | {row['rank']:.3f} | {row['random']:.3f} "
+                f"| {row['difference']:+.3f} | {row['seeds_rank_at_least_random']}/{len(seeds)} |"
+            )
+        last = rows[-1]
+        verdicts[method] = last["difference"] >= 0
+        verdict = "at least as good as" if verdicts[method] else "worse than"
         print(
-            f"| {row['round']} | {row['labelled']} | {row['rank']:.3f} | {row['random']:.3f} "
-            f"| {row['difference']:+.3f} | {row['seeds_rank_at_least_random']}/{len(seeds)} |"
+            f"verdict: {method}: at round {last['round']} ({last['labelled']} labelled) rank-chosen cases are "
+            f"{verdict} random ones on average over {len(seeds)} seeds (rank − random {last['difference']:+.3f})"
         )
-    last = summary[-1]
-    verdict = "at least as good as" if last["difference"] >= 0 else "worse than"
-    print(
-        f"verdict: at round {last['round']} ({last['labelled']} labelled) rank-chosen cases are {verdict} random ones "
-        f"on average over {len(seeds)} seeds (rank − random {last['difference']:+.3f})"
-    )
     wall = round(time.perf_counter() - started, 1)
     facts = machine(args.threads)
+    facts["jobs"] = args.jobs
     print(json.dumps({"machine": facts, "wall_s": wall}))
     if args.json:
         report = {
@@ -284,7 +310,7 @@ def main() -> int:
             "wall_s": wall,
             "seeds": seeds,
             "summary": summary,
-            "rank_at_least_random": last["difference"] >= 0,
+            "rank_at_least_random": verdicts,
         }
         args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return 0
