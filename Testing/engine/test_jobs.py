@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import textwrap
 import time
@@ -220,3 +221,30 @@ def test_background_jobs_elsewhere_start_in_their_own_session():
     from lesionseg.jobs.runner import child_process_options
 
     assert child_process_options("posix") == {"start_new_session": True}
+
+
+def test_a_cancellable_jobs_forked_pool_workers_end_on_the_pools_sigterm():
+    """A job turns SIGTERM into SystemExit (so its atomic writes unwind); the worker processes it forks must keep
+    the default SIGTERM, which is how ``multiprocessing.Pool`` ends them. nnU-Net builds such pools (its dataset
+    fingerprint, with ``with Pool(...)``): a worker that raised SystemExit at an unlucky point waited for a task
+    forever and the training hung in the pool's join. Run in a child so that this test process keeps its handlers."""
+    script = textwrap.dedent(
+        """
+        import multiprocessing, signal
+        from lesionseg.jobs import protocol
+
+        def handler(_):
+            return signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+        if __name__ == "__main__":
+            protocol.exit_on_terminate()
+            assert signal.getsignal(signal.SIGTERM) is protocol._terminate
+            for _ in range(20):  # the pattern nnU-Net uses: the pool is terminated as soon as its results are in
+                with multiprocessing.get_context("fork").Pool(2) as pool:
+                    assert pool.map(handler, range(4)) == [True] * 4
+            assert signal.getsignal(signal.SIGTERM) is protocol._terminate
+            print("ok")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stdout + done.stderr

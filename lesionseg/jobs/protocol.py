@@ -18,6 +18,7 @@ Cancel: the reader sends SIGTERM to the job's process group, then SIGKILL after 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from dataclasses import dataclass, field
@@ -178,8 +179,24 @@ def write_event(event: dict[str, Any], stream: TextIO | None = None) -> None:
 
 
 def exit_on_terminate() -> None:
-    """Make SIGTERM (a cancel) raise SystemExit, which unwinds the atomic writes: no half-written output stays."""
+    """Make SIGTERM (a cancel) raise SystemExit, which unwinds the atomic writes: no half-written output stays.
+
+    Only in this process: a child it forks (nnU-Net's and torch's worker pools) gets the default SIGTERM back.
+    ``multiprocessing.Pool`` ends its workers with SIGTERM; a worker that raised SystemExit instead could swallow
+    it at an unlucky point and wait for a task forever, and the pool's ``join`` with it (an nnU-Net training hung
+    so in its dataset fingerprint)."""
+    global _fork_hook
     signal.signal(signal.SIGTERM, _terminate)
+    if not _fork_hook:
+        os.register_at_fork(after_in_child=_default_terminate)
+        _fork_hook = True
+
+
+_fork_hook = False
+
+
+def _default_terminate() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _terminate(signum: int, _frame: Any) -> None:
