@@ -242,10 +242,13 @@ def test_a_cancellable_jobs_forked_children_get_the_default_sigterm_back():
             if pid == 0:
                 os._exit(0 if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL else 3)
             assert os.waitpid(pid, 0)[1] == 0, "a forked child kept the SystemExit handler"
+        ready, tell = os.pipe()
         pid = os.fork()
         if pid == 0:
+            os.write(tell, b"r")  # the fork hooks have run by now
             signal.pause()  # a forked child blocked as an idle pool worker is: SIGTERM must end it
             os._exit(4)
+        os.read(ready, 1)
         os.kill(pid, signal.SIGTERM)
         _, status = os.waitpid(pid, 0)
         assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM, status
