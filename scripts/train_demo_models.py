@@ -51,6 +51,7 @@ TASKS = {
         "labels": {1: "spleen"},
         "source_labels": {LABEL["spleen"]: 1},
         "lesion_labels": [],
+        "cases": 24,
         # one spleen: stray islands far from it are removed, small holes filled
         "postprocessing": {"keep_largest_component": True, "min_component_mm3": 0, "fill_holes": True},
         "config": {
@@ -65,7 +66,7 @@ TASKS = {
         "lesion_labels": [1],
         # lesions under 100 mm3 are not reported, as in the brain-metastasis studies (NOTES §4)
         "postprocessing": {"keep_largest_component": False, "min_component_mm3": 100.0, "fill_holes": False},
-        # Recipe B of issue 18 on 144 phantoms (models README, "Recipe B on 144 phantoms"): two windows as two
+        # Recipe B of issue 18 on 144 phantoms (models README, "144 phantoms" under generator 1.1): two windows as two
         # channels, crops centred on a lesion chosen piece by piece, DiceFocal, lesion-free cases left out of
         # training. 110 epochs take about 52 minutes on one CPU thread.
         "cases": 144,
@@ -104,6 +105,11 @@ def build_dataset(cohort: Path, cases: list[str], folder: Path, task: dict) -> N
         label = read_image(cohort / case / "label.nii.gz")
         mapped = label.with_array(lookup[label.array])
         add_case(folder, image, mapped, names, case_id=case, provenance={"note": "synthetic phantom"})
+
+
+def cohort_cases(cohort: Path) -> list[str]:
+    """The phantoms a cohort folder holds, in order (none if it does not exist yet)."""
+    return sorted(p.name for p in cohort.iterdir() if (p / "image.nii.gz").is_file()) if cohort.is_dir() else []
 
 
 def set_postprocessing(folder: Path, postprocessing: dict) -> None:
@@ -158,15 +164,14 @@ def main() -> int:
     recipe = read_config_source(args.recipe) if args.recipe else {}
     work = args.work or Path(tempfile.mkdtemp(prefix="lesionseg-demo-train-"))
     chosen = {model_id: task for model_id, task in TASKS.items() if not args.only or model_id in args.only}
-    counts = {model_id: args.cases or task.get("cases", 24) for model_id, task in chosen.items()}
+    counts = {model_id: args.cases or task["cases"] for model_id, task in chosen.items()}
     # One cohort for every task; a task that needs fewer phantoms takes the first ones (each phantom depends only
     # on the seed and its own number, so they are the same phantoms a smaller cohort would hold).
     cohort = work / "phantoms"
-    held = sorted(p.name for p in cohort.iterdir() if (p / "image.nii.gz").is_file()) if cohort.is_dir() else []
-    if len(held) < max(counts.values()):
+    if len(cohort_cases(cohort)) < max(counts.values()):
         options = SynthOptions(size="small", max_lesions=8)
         generate_cohort(cohort, max(counts.values()), args.seed, options, overwrite=True)
-        held = sorted(p.name for p in cohort.iterdir() if (p / "image.nii.gz").is_file())
+    held = cohort_cases(cohort)
     for model_id, task in chosen.items():
         cases = held[: counts[model_id]]
         dataset = work / f"dataset-{model_id}"
