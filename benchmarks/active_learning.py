@@ -1,7 +1,7 @@
 """Which case next: cases chosen by ``lesionseg rank`` against cases chosen at random, on synthetic phantoms.
 
-    python benchmarks/active_learning.py [--seeds 3] [--rounds 3] [--per-round 4] [--start 4] [--pool 16]
-        [--validation 5] [--initial-epochs 40] [--epochs 5] [--threads 1] [--jobs 1]
+    python benchmarks/active_learning.py [--seeds 3] [--first-seed 0] [--rounds 3] [--per-round 4] [--start 4]
+        [--pool 16] [--validation 5] [--initial-epochs 40] [--epochs 5] [--threads 1] [--jobs 1]
         [--method entropy[,mutual_information,...]] [--work DIR] [--json OUT]
 
 The demo-spleen task of ``scripts/train_demo_models.py`` (its labels, network and recipe, imported from there),
@@ -232,7 +232,10 @@ def machine(threads: int) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 (phantoms, training, random draw)")
+    parser.add_argument("--seeds", type=int, default=3, help="how many seeds (phantoms, training, random draw)")
+    parser.add_argument(
+        "--first-seed", type=int, default=0, help="seeds FIRST .. FIRST+N-1 (a replication on seeds not run before)"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--per-round", type=int, default=4, help="cases added to the labelled set per round")
     parser.add_argument("--start", type=int, default=4, help="labelled phantoms to start from")
@@ -273,7 +276,10 @@ def main() -> int:
         (work / "cases").mkdir(parents=True, exist_ok=False)
         generate_cohort(work / "validation", args.validation, VALIDATION_SEED, SynthOptions(size="small"))
         validation = link_cases(work / "validation", "validation", work / "cases")
-        jobs = [(seed, args, work, validation, task, config) for seed in range(args.seeds)]
+        jobs = [
+            (seed, args, work, validation, task, config)
+            for seed in range(args.first_seed, args.first_seed + args.seeds)
+        ]
         if args.jobs > 1:
             import multiprocessing
 

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_active_learning_benchmark_writes_every_arm(tmp_path):
     work, report = tmp_path / "work", tmp_path / "figures.json"
-    smallest = "--seeds 2 --jobs 2 --rounds 1 --per-round 1 --start 2 --pool 2 --validation 1"
+    smallest = "--seeds 2 --first-seed 3 --jobs 2 --rounds 1 --per-round 1 --start 2 --pool 2 --validation 1"
     smallest += " --initial-epochs 1 --epochs 1"
     command = [sys.executable, str(ROOT / "benchmarks" / "active_learning.py"), *smallest.split()]
     command += ["--method", "entropy,mutual_information", "--work", str(work), "--json", str(report)]
@@ -26,10 +26,11 @@ def test_active_learning_benchmark_writes_every_arm(tmp_path):
     assert "verdict: entropy:" in done.stdout and "verdict: mutual_information:" in done.stdout
 
     figures = json.loads(report.read_text(encoding="utf-8"))
-    assert [s["seed"] for s in figures["seeds"]] == [0, 1]  # both seeds came back from their worker processes
+    # Both seeds (3 and 4: --first-seed, for a replication on seeds not run before) came back from their workers.
+    assert [s["seed"] for s in figures["seeds"]] == [3, 4]
     arms = ("entropy", "mutual_information", "random")
-    for seed in (0, 1):
-        rounds = figures["seeds"][seed]["rounds"]
+    for index, seed in enumerate((3, 4)):
+        rounds = figures["seeds"][index]["rounds"]
         assert [row["round"] for row in rounds] == [0, 1]
         assert [row["labelled"] for row in rounds] == [2, 3]
         for row in rounds:
@@ -54,7 +55,7 @@ def test_active_learning_benchmark_writes_every_arm(tmp_path):
     for method in arms[:2]:
         summary = figures["summary"][method]
         assert [row["round"] for row in summary] == [0, 1]
-        mean = sum(figures["seeds"][seed]["rounds"][1][method]["dice"] for seed in (0, 1)) / 2
+        mean = sum(figures["seeds"][index]["rounds"][1][method]["dice"] for index in (0, 1)) / 2
         assert summary[1]["rank"] == pytest.approx(mean, abs=2e-4)
         assert summary[1]["difference"] == pytest.approx(summary[1]["rank"] - summary[1]["random"], abs=2e-4)
         assert figures["rank_at_least_random"][method] == (summary[1]["difference"] >= 0)
