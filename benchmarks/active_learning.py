@@ -7,7 +7,7 @@
 The demo-spleen task of ``scripts/train_demo_models.py`` (its labels, network and recipe, imported from there),
 on computed CT phantoms from the project's generator (``lesionseg synth --size small``): per seed a small labelled
 start set and a pool of unlabelled phantoms, and one validation set shared by every seed, each cohort drawn from
-its own generator seed.  Spleen, not lesions: the lesion model does not learn yet (issue 18).
+its own generator seed.  Spleen, not lesions: it was built while the lesion model did not learn (issue 18).
 
 Per seed an initial model is trained on the start set.  Then the arms go on from it for ``--rounds`` rounds, each
 adding ``--per-round`` pool cases to its labelled set and training again:
