@@ -195,7 +195,15 @@ def main() -> int:
         if target.exists():
             shutil.rmtree(target)
         shutil.copytree(output, target, ignore=shutil.ignore_patterns("checkpoint_*.pt", "tensorboard"))
-        set_postprocessing(target, task["postprocessing"], task.get("threshold"))
+        # The threshold was chosen for the weights this task's own recipe gives; other weights need their own.
+        own_recipe = not args.recipe and not args.epochs and counts[model_id] == task["cases"]
+        threshold = task.get("threshold") if own_recipe else None
+        set_postprocessing(target, task["postprocessing"], threshold)
+        if task.get("threshold") and not own_recipe:
+            print(
+                f"{model_id}: no operating threshold written (--recipe, --cases or --epochs changed the weights); "
+                "choose one on phantoms of another seed: scripts/lesion_diagnostics.py detect --seed 5353 --model DIR"
+            )
         stamp_model_card(target, counts[model_id], args.seed)
         print(f"{model_id}: written to {target}")
     return 0
