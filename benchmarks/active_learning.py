@@ -251,6 +251,8 @@ def main() -> int:
     parser.add_argument("--work", type=Path, help="keep phantoms, datasets, models and rankings here")
     parser.add_argument("--json", type=Path, help="write every figure to this JSON file")
     args = parser.parse_args()
+    if args.seeds < 1 or args.first_seed < 0:
+        parser.error(f"--seeds {args.seeds} --first-seed {args.first_seed}: give at least one seed, from 0 up")
     if args.rounds * args.per_round > args.pool:
         parser.error(f"--pool {args.pool} holds fewer than --rounds × --per-round cases")
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))

@@ -116,7 +116,7 @@ def cohort_cases(cohort: Path) -> list[str]:
     return sorted(p.name for p in cohort.iterdir() if (p / "image.nii.gz").is_file()) if cohort.is_dir() else []
 
 
-def set_postprocessing(folder: Path, postprocessing: dict, threshold: float | None = None) -> None:
+def set_postprocessing_and_threshold(folder: Path, postprocessing: dict, threshold: float | None = None) -> None:
     """Training writes no post-processing or operating threshold; the demo models carry theirs in the spec, as data."""
     from lesionseg.models.spec import load_spec
 
@@ -196,14 +196,14 @@ def main() -> int:
             shutil.rmtree(target)
         shutil.copytree(output, target, ignore=shutil.ignore_patterns("checkpoint_*.pt", "tensorboard"))
         # The threshold was chosen for the weights this task's own recipe gives; other weights need their own.
-        own_recipe = not args.recipe and not args.epochs and counts[model_id] == task["cases"]
-        threshold = task.get("threshold") if own_recipe else None
-        set_postprocessing(target, task["postprocessing"], threshold)
-        if task.get("threshold") and not own_recipe:
+        threshold = task.get("threshold")
+        if threshold is not None and (args.recipe or args.epochs or counts[model_id] != task["cases"]):
+            threshold = None
             print(
                 f"{model_id}: no operating threshold written (--recipe, --cases or --epochs changed the weights); "
                 "choose one on phantoms of another seed: scripts/lesion_diagnostics.py detect --seed 5353 --model DIR"
             )
+        set_postprocessing_and_threshold(target, task["postprocessing"], threshold)
         stamp_model_card(target, counts[model_id], args.seed)
         print(f"{model_id}: written to {target}")
     return 0

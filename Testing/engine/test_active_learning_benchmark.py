@@ -59,3 +59,13 @@ def test_active_learning_benchmark_writes_every_arm(tmp_path):
         assert summary[1]["rank"] == pytest.approx(mean, abs=2e-4)
         assert summary[1]["difference"] == pytest.approx(summary[1]["rank"] - summary[1]["random"], abs=2e-4)
         assert figures["rank_at_least_random"][method] == (summary[1]["difference"] >= 0)
+
+
+def test_active_learning_benchmark_refuses_a_negative_first_seed_before_any_work(tmp_path):
+    command = [sys.executable, str(ROOT / "benchmarks" / "active_learning.py"), "--first-seed", "-1"]
+    command += ["--work", str(tmp_path / "work")]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)}
+    )
+    assert done.returncode == 2 and "--first-seed -1: give at least one seed, from 0 up" in done.stderr, done.stderr
+    assert not (tmp_path / "work").exists()  # refused before a phantom was drawn

@@ -47,7 +47,7 @@ def test_the_own_recipe_writes_its_threshold_into_a_valid_spec(tmp_path):
     spec["inference"].pop("threshold", None)  # as training writes it
     (folder / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
 
-    script.set_postprocessing(folder, task["postprocessing"], task["threshold"])
+    script.set_postprocessing_and_threshold(folder, task["postprocessing"], task["threshold"])
     loaded = load_spec(folder / "spec.json")
     assert loaded.inference.threshold == task["threshold"] == 0.8
     # The shipped spec is what the script's own recipe writes: same version, threshold and post-processing.
