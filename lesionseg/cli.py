@@ -86,6 +86,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lesionseg {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as error:
+        from lesionseg.jobs.protocol import terminated_by
+
+        signum = terminated_by()
+        if signum is not None:  # a cancel whose SystemExit a library turned into another error
+            print(f"lesionseg {args.command}: stopped by signal {signum}", file=sys.stderr)
+            return 128 + signum
         message, status = describe(error)
         if args.verbose:
             traceback.print_exc()

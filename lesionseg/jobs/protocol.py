@@ -199,7 +199,19 @@ def _default_terminate() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+_terminated_by: int | None = None
+
+
+def terminated_by() -> int | None:
+    """The signal that asked this process to end (None: none). A library that catches SystemExit and raises
+    another error instead (torch's tracing, under OpenVINO's conversion, does) would otherwise make a cancel look
+    like a failure; the code that reports errors asks this first."""
+    return _terminated_by
+
+
 def _terminate(signum: int, _frame: Any) -> None:
+    global _terminated_by
+    _terminated_by = signum
     raise SystemExit(128 + signum)
 
 

@@ -123,6 +123,9 @@ def serve(stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
             )
             tagged({**result, "model_reused": reused})
         except Exception as error:  # one bad request must not end the worker
+            signum = protocol.terminated_by()
+            if signum is not None:  # a cancel, whose SystemExit a library turned into this error: end as asked
+                raise SystemExit(128 + signum) from error
             send(protocol.tagged(protocol.error(error, traceback.format_exc()), request_id))
     return 0
 
@@ -157,7 +160,11 @@ class WorkerRequest:
 
     def _deliver(self, event: JobEvent) -> None:
         self._answered = True
-        if event.kind is EventKind.RESULT:
+        if event.kind is EventKind.ERROR and self._stop_reason is not None:
+            # sent while the cancel unwound the worker (a library may turn its SystemExit into another error):
+            # the run ends as it was stopped, not as failed
+            self._worker_ended()
+        elif event.kind is EventKind.RESULT:
             self._end(JobState.SUCCEEDED, result=event.data, event=event)
         elif event.kind is EventKind.ERROR:
             self._end(JobState.FAILED, event.data.get("type"), event.data.get("text"), event=event)
