@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import errno
 import os
+import re
+from collections.abc import Iterable
 from pathlib import Path
 
 EXIT_FAILURE = 1
@@ -97,16 +99,50 @@ def unreadable(path: str | Path, what: str, error: BaseException) -> UnreadableF
     )
 
 
+_PROGRESS_RECORD = re.compile(r"^(DEBUG|INFO|WARNING): ")  # the worker's own log lines (cli's logging format)
+_PYTHON_WARNING = re.compile(r"^\S.*:\d+: \w*Warning: ")  # warnings.warn's first line (its source line follows)
+
+
+def exit_cause(stderr_lines: Iterable[str]) -> str:
+    """The line that says why a background process ended, or "" when its stderr does not say.
+
+    Only what it wrote after its last progress record counts: a process killed mid-run (the out-of-memory
+    killer's SIGKILL) leaves its last progress line ("INFO: compiling the network ...") as its last word, which is
+    not the cause. Python warnings and indented lines (tracebacks' frames) are skipped; a fatal error
+    (segmentation fault, abort) is named by its ``Fatal Python error:`` line when there is one.
+    """
+    after: list[str] = []
+    for line in stderr_lines:
+        if _PROGRESS_RECORD.match(line):
+            after.clear()
+        elif line.strip():
+            after.append(line.rstrip())
+    fatal = [line for line in after if line.startswith("Fatal Python error:")]
+    if fatal:
+        return fatal[0].strip()
+    said = [line for line in after if not line[:1].isspace() and not _PYTHON_WARNING.match(line)]
+    return said[-1].strip() if said else ""
+
+
+def unexpected_exit(returncode: int | None) -> str:
+    """How a process that ended without saying why ended: its exit status, and what a SIGKILL most often means."""
+    if returncode == -9:  # SIGKILL (POSIX; signal.SIGKILL is missing on Windows)
+        return (
+            f"ended unexpectedly (exit status {returncode}: it was killed, most often because the computer ran out "
+            "of memory)"
+        )
+    return f"ended unexpectedly (exit status {returncode})"
+
+
 def failure_line(error_text: str | None, stderr_text: str | None = None, default: str = "the process failed") -> str:
-    """One line saying why a background job failed, for a dialog: never a traceback.
+    """One line saying why a background job failed, for a dialog: never a traceback, never a progress line.
 
     The job's error event carries the one line the command line prints; without one (a crash before the
-    command started, a killed interpreter) the last line of its stderr is the one that names the error.
+    command started, a killed interpreter) the line of its stderr that names the error (:func:`exit_cause`).
     """
     for text in (error_text, stderr_text):
-        lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
-        if lines:
-            line = lines[-1] if len(lines) > 1 else lines[0]
+        line = exit_cause((text or "").splitlines())
+        if line:
             if line.startswith("lesionseg ") and ": error: " in line:
                 line = line.split(": error: ", 1)[1]
             return line

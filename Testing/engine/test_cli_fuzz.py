@@ -404,6 +404,8 @@ def test_a_background_job_failure_is_shown_as_its_last_line_never_a_traceback():
     assert failure_line(None, stderr) == "ValueError: the CT is 2D"
     assert failure_line("lesionseg segment: error: a.nrrd is a folder", stderr) == "a.nrrd is a folder"
     assert failure_line(None, "", "the process exited with status 9") == "the process exited with status 9"
+    progress = "INFO: epoch 3 of 40\nWARNING: 8-bit input\n"  # a killed run's last words are not its cause
+    assert failure_line(None, progress, "the process ended unexpectedly") == "the process ended unexpectedly"
 
 
 IMAGE_NAMES = ["x.nrrd", "x.nii", "x.nii.gz", "x.mha", "x.seg.nrrd"]

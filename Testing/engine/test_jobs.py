@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -22,6 +23,7 @@ from support.tiny_models import (
     write_model_folder,
 )
 
+from lesionseg.errors import exit_cause
 from lesionseg.io import read_image, write_image
 from lesionseg.jobs import EventKind, Job, JobState, WarmWorker
 
@@ -348,3 +350,96 @@ def test_a_command_whose_systemexit_a_library_wraps_says_it_was_stopped_not_an_e
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 143, done.stderr
     assert done.stderr.strip() == "lesionseg info: stopped by signal 15"
+
+
+# A worker that logs its progress as the real one does ("INFO: compiling the network ..."), then waits in the run
+# (killed there by the test, as the out-of-memory killer would) or dies as a native library does (a message on
+# stderr, then abort). The worker runs for real; only segment_file is this stand-in.
+DYING_WORKER = textwrap.dedent(
+    """
+    import logging, os, sys, time
+    from lesionseg import cli
+    from lesionseg.inference import pipeline
+    from lesionseg.jobs import protocol
+
+    def segment_file(model, input_path, output_path, device, report, *args, **kwargs):
+        logging.getLogger("lesionseg").info("compiling the network for OpenVINO; cached after the first run")
+        report(protocol.stage("inference"))
+        if os.environ.get("ABORT"):
+            sys.stderr.write("terminate called after throwing an instance of 'std::bad_alloc'\\n")
+            sys.stderr.flush()
+            os.abort()
+        while True:
+            time.sleep(0.01)
+
+    pipeline.segment_file = segment_file
+    sys.exit(cli.main(["worker"]))
+    """
+)
+
+
+def _run_until_the_worker_dies(inputs, tmp_path, env=None, kill=False):
+    _root, fast, _slow, ct = inputs
+    worker = WarmWorker()
+    worker.job = Job([sys.executable, "-c", DYING_WORKER], keep_stdin=True, env=env)
+    worker.start()
+    try:
+        request = worker.submit(str(fast), ct, tmp_path / "labels.nii.gz", device="cpu")
+        deadline = time.monotonic() + 120
+        stages: list = []
+        while "inference" not in stages and time.monotonic() < deadline and not request.state.finished:
+            stages += [e.data.get("stage") for e in request.poll() if e.kind is EventKind.STAGE]
+            time.sleep(0.02)
+        if kill:
+            os.kill(worker.pid, signal.SIGKILL)
+        assert request.wait(20) is JobState.FAILED, (request.state, worker.job.stderr_text[-2000:])
+        return request, worker.job.stderr_text
+    finally:
+        worker.stop()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
+def test_a_worker_killed_mid_run_is_reported_by_its_exit_status_not_by_its_last_progress_line(inputs, tmp_path):
+    request, stderr = _run_until_the_worker_dies(inputs, tmp_path, kill=True)
+    assert "INFO: compiling the network for OpenVINO" in stderr  # the line the failed CI run showed as the cause
+    assert request.error_type == "WorkerExited"
+    assert request.error_text == (
+        "the background worker ended unexpectedly (exit status -9: it was killed, most often because the computer "
+        "ran out of memory); segment again"
+    )
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="abort's exit status differs on Windows")
+def test_a_worker_that_dies_in_a_native_library_is_reported_by_the_library_s_message(inputs, tmp_path):
+    env = {**os.environ, "ABORT": "1"}
+    request, stderr = _run_until_the_worker_dies(inputs, tmp_path, env=env)
+    assert request.error_type == "WorkerExited"
+    assert request.error_text == (
+        "the background worker ended: terminate called after throwing an instance of 'std::bad_alloc'"
+    ), stderr
+
+
+def test_a_worker_s_exit_cause_skips_progress_warnings_and_traceback_frames():
+    progress = ["INFO: loading organ-a", "WARNING: 8-bit input", "INFO: compiling the network; cached after"]
+    assert exit_cause(progress) == ""
+    assert exit_cause(["some library's startup banner", *progress]) == ""  # said before the run: not the cause
+    warned = [
+        *progress,
+        "/site-packages/torch/nn/functional.py:12: UserWarning: something is deprecated",
+        "  warnings.warn(",
+    ]
+    assert exit_cause(warned) == ""
+    crashed = [
+        *progress,
+        "Fatal Python error: Segmentation fault",
+        "",
+        "Current thread 0x00007f3b (most recent call first):",
+        '  File "/site-packages/openvino/runtime.py", line 40 in compile_model',
+        "Extension modules: numpy.core._multiarray_umath, torch._C (total: 2)",
+    ]
+    assert exit_cause(crashed) == "Fatal Python error: Segmentation fault"
+    raised = [*progress, "Traceback (most recent call last):", '  File "x.py", line 1', "MemoryError: out of memory"]
+    assert exit_cause(raised) == "MemoryError: out of memory"
+    assert exit_cause([*progress, "ERROR: the GPU driver stopped responding"]) == (
+        "ERROR: the GPU driver stopped responding"
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,9 @@ from support.cli import lesionseg, python
 from support.training_data import LESION, ORGAN, one_torch_thread, sphere_case, sphere_dataset_folder  # noqa: F401
 
 from lesionseg.datasets import Dataset
+from lesionseg.errors import failure_line
 from lesionseg.io import read_image, write_image
+from lesionseg.jobs import Job, JobState
 from lesionseg.training import load_config, presets, train
 from lesionseg.training.checkpoint import BEST, LATEST
 
@@ -151,14 +154,20 @@ def test_killed_training_resumes_without_losing_or_repeating_epochs(tmp_path: Pa
     output = tmp_path / "run"
     command = [sys.executable, "-m", "lesionseg", "train", "--dataset", str(sphere_dataset), "--output", str(output),
                "--threads", "1", "--device", "cpu", "--progress", "jsonl"]  # fmt: skip
-    child = subprocess.Popen([*command, "--config", str(tmp_path / "config.json")], stdout=subprocess.DEVNULL)
+    job = Job([*command, "--config", str(tmp_path / "config.json")]).start()  # as the training panel runs it
     metrics = output / "metrics.jsonl"
     deadline = time.monotonic() + 240
-    while not (metrics.is_file() and metrics.read_text().strip()) and child.poll() is None:
+    while not (metrics.is_file() and metrics.read_text().strip()) and not job.state.finished:
         assert time.monotonic() < deadline, "no epoch finished in time"
         time.sleep(0.05)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
+    os.kill(job.pid, signal.SIGKILL)  # as the out-of-memory killer does
+    assert job.wait(30) is JobState.FAILED
+    # the panel's one line names the kill, not the last thing the run wrote on stderr (libraries' warnings here)
+    assert job.stderr_text.strip()
+    assert failure_line(job.error_text, job.stderr_text) == (
+        "the process ended unexpectedly (exit status -9: it was killed, most often because the computer ran out of "
+        "memory)"
+    )
     done = [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()]
     assert done and done == list(range(1, len(done) + 1)) and done[-1] < 40
     last = torch.load(output / LATEST, weights_only=True)["epoch"]

@@ -159,7 +159,10 @@ def test_a_crashed_worker_is_replaced_and_its_run_fails_in_one_line(logic):
         time.sleep(0.05)
     assert slow.state is JobState.FAILED
     message = slow.failure()
-    assert message == "Segmentation failed: the background worker ended unexpectedly (exit status -9); segment again"
+    assert message == (
+        "Segmentation failed: the background worker ended unexpectedly (exit status -9: it was killed, most often "
+        "because the computer ran out of memory); segment again"
+    )
     third, log = segment(logic, "organ-a")
     assert third.state is JobState.SUCCEEDED, (third.failure(), log)
     assert third.worker_pid not in (first.worker_pid, second.worker_pid, slow.worker_pid)

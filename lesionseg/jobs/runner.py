@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from lesionseg.errors import exit_cause, unexpected_exit
 from lesionseg.jobs import protocol
 from lesionseg.jobs.protocol import EventKind, JobEvent, JobState
 
@@ -242,10 +243,10 @@ class Job:
             self.state = JobState.SUCCEEDED
         else:
             self.state = JobState.FAILED
-            if not self.error_type:
-                last = next((ln for ln in reversed(self.stderr_lines) if ln.strip()), "")
-                self.error_type = last.split(":", 1)[0].strip() if ":" in last else "ProcessError"
-                self.error_text = self.stderr_text or f"the process exited with status {self.returncode}"
+            if not self.error_type:  # it ended without an error event: its stderr may say why
+                cause = exit_cause(self.stderr_lines)
+                self.error_type = cause.split(":", 1)[0].strip() if ":" in cause else "ProcessError"
+                self.error_text = self.stderr_text if cause else f"the process {unexpected_exit(self.returncode)}"
         finished = protocol.finished(self.state, self.error_type, self.error_text, self.returncode)
         self._events.put(JobEvent(EventKind.FINISHED, finished))
         self._done.set()

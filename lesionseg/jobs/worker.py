@@ -35,6 +35,7 @@ import uuid
 from pathlib import Path
 from typing import Any, TextIO
 
+from lesionseg.errors import exit_cause, unexpected_exit
 from lesionseg.jobs import protocol
 from lesionseg.jobs.protocol import EventKind, JobEvent, JobState
 from lesionseg.jobs.runner import Job, drain, remove_partial_outputs
@@ -202,13 +203,13 @@ class WorkerRequest:
         resubmit, self._resubmit = self._resubmit, None
         if not self._answered and not self.worker.stopping and resubmit is not None and resubmit(self):
             return  # it had died before reading the request (a crash while idle): a fresh worker has it now
-        last = next((ln.strip() for ln in reversed(job.stderr_lines) if ln.strip()), "")
+        cause = exit_cause(job.stderr_lines)
         if job.state is JobState.CANCELLED:
             text = "the background worker was stopped (another segmentation was cancelled); segment again"
-        elif last:
-            text = f"the background worker ended: {last}"
+        elif cause:
+            text = f"the background worker ended: {cause}"
         else:
-            text = f"the background worker ended unexpectedly (exit status {job.returncode}); segment again"
+            text = f"the background worker {unexpected_exit(job.returncode)}; segment again"
         self._end(JobState.FAILED, "WorkerExited", text)
 
     def poll(self) -> list[JobEvent]:
