@@ -311,7 +311,6 @@ class TrainingRun(BackgroundRun):
         self.model_id = model_id
         self.output = self.models_dir / model_id
         self.configuration = nnunet_configuration(preset)
-        self.work_dir = Path(tempfile.mkdtemp(prefix="LesionSegTraining-"))
         self.history: list[dict[str, Any]] = []
         self.fraction = 0.0
         self.log: list[str] = []
@@ -322,13 +321,15 @@ class TrainingRun(BackgroundRun):
                     f"{preset} trains with nnU-Net's trainer, which sets its own epochs and learning rate; "
                     "leave both at 0, or choose one of LesionSeg's presets to set them"
                 )
-            self.job = Job(self._nnunet_argv(dataset_folder, python, device, resume, nnunet_trainer),
-                           env=child_environment(environment))  # fmt: skip
+            argv = self._nnunet_argv(dataset_folder, python, device, resume, nnunet_trainer)
+            self.work_dir = Path(tempfile.mkdtemp(prefix="LesionSegTraining-"))  # after every refusal: none left
+            self.job = Job(argv, env=child_environment(environment))
             return
         if resume and not (self.output / "checkpoint_latest.pt").is_file():
             raise ValueError(f"there is no training of {model_id!r} to resume in {self.output}; press Train")
         if not resume and self.output.exists() and any(self.output.iterdir()):
             raise ValueError(f"{self.output} already holds a model; choose another model name, or Resume it")
+        self.work_dir = Path(tempfile.mkdtemp(prefix="LesionSegTraining-"))  # after every refusal: none left
         argv = [python, "-m", "lesionseg", "train", "--dataset", str(dataset_folder)]
         argv += ["--output", str(self.output), "--device", device, "--progress", "jsonl"]
         if resume:

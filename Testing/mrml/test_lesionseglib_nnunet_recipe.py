@@ -4,6 +4,7 @@ nnunet`` in the background, and Resume refused (in the logic, and in the child's
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 
 import pytest
@@ -24,14 +25,20 @@ def test_nnunet_recipes_follow_lesionsegs_presets() -> None:
     assert training.nnunet_configuration("nnU-Net 2d") == "2d" and training.nnunet_configuration("tiny") is None
 
 
-def test_resuming_an_nnunet_recipe_without_its_checkpoint_is_refused(tmp_path) -> None:
+def test_resuming_an_nnunet_recipe_without_its_checkpoint_is_refused(tmp_path, monkeypatch) -> None:
     dataset = sphere_dataset_folder(tmp_path / "dataset", cases=2)
     models = tmp_path / "models"
     recipe = "nnU-Net 3d_fullres"
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))  # where the run's work folder would go
     with pytest.raises(ValueError, match="sets its own epochs and learning rate; leave both at 0"):
         training.TrainingRun(dataset, recipe, "spheres", models, sys.executable, "cpu", epochs=5)
     with pytest.raises(ValueError, match="no nnU-Net training of 'spheres' to resume"):
         training.TrainingRun(dataset, recipe, "spheres", models, sys.executable, "cpu", resume=True)
+    with pytest.raises(ValueError, match="no training of 'spheres' to resume"):
+        training.TrainingRun(dataset, "tiny", "spheres", models, sys.executable, "cpu", resume=True)
+    assert list(temporary.iterdir()) == []  # a refused run leaves no work folder behind
 
     # A work folder with no checkpoint in it (a run cancelled during planning): the child refuses, where nnU-Net's
     # own --c would start a new training without a word.
