@@ -19,7 +19,7 @@ from LesionSegLib.jobs import BackgroundRun
 from LesionSegLib.segmenting import child_environment
 from LesionSegLib.tables import Column, fill_table_node
 
-METHODS = ("entropy", "mutual_information", "region_entropy", "lesion_count")
+METHODS = ("entropy", "mutual_information", "region_entropy", "lesion_count", "least_foreground")
 RANKING_TABLE_KIND = "annotation ranking"
 # On a ranked case's volume node: what its rank was, by which model and method, and its score.
 RANK_ATTRIBUTES = {
@@ -35,6 +35,7 @@ SCORE_COLUMNS = (
     Column("mutual_information", "Mutual information", unit="nat·mL"),
     Column("region_entropy", "Region entropy", unit="nat"),
     Column("lesion_count", "Predicted lesions", kind="int"),
+    Column("foreground_ml", "Predicted foreground", unit="mL"),  # least_foreground's, smallest first
 )
 RANKING_COLUMNS = (Column("rank", "Rank", kind="int"), Column("case", "Case", kind="string"), *SCORE_COLUMNS)
 
@@ -128,6 +129,7 @@ def ranking_table(scene: Any, rows: list[dict[str, Any]], name: str, node: Any |
 
 def load_ranked_case(scene: Any, ranking: Mapping[str, Any], row: Mapping[str, Any]) -> Any:
     """A volume node of the ranked case's (first) image, named after the case, carrying its rank."""
+    from lesionseg.inference.ranking import score_column
     from lesionseg.io import read_image
     from lesionseg.mrml import volume_node_from_image
 
@@ -136,7 +138,7 @@ def load_ranked_case(scene: Any, ranking: Mapping[str, Any], row: Mapping[str, A
     values = {
         "rank": row["rank"],
         "method": ranking["method"],
-        "score": row[ranking["method"]],
+        "score": row[score_column(ranking["method"])],
         "model": ranking["model"],
         "case": row["case"],
     }

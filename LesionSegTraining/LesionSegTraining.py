@@ -93,7 +93,7 @@ class LesionSegTrainingParameterNode:
     casesTable, historyTable, historyChart - Where the case list and the training curves are shown.
     rankFolder - The folder of unlabelled volumes (or a dataset) that "Which case next" ranks.
     rankModelId - The model whose uncertainty ranks them.
-    rankMethod - entropy, mutual_information, region_entropy or lesion_count.
+    rankMethod - entropy, mutual_information, region_entropy, lesion_count or least_foreground.
     rankingTable - The latest ranking, most uncertain first.
     """
 

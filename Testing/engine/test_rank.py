@@ -84,6 +84,31 @@ def test_region_entropy_ranks_a_small_unsure_organ_above_a_large_body_with_a_sur
     assert by_region["large_sure"]["region_entropy"] < 0.01 and by_region["air"]["region_entropy"] == 0
 
 
+def test_least_foreground_ranks_a_confident_miss_first_where_the_uncertainty_scores_rank_it_last(tmp_path):
+    # The threshold model (class 1 above 100 HU): an organ drawn at 60 HU is missed with confidence (foreground
+    # probability 0.018), one at 104 HU barely found (just over 0.5, near the most entropy), one at 1000 HU found
+    # with confidence.
+    folder = write_model_folder(tmp_path / "threshold", threshold_spec_dict(spacing=None), threshold_state())
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for name, hu, size in (("missed", 60, 12), ("half_found", 104, 8), ("found", 1000, 10)):
+        values = np.full((24, 24, 24), -1000, np.int16)
+        values[4 : 4 + size, 4 : 4 + size, 4 : 4 + size] = hu
+        write_image(Image(values, (2.0, 2.0, 2.0), (0.0, 0.0, 0.0), np.eye(3)), pool / f"{name}.nii.gz")
+    model = load_model(folder, "cpu", backend="torch")
+    ranking = rank_cases(model, pool, "least_foreground")
+    rows = {row["case"]: row for row in ranking["cases"]}
+    assert list(rows) == ["missed", "half_found", "found"]
+    assert rows["missed"]["foreground_ml"] == 0 and rows["found"]["foreground_ml"] == pytest.approx(8.0)
+    assert 0 < rows["half_found"]["foreground_ml"] < rows["found"]["foreground_ml"]
+    # every uncertainty score puts the confident miss below the half-found case
+    for method in ("entropy", "region_entropy"):
+        order = [row["case"] for row in rank_cases(model, pool, method)["cases"]]
+        assert order.index("missed") > order.index("half_found"), (method, order)
+    csv_path, _ = write_ranking(ranking, tmp_path / "ranking.csv")
+    assert [row["foreground_ml"] for row in csv.DictReader(csv_path.open())][0] == "0.0"
+
+
 def test_rank_cli_writes_csv_and_json_most_uncertain_first(edge_folder, pool, tmp_path):
     out = tmp_path / "next"
     done = lesionseg("rank", "--model", str(edge_folder), "--images", str(pool), "--method", "mutual_information",

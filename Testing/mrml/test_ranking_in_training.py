@@ -81,6 +81,17 @@ def test_rank_a_folder_load_the_top_case_and_save_it_with_its_rank(tmp_path):
     unranked = ranking.rank_provenance(scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode"))
     assert unranked == {}
 
+    # least_foreground ranks the smallest predicted foreground first, and its score is that volume
+    least = ranking.RankingRun(pool, "edge", models, sys.executable, "cpu", "least_foreground").start()
+    wait(least)
+    assert least.state is JobState.SUCCEEDED, least.failure()
+    rows = least.rows()
+    assert [row["case"] for row in rows] == ["clear", "middle", "unsure"] and rows[0]["foreground_ml"] == 0
+    assert table_rows(ranking.ranking_table(scene, rows, "Least found"))[0]["foreground_ml"] == 0
+    top = ranking.load_ranked_case(scene, least.ranking, rows[0])
+    assert top.GetAttribute("LesionSeg.RankMethod") == "least_foreground"
+    assert float(top.GetAttribute("LesionSeg.RankScore")) == 0
+
 
 def test_ranking_refusals_name_the_problem(tmp_path):
     models = tmp_path / "models"

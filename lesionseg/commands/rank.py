@@ -26,7 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="entropy",
         help="what ranks a case: entropy (summed entropy, nat·mL; default), mutual_information (where the TTA "
         "members disagree, nat·mL), region_entropy (mean entropy, nat, over the voxels given a foreground "
-        "probability of at least 0.05: does not grow with the body) or lesion_count (predicted lesions)",
+        "probability of at least 0.05: does not grow with the body), lesion_count (predicted lesions) or "
+        "least_foreground (the smallest predicted foreground first: for an organ every case has, the cases the model "
+        "misses with confidence)",
     )
     parser.add_argument("--output", required=True, help="OUT: writes OUT.csv and OUT.json (OUT may end in either)")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT.csv and OUT.json if they exist")

@@ -10,7 +10,11 @@ scores; the method picks the one cases are sorted by, largest (most worth an ann
   voxels to which it gives the foreground classes together a probability of at least 0.05 (0 where there are none):
   a mean over that region, not a sum over the case, so that a large body scores no higher than a small one and a
   large organ the model is sure of scores below a small one it is unsure of;
-* ``lesion_count``: predicted lesions (26-connected components of the lesion labels).
+* ``lesion_count``: predicted lesions (26-connected components of the lesion labels);
+* ``least_foreground``: the predicted foreground volume (``foreground_ml``, every label, after post-processing),
+  **smallest first**. For a structure every case has (an organ), a case where the model finds little or none of it
+  is a miss the model is sure of, which the uncertainty scores rank last: they are high where it half finds the
+  structure. Not for lesions, which a case may rightly lack.
 
 The mean voxel entropy and the least lesion confidence are reported beside them.
 """
@@ -26,7 +30,9 @@ import numpy as np
 from lesionseg.errors import UserError
 from lesionseg.inference.uncertainty import UncertainSegmentation
 
-RANK_METHODS = ("entropy", "mutual_information", "region_entropy", "lesion_count")
+RANK_METHODS = ("entropy", "mutual_information", "region_entropy", "lesion_count", "least_foreground")
+# Methods whose score ranks the smallest first (the rest: the largest first); each ranks by this column.
+ASCENDING = {"least_foreground": "foreground_ml"}
 RANK_COLUMNS = (
     "rank",
     "case",
@@ -34,6 +40,7 @@ RANK_COLUMNS = (
     "mutual_information",
     "region_entropy",
     "lesion_count",
+    "foreground_ml",
     "mean_entropy",
     "min_lesion_confidence",
     "images",
@@ -42,6 +49,11 @@ RANK_COLUMNS = (
 REGION_FOREGROUND = 0.05
 # Names in an images folder that are not images to rank: labelmaps and this command's own outputs.
 _NOT_IMAGES = (".seg.nrrd",)
+
+
+def score_column(method: str) -> str:
+    """The column of a case's scores that ``method`` ranks by."""
+    return ASCENDING.get(method, method)
 
 
 def check_method(method: str) -> str:
@@ -106,6 +118,7 @@ def case_scores(result: UncertainSegmentation) -> dict[str, Any]:
         "mutual_information": round(float(result.mutual_information.array.sum(dtype=np.float64)) * voxel_ml, 6),
         "region_entropy": round(region_entropy, 8),
         "lesion_count": len(result.lesions),
+        "foreground_ml": round(float(np.count_nonzero(result.labelmap.array)) * voxel_ml, 6),
         "mean_entropy": round(float(result.entropy.array.mean(dtype=np.float64)), 8),
         "min_lesion_confidence": min(confidences) if confidences else None,
     }
@@ -150,10 +163,14 @@ def rank_cases(
             raise UserError(f"case {case}: {error}") from error
         rows.append({"case": case, **case_scores(result), "images": [str(p) for p in paths]})
         if say:
-            say(f"{number}/{len(cases)} {case}: {method} {rows[-1][method]}")
+            column = score_column(method)
+            say(f"{number}/{len(cases)} {case}: {column} {rows[-1][column]}")
         if cases_done:
             cases_done(number, len(cases))
-    rows.sort(key=lambda row: (-row[method], -row["entropy"], row["case"]))
+    if method in ASCENDING:
+        rows.sort(key=lambda row: (row[ASCENDING[method]], -row["entropy"], row["case"]))
+    else:
+        rows.sort(key=lambda row: (-row[method], -row["entropy"], row["case"]))
     ranked = [{"rank": n, **row} for n, row in enumerate(rows, start=1)]
     passes = len(tta_members(loaded.spec))
     return {"model": loaded.spec.id, "method": method, "images": str(source), "passes": passes, "cases": ranked}
