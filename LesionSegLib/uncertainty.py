@@ -95,6 +95,8 @@ def cost_summary(result: Mapping[str, Any]) -> str:
     text = f"Uncertainty: {result.get('passes')} network passes (flips: {flips})"
     if seconds:
         text += f", {sum(seconds):.1f} s in all, {sum(seconds) / len(seconds):.2f} s per pass"
+    if result.get("note"):
+        text += f"; {result['note']}"
     return text
 
 

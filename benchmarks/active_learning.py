@@ -272,6 +272,13 @@ def main() -> int:
     # Each training validates its last epoch only (training always does): no checkpoint is picked on validation.
     config["validation"] = {**config["validation"], "interval": 1_000_000}
     config["model"] = {**config["model"], "id": "al-bench-spleen"}
+    from lesionseg.training.export import trained_flips
+
+    if "mutual_information" in args.methods and not trained_flips(config):
+        parser.error(
+            "--method mutual_information: the demo-spleen recipe trains without flips, so its models declare no "
+            "test-time flips and every case would score 0 (lesionseg rank refuses it); choose other methods"
+        )
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="lesionseg-al-") as scratch:
         work = args.work or Path(scratch)

@@ -19,16 +19,16 @@ def test_active_learning_benchmark_writes_every_arm(tmp_path):
     smallest = "--seeds 2 --first-seed 3 --jobs 2 --rounds 1 --per-round 1 --start 2 --pool 2 --validation 1"
     smallest += " --initial-epochs 1 --epochs 1"
     command = [sys.executable, str(ROOT / "benchmarks" / "active_learning.py"), *smallest.split()]
-    command += ["--method", "entropy,mutual_information", "--work", str(work), "--json", str(report)]
+    command += ["--method", "entropy,least_foreground", "--work", str(work), "--json", str(report)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "verdict: entropy:" in done.stdout and "verdict: mutual_information:" in done.stdout
+    assert "verdict: entropy:" in done.stdout and "verdict: least_foreground:" in done.stdout
 
     figures = json.loads(report.read_text(encoding="utf-8"))
     # Both seeds (3 and 4: --first-seed, for a replication on seeds not run before) came back from their workers.
     assert [s["seed"] for s in figures["seeds"]] == [3, 4]
-    arms = ("entropy", "mutual_information", "random")
+    arms = ("entropy", "least_foreground", "random")
     for index, seed in enumerate((3, 4)):
         rounds = figures["seeds"][index]["rounds"]
         assert [row["round"] for row in rounds] == [0, 1]

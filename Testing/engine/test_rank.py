@@ -177,3 +177,12 @@ def test_rank_streams_job_events_for_the_modules(edge_folder, pool, tmp_path):
                         str(tmp_path / "r"), "--progress", "jsonl")  # fmt: skip
     errors = [e.data for e in map(protocol.parse_line, refused.stdout.splitlines()) if e.kind is EventKind.ERROR]
     assert refused.returncode == 2 and errors and "no such folder" in errors[0]["text"]
+
+
+def test_mutual_information_is_refused_for_a_model_without_test_time_flips(tmp_path, pool):
+    folder = write_model_folder(tmp_path / "flat", threshold_spec_dict("flat", spacing=None, tta=[]), threshold_state())
+    model = load_model(folder, "cpu", backend="torch")
+    with pytest.raises(UserError, match="declares no test-time flips .* rank by entropy, region_entropy or least_fo"):
+        rank_cases(model, pool, "mutual_information")
+    ranking = rank_cases(model, pool, "entropy")  # one pass: its entropy still ranks
+    assert ranking["passes"] == 1 and all(row["mutual_information"] == 0 for row in ranking["cases"])

@@ -33,7 +33,16 @@ def threshold_spec_dict(model_id: str = "threshold", spacing=(1.5, 1.5, 2.0), ro
     spec["version"] = "1.0"
     spec["description"] = "hand-set SegResNet: class 1 where HU > 100"
     spec["preprocessing"]["spacing"] = None if spacing is None else list(spacing)
-    spec["inference"] = {"roi_size": list(roi), "overlap": 0.25, "sw_batch_size": 2, "blend": "constant", **inference}
+    # Test-time flips declared: the threshold network decides each voxel alone, so a mirrored image is as good
+    # to it as the original (the edge weights' members disagree on purpose, across i).
+    spec["inference"] = {
+        "roi_size": list(roi),
+        "overlap": 0.25,
+        "sw_batch_size": 2,
+        "blend": "constant",
+        "tta": ["i", "j", "k"],
+        **inference,
+    }
     spec["labels"][0]["color"] = [0.9, 0.2, 0.1]
     return spec
 

@@ -42,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--uncertainty",
         choices=["none", "tta"],
         default="none",
-        help="tta: flip test-time augmentation (the spec's inference.tta flips; N flips cost N+1 network passes), "
+        help="tta: flip test-time augmentation (the spec's inference.tta flips, those the model was trained with; "
+        "N flips cost N+1 network passes, and a model trained without flips runs one pass), "
         "writing beside --output the entropy and mutual information volumes (NAME_entropy, "
         "NAME_mutual_information) and each predicted lesion's confidence, volume and mean probability "
         "(NAME_lesions.json/.csv). Default none",

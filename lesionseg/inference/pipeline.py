@@ -489,13 +489,17 @@ def segment_file(
             image, model, reporter, crop_body, threshold, source.modality, allow_modality, further
         )
     else:
-        from lesionseg.inference.uncertainty import segment_uncertain, write_uncertainty
+        from lesionseg.inference.uncertainty import one_pass_note, segment_uncertain, write_uncertainty
 
         uncertain = segment_uncertain(
             image, model, reporter, crop_body, threshold, source.modality, allow_modality, further
         )
         labelmap, labels = uncertain.labelmap, list(model.spec.labels)
         about = {"model": model.spec.id, "model_version": model.spec.version, "input": assigned[0][1]}
+        note = one_pass_note(model.spec)
+        if note:
+            about["note"] = note
+            reporter.message(note)
         extra["uncertainty"] = write_uncertainty(uncertain, output_path, about)
     written, listed = write_result_labelmap(labelmap, labels, output_path, reporter)
     return {

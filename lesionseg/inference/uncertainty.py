@@ -68,6 +68,17 @@ def tta_members(spec: ModelSpec) -> tuple[str, ...]:
     return ("", *spec.inference.tta)
 
 
+def one_pass_note(spec: ModelSpec) -> str:
+    """What a model without test-time flips gives as its uncertainty (empty for a model with flips)."""
+    if spec.inference.tta:
+        return ""
+    return (
+        f"model {spec.id!r} declares no test-time flips (its spec's inference.tta: it was not trained on mirrored "
+        "images, and flipping would mislead it): the uncertainty is one pass's entropy, and the mutual information "
+        "is 0"
+    )
+
+
 @dataclass
 class UncertainSegmentation:
     """A labelmap with its uncertainty, every volume on the input's grid."""
@@ -265,6 +276,7 @@ def write_uncertainty(result: UncertainSegmentation, labelmap_path: str | Path, 
         "pass_seconds": result.pass_seconds,
         "confidence": CONFIDENCE_DEFINITION,
         "units": {"entropy": "nat", "mutual_information": "nat", "volume_mm3": "mm³"},
+        **({"note": about["note"]} if about.get("note") else {}),
     }
     document = {**about, **summary, "lesions": result.lesions}
     write_bytes_atomic(paths["lesions_json"], (json.dumps(document, indent=2, allow_nan=False) + "\n").encode())

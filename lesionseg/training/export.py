@@ -57,6 +57,7 @@ def build_spec(
             "sw_batch_size": int(config["validation"]["sw_batch_size"]),
             "blend": "constant",
             "amp": bool(config["training"]["amp"]),
+            "tta": trained_flips(config),
         },
         "postprocessing": {},
         "labels": [LabelInfo(v, labels[v], LabelInfo.default(v).color).to_dict() for v in sorted(labels) if v],
@@ -74,6 +75,15 @@ def build_spec(
         return spec
     validate_spec_dict(spec, where="trained model spec")
     return spec
+
+
+def trained_flips(config: dict[str, Any]) -> list[str]:
+    """The flips ``segment --uncertainty tta`` may run: the axes the training mirrored its crops along (each with
+    ``augmentation.flip_prob``), none when it never flipped (a network that never saw mirrored images can be
+    wrong on them)."""
+    if not config["augmentation"]["flip_prob"] > 0:
+        return []
+    return ["i", "j"] if config["network"]["slice_mode"] else ["i", "j", "k"]
 
 
 def _inputs(channels: list[str]) -> dict[str, Any]:
