@@ -84,7 +84,7 @@ class SpleenSegParameterNode:
     device - Where the network runs: "auto" picks CUDA when PyTorch sees a GPU.
     exportFormat - RTSTRUCT, DICOM SEG or NRRD (.seg.nrrd).
     cropBody - Segment only the box around the body, skipping the air around it.
-    uncertainty - Also run flipped copies: an uncertainty overlay, and a confidence per lesion.
+    uncertainty - An uncertainty overlay and a confidence per lesion (flipped copies too, if trained with flips).
     channelVolume - The second input image of a model that takes two (e.g. the PET of a PET/CT model).
     channelVolume3, channelVolume4 - The third and fourth input images of a model that takes more.
     nnunetFolds, nnunetCheckpoint, nnunetMirroring, nnunetTileStepSize - How an imported nnU-Net model runs: folds
