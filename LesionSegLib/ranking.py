@@ -57,7 +57,8 @@ class RankingRun(BackgroundRun):
         environment: Mapping[str, str] | None = None,
     ) -> None:
         from lesionseg.errors import UserError
-        from lesionseg.inference.ranking import rank_inputs
+        from lesionseg.inference.ranking import check_method_for, rank_inputs
+        from lesionseg.models import ModelRegistry
 
         if method not in METHODS:
             raise ValueError(f"unknown ranking method {method!r}; use one of {', '.join(METHODS)}")
@@ -65,8 +66,15 @@ class RankingRun(BackgroundRun):
             raise ValueError("choose the model whose uncertainty ranks the cases")
         try:
             rank_inputs(images)  # an empty or missing folder is refused before anything starts
+            if method == "mutual_information":  # needs test-time flips: refused before anything starts
+                try:
+                    spec = ModelRegistry(models_dir).get(model_id)
+                except ValueError:
+                    spec = None  # an unknown or unreadable model: the ranking run says so
+                if spec is not None:
+                    check_method_for(spec, method)
         except UserError as error:
-            raise ValueError(str(error)) from error
+            raise ValueError(str(error).replace("--method ", "Rank by ", 1)) from error
         self.method = method
         self.work_dir = Path(tempfile.mkdtemp(prefix="LesionSegRank-"))
         self.fraction = 0.0

@@ -105,6 +105,10 @@ def test_ranking_refusals_name_the_problem(tmp_path):
         ranking.RankingRun(empty, "edge", models, sys.executable, "cpu", "variance")
     with pytest.raises(ValueError, match="choose the model"):
         ranking.RankingRun(empty, "", models, sys.executable, "cpu")
+    flat = threshold_spec_dict("flat", spacing=None, roi=(32, 32, 32), tta=[])  # a model trained without flips
+    write_model_folder(models / "flat", flat, edge_state())
+    with pytest.raises(ValueError, match="Rank by mutual_information: model 'flat' declares no test-time flips"):
+        ranking.RankingRun(empty, "flat", models, sys.executable, "cpu", "mutual_information")
     failed = ranking.RankingRun(empty, "no-such-model", models, sys.executable, "cpu").start()
     wait(failed)
     assert failed.state is JobState.FAILED and "unknown model 'no-such-model'" in failed.failure()

@@ -62,6 +62,16 @@ def check_method(method: str) -> str:
     return method
 
 
+def check_method_for(spec: Any, method: str) -> None:
+    """Refuse a method that cannot rank with this model's spec: mutual_information without test-time flips."""
+    if method == "mutual_information" and not spec.inference.tta:
+        raise UserError(
+            f"--method mutual_information: model {spec.id!r} declares no test-time flips (its spec's "
+            "inference.tta; it was not trained on mirrored images), so there is nothing to disagree and every case "
+            "would score 0; rank by entropy, region_entropy or least_foreground"
+        )
+
+
 def _case_name(path: Path) -> str:
     from lesionseg.io import IMAGE_SUFFIXES
 
@@ -146,12 +156,7 @@ def rank_cases(
     check_method(method)
     cases = rank_inputs(source)
     loaded = model if isinstance(model, LoadedModel) else load_model(model, device, models_dir)
-    if method == "mutual_information" and not loaded.spec.inference.tta:
-        raise UserError(
-            f"--method mutual_information: model {loaded.spec.id!r} declares no test-time flips (its spec's "
-            "inference.tta; it was not trained on mirrored images), so there is nothing to disagree and every case "
-            "would score 0; rank by entropy, region_entropy or least_foreground"
-        )
+    check_method_for(loaded.spec, method)
     threshold = loaded.spec.inference.threshold
     rows = []
     for number, (case, paths) in enumerate(cases, start=1):
