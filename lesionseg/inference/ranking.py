@@ -158,6 +158,7 @@ def rank_cases(
     loaded = model if isinstance(model, LoadedModel) else load_model(model, device, models_dir)
     check_method_for(loaded.spec, method)
     threshold = loaded.spec.inference.threshold
+    column, order = score_column(method), (1 if method in ASCENDING else -1)  # smallest or largest first
     rows = []
     for number, (case, paths) in enumerate(cases, start=1):
         if len(paths) != loaded.spec.input_channels:
@@ -174,14 +175,10 @@ def rank_cases(
             raise UserError(f"case {case}: {error}") from error
         rows.append({"case": case, **case_scores(result), "images": [str(p) for p in paths]})
         if say:
-            column = score_column(method)
             say(f"{number}/{len(cases)} {case}: {column} {rows[-1][column]}")
         if cases_done:
             cases_done(number, len(cases))
-    if method in ASCENDING:
-        rows.sort(key=lambda row: (row[ASCENDING[method]], -row["entropy"], row["case"]))
-    else:
-        rows.sort(key=lambda row: (-row[method], -row["entropy"], row["case"]))
+    rows.sort(key=lambda row: (order * row[column], -row["entropy"], row["case"]))
     ranked = [{"rank": n, **row} for n, row in enumerate(rows, start=1)]
     passes = len(tta_members(loaded.spec))
     return {"model": loaded.spec.id, "method": method, "images": str(source), "passes": passes, "cases": ranked}
