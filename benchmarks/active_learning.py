@@ -1,7 +1,7 @@
 """Which case next: cases chosen by ``lesionseg rank`` against cases chosen at random, on synthetic phantoms.
 
     python benchmarks/active_learning.py [--seeds 3] [--first-seed 0] [--rounds 3] [--per-round 4] [--start 4]
-        [--pool 16] [--validation 5] [--initial-epochs 40] [--epochs 5] [--threads 1] [--jobs 1]
+        [--pool 48] [--validation 5] [--initial-epochs 40] [--epochs 5] [--threads 1] [--jobs 1]
         [--method entropy[,mutual_information,...]] [--work DIR] [--json OUT]
 
 The demo-spleen task of ``scripts/train_demo_models.py`` (its labels, network and recipe, imported from there),
@@ -239,7 +239,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--per-round", type=int, default=4, help="cases added to the labelled set per round")
     parser.add_argument("--start", type=int, default=4, help="labelled phantoms to start from")
-    parser.add_argument("--pool", type=int, default=16, help="unlabelled phantoms to choose from")
+    parser.add_argument(
+        "--pool", type=int, default=48, help="unlabelled phantoms to choose from (3 rounds of 4 take a quarter of 48)"
+    )
     parser.add_argument("--validation", type=int, default=5, help="validation phantoms (the same for every seed)")
     parser.add_argument("--initial-epochs", type=int, default=40, help="epochs of the initial training")
     parser.add_argument("--epochs", type=int, default=5, help="epochs per round (an epoch: one pass over its cases)")
